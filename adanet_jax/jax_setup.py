@@ -1,0 +1,26 @@
+"""Process-wide JAX settings that entry points (not the library) apply."""
+
+import os
+
+import jax
+
+DEFAULT_CACHE_DIR = os.path.join(os.path.expanduser('~'), '.cache', 'adanet_jax', 'xla')
+
+
+def enable_compilation_cache(cache_dir: str | None = None) -> str:
+  """Turns on JAX's persistent compilation cache, so a second launch of the
+  same job loads its compiled steps instead of compiling them again.
+
+  Args:
+    cache_dir: where compiled programs are kept; default
+      $ADANET_JAX_CACHE_DIR or ~/.cache/adanet_jax/xla.
+
+  Returns:
+    The directory used.
+  """
+  cache_dir = cache_dir or os.environ.get('ADANET_JAX_CACHE_DIR') or DEFAULT_CACHE_DIR
+  os.makedirs(cache_dir, exist_ok=True)
+  jax.config.update('jax_compilation_cache_dir', cache_dir)
+  jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.5)
+  jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
+  return cache_dir

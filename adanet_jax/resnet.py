@@ -1,0 +1,202 @@
+"""Gated residual networks: the CIFAR ResNet family, ImageNet ResNets and wide
+ResNets, each with a ConvNet-AIG gate on every residual block (or none).
+
+The model is written for one device and knows no axis names. It returns
+`(logits, aux)`: `aux['gates']` holds the value each block's residual branch
+was multiplied by (batch, blocks) and `aux['probs']` the gates' execution
+probabilities; losses and metrics read them from there.
+"""
+
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from adanet_jax.gate import Gate, check_gate_mode, torch_bias_init
+
+# PyTorch's default conv/linear init (the reference CIFAR model keeps it) and He
+# fan-out normal (the reference ImageNet model).
+CONV_INITS = {
+    'torch': nn.initializers.variance_scaling(1 / 3, 'fan_in', 'uniform'),
+    'he_fan_out': nn.initializers.variance_scaling(2.0, 'fan_out', 'normal'),
+}
+
+
+def conv(features, kernel, strides, init, dtype, name):
+  """Bias-free square conv with PyTorch's symmetric padding of (kernel-1)/2."""
+  pad = (kernel - 1) // 2
+  return nn.Conv(features, (kernel, kernel), strides=(strides, strides),
+                 padding=((pad, pad), (pad, pad)), use_bias=False,
+                 kernel_init=CONV_INITS[init], dtype=dtype, name=name)
+
+
+def batch_norm(train, dtype, name):
+  """BatchNorm with PyTorch's defaults (momentum 0.1 there is 0.9 here, eps 1e-5)."""
+  return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
+                      dtype=dtype, name=name)
+
+
+class BlockContext(nn.Module):
+  """Shared parts of every block: convs, BatchNorm, the gate and its use."""
+  conv_init: str = 'torch'
+  dtype: Any = jnp.float32
+  gated: bool = True
+  fixed: bool = False
+  gate_hidden: int = 16
+  temperature: float = 1.0
+
+  def conv(self, features, kernel, strides=1, name=None):
+    return conv(features, kernel, strides, self.conv_init, self.dtype, name)
+
+  def norm(self, train, name=None):
+    return batch_norm(train, self.dtype, name)
+
+  def gate(self, x, train, gate_mode):
+    """Returns (z, prob) of shape (batch,); ones for ungated or fixed blocks."""
+    ones = jnp.ones((x.shape[0],), jnp.float32)
+    if not self.gated:
+      return ones, ones
+    gate = Gate(hidden=self.gate_hidden, hidden_kernel_init=CONV_INITS[self.conv_init],
+                temperature=self.temperature, name='gate')
+    if self.fixed:
+      # A fixed block always runs. Its gate still exists, so parameter counts
+      # and checkpoint layout equal the reference model's whatever is fixed.
+      if self.is_initializing():
+        gate(x, train=train, mode='deterministic')
+      return ones, ones
+    return gate(x, train=train, mode=gate_mode)
+
+  @staticmethod
+  def apply_gate(z, branch):
+    return branch * z.astype(branch.dtype)[:, None, None, None]
+
+
+class BasicBlock(BlockContext):
+  """Post-activation basic block: relu(shortcut(x) + z * bn(conv(relu(bn(conv(x))))))."""
+  features: int = 16
+  strides: int = 1
+
+  @nn.compact
+  def __call__(self, x, *, train: bool, gate_mode: str):
+    z, prob = self.gate(x, train, gate_mode)
+    y = nn.relu(self.norm(train, 'bn1')(self.conv(self.features, 3, self.strides, 'conv1')(x)))
+    y = self.norm(train, 'bn2')(self.conv(self.features, 3, 1, 'conv2')(y))
+    shortcut = x
+    if self.strides != 1 or x.shape[-1] != self.features:
+      shortcut = self.norm(train, 'shortcut_bn')(
+          self.conv(self.features, 1, self.strides, 'shortcut_conv')(x))
+    return nn.relu(shortcut + self.apply_gate(z, y)), z, prob
+
+
+class Bottleneck(BlockContext):
+  """Post-activation bottleneck (1x1, 3x3 with the stride, 1x1 to 4x width)."""
+  features: int = 64
+  strides: int = 1
+  expansion: int = 4
+
+  @nn.compact
+  def __call__(self, x, *, train: bool, gate_mode: str):
+    z, prob = self.gate(x, train, gate_mode)
+    out_features = self.features * self.expansion
+    y = nn.relu(self.norm(train, 'bn1')(self.conv(self.features, 1, 1, 'conv1')(x)))
+    y = nn.relu(self.norm(train, 'bn2')(self.conv(self.features, 3, self.strides, 'conv2')(y)))
+    y = self.norm(train, 'bn3')(self.conv(out_features, 1, 1, 'conv3')(y))
+    shortcut = x
+    if self.strides != 1 or x.shape[-1] != out_features:
+      shortcut = self.norm(train, 'shortcut_bn')(
+          self.conv(out_features, 1, self.strides, 'shortcut_conv')(x))
+    return nn.relu(shortcut + self.apply_gate(z, y)), z, prob
+
+
+class PreActBlock(BlockContext):
+  """Wide-ResNet block: x' = shortcut + z * conv(relu(bn(conv(relu(bn(x)))))).
+
+  The gate reads the block input x, as in the other blocks.
+  """
+  features: int = 16
+  strides: int = 1
+
+  @nn.compact
+  def __call__(self, x, *, train: bool, gate_mode: str):
+    z, prob = self.gate(x, train, gate_mode)
+    pre = nn.relu(self.norm(train, 'bn1')(x))
+    y = self.conv(self.features, 3, self.strides, 'conv1')(pre)
+    y = self.conv(self.features, 3, 1, 'conv2')(nn.relu(self.norm(train, 'bn2')(y)))
+    shortcut = x
+    if self.strides != 1 or x.shape[-1] != self.features:
+      shortcut = self.conv(self.features, 1, self.strides, 'shortcut_conv')(pre)
+    return shortcut + self.apply_gate(z, y), z, prob
+
+
+BLOCKS = {'basic': BasicBlock, 'bottleneck': Bottleneck, 'preact': PreActBlock}
+
+
+class ResNet(nn.Module):
+  """A gated ResNet.
+
+  Attributes:
+    block: 'basic', 'bottleneck' or 'preact'.
+    stage_sizes: blocks per stage.
+    stage_widths: block `features` per stage.
+    stem: 'cifar' (3x3 conv, BN, ReLU), 'imagenet' (7x7/2 conv, BN, ReLU,
+      3x3/2 max-pool) or 'wrn' (a bare 3x3 conv; the blocks pre-activate).
+    stem_width: output channels of the stem conv.
+    num_classes: classes of the linear head.
+    gated: gates on (ConvNet-AIG) or off (the plain ResNet).
+    fixed_blocks: indices of blocks that always execute.
+    conv_init: key of CONV_INITS.
+    gate_hidden, temperature: see `Gate`.
+    dtype: compute dtype (parameters stay float32).
+  """
+  block: str
+  stage_sizes: Sequence[int]
+  stage_widths: Sequence[int]
+  stem: str = 'cifar'
+  stem_width: int = 16
+  num_classes: int = 10
+  gated: bool = True
+  fixed_blocks: Sequence[int] = ()
+  conv_init: str = 'torch'
+  gate_hidden: int = 16
+  temperature: float = 1.0
+  dtype: Any = jnp.float32
+
+  @property
+  def num_blocks(self) -> int:
+    return sum(self.stage_sizes)
+
+  @nn.compact
+  def __call__(self, x, *, train: bool, gate_mode: str = 'deterministic'):
+    """Returns (logits float32 (batch, classes), aux dict of (batch, blocks))."""
+    check_gate_mode(gate_mode)
+    ctx = dict(conv_init=self.conv_init, dtype=self.dtype)
+    x = x.astype(self.dtype)
+    if self.stem == 'imagenet':
+      x = conv(self.stem_width, 7, 2, self.conv_init, self.dtype, 'stem_conv')(x)
+      x = nn.relu(batch_norm(train, self.dtype, 'stem_bn')(x))
+      x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+    else:
+      x = conv(self.stem_width, 3, 1, self.conv_init, self.dtype, 'stem_conv')(x)
+      if self.stem == 'cifar':
+        x = nn.relu(batch_norm(train, self.dtype, 'stem_bn')(x))
+    zs, probs = [], []
+    index = 0
+    for stage, (size, width) in enumerate(zip(self.stage_sizes, self.stage_widths)):
+      for i in range(size):
+        strides = 2 if (i == 0 and stage > 0) else 1
+        x, z, prob = BLOCKS[self.block](
+            features=width, strides=strides, gated=self.gated,
+            fixed=index in self.fixed_blocks, gate_hidden=self.gate_hidden,
+            temperature=self.temperature, name=f'stage{stage + 1}_block{i}', **ctx)(
+                x, train=train, gate_mode=gate_mode)
+        zs.append(z)
+        probs.append(prob)
+        index += 1
+    if self.stem == 'wrn':
+      x = nn.relu(batch_norm(train, self.dtype, 'final_bn')(x))
+    x = jnp.mean(x, axis=(1, 2))
+    logits = nn.Dense(self.num_classes, kernel_init=CONV_INITS['torch'],
+                      bias_init=torch_bias_init(x.shape[-1]), dtype=self.dtype, name='head')(x)
+    aux = {'gates': jnp.stack(zs, axis=1), 'probs': jnp.stack(probs, axis=1)}
+    return logits.astype(jnp.float32), aux

@@ -1,0 +1,128 @@
+"""Tests of the model families: exact parameter counts, variants, bad input."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from adanet_jax import models
+
+
+def _params(config):
+  model = models.create_model(config)
+  s, c = config.data.image_size, config.data.channels
+  variables = jax.eval_shape(lambda: model.init(
+      {'params': jax.random.key(0)}, jnp.zeros((1, s, s, c)), train=False))
+  leaves = jax.tree_util.tree_leaves_with_path(variables['params'])
+  total = sum(x.size for _, x in leaves)
+  gates = sum(x.size for path, x in leaves if 'gate' in jax.tree_util.keystr(path))
+  return total, gates
+
+
+@pytest.mark.parametrize('name,arg,want_total,want_gates', [
+    ('cifar10.py', None, 1_766_630, 35_916),
+    ('imagenet.py', 'resnet50', 25_768_264, 211_232),
+    ('imagenet.py', 'resnet101', 45_040_314, 491_154),
+    ('imagenet.py', 'resnet50,gated=false', 25_557_032, 0),
+    ('imagenet.py', 'resnet101,gated=false', 44_549_160, 0),
+])
+def test_parameter_counts_match_reference(load_config, name, arg, want_total, want_gates):
+  assert _params(load_config(name, arg)) == (want_total, want_gates)
+
+
+def test_block_counts_and_fixed_blocks(load_config):
+  assert models.num_blocks(load_config('cifar10.py').model) == 54
+  assert models.num_blocks(load_config('imagenet.py', 'resnet152').model) == 50
+  r50 = load_config('imagenet.py', 'resnet50,t=0.4')
+  assert models.block_targets(r50) == (1, 1, 0.8, 1, .4, .4, .4, 1, .4, .4, .4, .4, .4, 1, .7, 1)
+  assert models.fixed_blocks(r50) == (0, 1, 3, 7, 13, 15)
+  r50.gates.fix_target_one = False  # reference behaviour: stochastic, out of the loss
+  assert models.fixed_blocks(r50) == ()
+  r101 = load_config('imagenet.py', 'resnet101,t=0.3')
+  assert models.block_targets(r101) == (1.0,) * 8 + (0.3,) * 25
+
+
+def test_fixed_blocks_always_execute_and_plain_model_has_no_gates(load_config):
+  config = load_config('cifar10.py', 'depth=20')
+  config.loss.targets = (1, 1, 1, 0.5, 0.5, 0.5, 0.5, 0.5, 1)
+  model = models.create_model(config)
+  x = jax.random.normal(jax.random.key(0), (8, 32, 32, 3))
+  variables = model.init({'params': jax.random.key(1)}, x, train=False)
+  p = variables['params']
+  # Shut every gate: bias strongly towards "skip".
+  for name in p:
+    if 'gate' in p[name]:
+      p[name]['gate']['fc2']['bias'] = jnp.array([5.0, -5.0])
+  _, aux = model.apply(variables, x, train=False, gate_mode='deterministic')
+  np.testing.assert_array_equal(aux['gates'][:, [0, 1, 2, 8]], 1.0)
+  np.testing.assert_array_equal(aux['gates'][:, 3:8], 0.0)
+  np.testing.assert_array_equal(aux['probs'][:, [0, 1, 2, 8]], 1.0)
+
+  plain = load_config('cifar10.py', 'depth=20,gated=false')
+  model = models.create_model(plain)
+  variables = model.init({'params': jax.random.key(1)}, x, train=False)
+  assert not any('gate' in block for block in variables['params'].values()
+                 if isinstance(block, dict))
+  logits, aux = model.apply(variables, x, train=False, gate_mode='sample')
+  assert logits.shape == (8, 10)
+  np.testing.assert_array_equal(aux['gates'], 1.0)
+  assert models.block_targets(plain) == (1.0,) * 9
+
+
+def test_wide_resnet_shapes(load_config):
+  config = load_config('cifar10.py', 'depth=20')
+  config.model.name = 'wide_resnet'
+  config.model.depth = 16
+  config.model.width = 2
+  model = models.create_model(config)
+  x = jnp.zeros((2, 32, 32, 3))
+  variables = model.init({'params': jax.random.key(0)}, x, train=False)
+  logits, aux = model.apply(variables, x, train=False)
+  assert logits.shape == (2, 10) and aux['gates'].shape == (2, 6)
+  p = variables['params']
+  assert p['stage1_block0']['conv1']['kernel'].shape == (3, 3, 16, 32)
+  assert p['stage3_block1']['conv2']['kernel'].shape == (3, 3, 128, 128)
+  assert 'shortcut_conv' in p['stage1_block0'] and 'shortcut_conv' not in p['stage1_block1']
+  assert p['final_bn']['scale'].shape == (128,)
+
+
+def test_bfloat16_compute_keeps_float32_parameters(load_config):
+  config = load_config('cifar10.py', 'depth=20')
+  config.model.dtype = 'bfloat16'
+  model = models.create_model(config)
+  x = jnp.zeros((2, 32, 32, 3))
+  variables = model.init({'params': jax.random.key(0)}, x, train=False)
+  assert {v.dtype for v in jax.tree.leaves(variables)} == {jnp.dtype('float32')}
+  logits, aux = model.apply(variables, x, train=False)
+  assert logits.dtype == jnp.float32 and aux['probs'].dtype == jnp.float32
+
+
+@pytest.mark.parametrize('field,value,message', [
+    ('model.depth', 100, r'model.depth=100 is not allowed for cifar_resnet: depth must be 6n\+2'),
+    ('model.name', 'vgg', r"model.name='vgg' is unknown; allowed: cifar_resnet, wide_resnet, "
+                          r'imagenet_resnet'),
+    ('loss.target', 1.5, r'loss.target=1.5 is outside \(0, 1\]'),
+    ('loss.target', 0.0, r'loss.target=0.0 is outside \(0, 1\]'),
+    ('loss.targets', (0.5, 0.5), r'loss.targets has 2 entries but the model has 54 gated blocks'),
+    ('loss.reduction', 'max', r"loss.reduction='max' is unknown; allowed: mean, sum"),
+    ('model.dtype', 'float16', r"model.dtype='float16' is unknown; allowed: float32, bfloat16"),
+    ('loss.target_schedule', 'resnet50_reference',
+     r"loss.target_schedule='resnet50_reference' defines 16 blocks but model "
+     r'cifar_resnet-110 has 54'),
+])
+def test_bad_model_config_is_refused_with_field_name(load_config, field, value, message):
+  config = load_config('cifar10.py')
+  section, key = field.split('.')
+  config[section][key] = value
+  with pytest.raises(ValueError, match=message):
+    models.create_model(config)
+
+
+def test_bad_imagenet_depth_is_refused(load_config):
+  config = load_config('imagenet.py')
+  config.model.depth = 34
+  with pytest.raises(ValueError, match=r'model.depth=34 is not allowed for imagenet_resnet: '
+                                       r'allowed depths are \[50, 101, 152\]'):
+    models.create_model(config)
+  with pytest.raises(ValueError, match=r"arch='resnet18' is unknown; allowed: resnet50, "):
+    load_config('imagenet.py', 'resnet18')

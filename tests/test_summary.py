@@ -1,0 +1,44 @@
+"""The summary command prints the reference numbers."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _summary(config_arg):
+  out = subprocess.run([sys.executable, '-m', 'adanet_jax.summary', f'--config={config_arg}',
+                        '--json'], cwd=REPO, capture_output=True, text=True, timeout=300,
+                       check=True)
+  return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize('config_arg,params,gate_params,gmacs,gated', [
+    ('configs/cifar10.py', 1_766_630, 35_916, 0.2532, 54),
+    ('configs/imagenet.py:resnet50', 25_768_264, 211_232, 4.0894, 10),
+    ('configs/imagenet.py:resnet101', 45_040_314, 491_154, 7.8019, 25),
+])
+def test_summary_json(config_arg, params, gate_params, gmacs, gated):
+  s = _summary(config_arg)
+  assert (s['params'], s['gate_params'], s['gated_blocks']) == (params, gate_params, gated)
+  assert abs(s['macs'] / 1e9 / gmacs - 1) < 1e-3
+  assert s['gflops'] == pytest.approx(2 * s['macs'] / 1e9)
+  assert len(s['per_block']) == s['blocks']
+  assert sum(b['params'] for b in s['per_block']) < s['params']
+
+
+def test_summary_table_and_bad_config():
+  out = subprocess.run([sys.executable, '-m', 'adanet_jax.summary',
+                        '--config=configs/cifar10.py:depth=20'], cwd=REPO, capture_output=True,
+                       text=True, timeout=300, check=True).stdout
+  assert 'stage3_block2' in out and '40,818,080 MACs' in out and '277,820 params' in out
+  bad = subprocess.run([sys.executable, '-m', 'adanet_jax.summary',
+                        '--config=configs/cifar10.py:depth=21'], cwd=REPO, capture_output=True,
+                       text=True, timeout=300)
+  assert bad.returncode != 0
+  assert 'model.depth=21 is not allowed for cifar_resnet: depth must be 6n+2' in bad.stderr
+  assert 'Traceback' not in bad.stderr
