@@ -15,7 +15,7 @@ $(STAMP): requirements.lock setup.cfg pyproject.toml
 setup: $(STAMP)
 
 train: $(STAMP)
-	$(VENV)/bin/python -m adanet_jax.summary --config=configs/cifar10.py
+	$(VENV)/bin/python -m adanet_jax.main --config=configs/digits.py --workdir=workdirs/digits
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest

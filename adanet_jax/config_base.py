@@ -2,10 +2,11 @@
 strings such as `depth=110,target=0.7`.
 """
 
+import re
 import sys
 from typing import Any
 
-from absl import app
+from absl import app, flags
 import ml_collections
 
 
@@ -14,13 +15,30 @@ class ConfigError(ValueError):
 
 
 def run_cli(main) -> None:
-  """`absl.app.run(main)`, printing a ConfigError as one line instead of a traceback."""
+  """`absl.app.run(main)`, printing a bad config or override as one line
+  instead of a traceback."""
   def guarded(argv):
     try:
       return main(argv)
     except ConfigError as e:
       sys.exit(f'error: {e}')
-  app.run(guarded)
+  app.run(guarded, flags_parser=_parse_flags)
+
+
+def _parse_flags(argv):
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    sys.exit(f'FATAL Flags parsing error: {e}')
+  except (AttributeError, KeyError) as e:
+    # config_flags reports an override of a field that does not exist so.
+    match = re.search(r"([A-Za-z0-9_]+)\\?'", str(e))
+    key = match.group(1) if match else ''
+    field = next((a.split('=')[0] for a in argv
+                  if a.startswith('--config.') and a.split('=')[0].endswith(f'.{key}')),
+                 f'--config override of {key!r}')
+    sys.exit(f'error: {field} names no field of the config; configs are locked: override '
+             'only fields the config file defines')
 
 
 def parse_arg(arg: str | None, positional: str | None = None, **defaults: Any) -> ml_collections.ConfigDict:
@@ -112,5 +130,16 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.train = ml_collections.ConfigDict(dict(
       batch_size=256,           # global batch, over all devices and processes
       num_epochs=350.0,
+      log_every_steps=100,
+      eval_every_epochs=10.0,   # and always after the last step
+      sync_every_steps=10,      # wait for results at least this often (CPU: <= 10)
   ))
+  c.eval = ml_collections.ConfigDict(dict(
+      batch_size=500,           # global; the last batch is padded and masked
+  ))
+  c.checkpoint = ml_collections.ConfigDict(dict(
+      every_steps=1000,         # and always after the last step
+      keep=3,
+  ))
+  c.init_from = ''              # workdir or checkpoint dir to start from (params only)
   return c

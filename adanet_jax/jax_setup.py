@@ -1,7 +1,9 @@
 """Process-wide JAX settings that entry points (not the library) apply."""
 
+import logging
 import os
 
+from absl import logging as absl_logging
 import jax
 
 DEFAULT_CACHE_DIR = os.path.join(os.path.expanduser('~'), '.cache', 'adanet_jax', 'xla')
@@ -24,3 +26,16 @@ def enable_compilation_cache(cache_dir: str | None = None) -> str:
   jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.5)
   jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
   return cache_dir
+
+
+class _LibraryInfoFilter(logging.Filter):
+  """Drops INFO records of chatty libraries (orbax logs every file it writes)."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return record.levelno >= logging.WARNING or not any(
+        part in record.pathname for part in ('/orbax/', '/jax/_src/', '/etils/'))
+
+
+def quiet_library_logs() -> None:
+  """Keeps the console to our own progress lines and library warnings."""
+  absl_logging.get_absl_handler().addFilter(_LibraryInfoFilter())

@@ -69,6 +69,9 @@ def train_step(state: TrainState, batch: dict, key: jax.Array, *, targets: Seque
       'target_loss': parts['target_loss'] * n,
       'correct': jnp.sum(jnp.argmax(logits, -1) == batch['label']).astype(jnp.float32),
       'gates': jnp.sum(jax.lax.stop_gradient(aux['gates']), axis=0),
+      # The step itself if its loss is not finite, else +inf (combined by min).
+      'first_nonfinite_step': jnp.where(jnp.isfinite(loss), jnp.inf,
+                                        state.step.astype(jnp.float32)),
   }
   if schedule is not None:
     metrics['learning_rate'] = schedule(state.step) * n
@@ -80,3 +83,26 @@ def make_train_step(config: ml_collections.ConfigDict, schedule=None):
   return functools.partial(
       train_step, targets=models.block_targets(config), loss_weight=config.loss.weight,
       reduction=config.loss.reduction, gate_mode=config.gates.train_mode, schedule=schedule)
+
+
+def eval_step(state: TrainState, batch: dict, *, gate_mode: str, num_classes: int):
+  """Sums over the real (mask = 1) examples of one evaluation batch.
+
+  Returns counts, correct predictions, cross-entropy, per-block gate sums and
+  the per-class x per-block gate sums (paper Fig. 4). Exact MACs follow from
+  the per-block sums (`accounting.CostTable`), so they are not summed here.
+  """
+  logits, aux = state.apply_fn({'params': state.params, 'batch_stats': state.batch_stats},
+                               batch['image'], train=False, gate_mode=gate_mode)
+  mask = batch['mask']
+  gates = aux['gates'] * mask[:, None]
+  ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch['label'])
+  one_hot = jax.nn.one_hot(batch['label'], num_classes, dtype=jnp.float32) * mask[:, None]
+  return {
+      'count': mask.sum(),
+      'correct': jnp.sum((jnp.argmax(logits, -1) == batch['label']) * mask),
+      'ce': jnp.sum(ce * mask),
+      'gates': gates.sum(axis=0),
+      'class_count': one_hot.sum(axis=0),
+      'class_gates': one_hot.T @ gates,
+  }

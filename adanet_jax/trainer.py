@@ -1,0 +1,170 @@
+"""The training loop: sharded state and steps, periodic eval, logs and
+checkpoints, exact resume.
+
+Data parallelism is `jax.jit` over arrays sharded on a ('data',) mesh of all
+devices (pmap's successor): the batch is split over devices, the state is
+replicated and donated, and the result equals the one-device computation.
+"""
+
+import os
+import time
+
+import jax
+from jax.sharding import NamedSharding, PartitionSpec as P
+import ml_collections
+import numpy as np
+
+from adanet_jax import (accounting, checkpoints, evaluation, input_pipeline, metrics, models,
+                        optim, steps)
+from adanet_jax.config_base import ConfigError
+
+
+class NonFiniteLossError(RuntimeError):
+  """The loss became NaN or infinite; training stopped without saving."""
+
+
+def is_time(step: int, every: int, last_step: int) -> bool:
+  """Whether a periodic action runs after `step` completed steps (1-based).
+
+  Runs every `every` steps (never if `every` <= 0) and always after the last.
+  """
+  return step == last_step or (every > 0 and step % every == 0)
+
+
+def check_run_config(config: ml_collections.ConfigDict) -> None:
+  """Checks what depends on the machine, before anything is compiled."""
+  models.validate(config)
+  optim.create_schedule(config, steps_per_epoch=1)  # checks optim.schedule
+  n = jax.device_count()
+  for field, size in (('train.batch_size', config.train.batch_size),
+                      ('eval.batch_size', config.eval.batch_size)):
+    if size <= 0 or size % n:
+      raise ConfigError(f'{field}={size} must be a positive multiple of the device count '
+                        f'({n} devices)')
+  if not 1 <= config.train.sync_every_steps <= 10 and jax.default_backend() == 'cpu':
+    raise ConfigError(f'train.sync_every_steps={config.train.sync_every_steps} must be '
+                      'in [1, 10] on CPU (more queued steps can deadlock XLA:CPU)')
+
+
+class Runner:
+  """Mesh, shardings and compiled steps of one config."""
+
+  def __init__(self, config: ml_collections.ConfigDict, dataset, devices=None):
+    self.config = config
+    devices = devices or jax.devices()
+    self.mesh = jax.make_mesh((len(devices),), ('data',),
+                              axis_types=(jax.sharding.AxisType.Auto,), devices=devices)
+    self.replicated = NamedSharding(self.mesh, P())
+    self.data = NamedSharding(self.mesh, P('data'))
+    self.model = models.create_model(config)
+    self.costs = accounting.cost_table(self.model, dataset.image_shape)
+    self.steps_per_epoch = dataset.steps_per_epoch
+    self.num_steps = optim.epochs_to_steps(config.train.num_epochs, self.steps_per_epoch)
+    _, schedule = optim.create_optimizer(config, self.steps_per_epoch)
+    self.train_step = jax.jit(steps.make_train_step(config, schedule),
+                              in_shardings=(self.replicated, self.data, self.replicated),
+                              out_shardings=self.replicated, donate_argnums=0)
+    self.eval_steps = {
+        mode: jax.jit(lambda s, b, mode=mode: steps.eval_step(
+            s, b, gate_mode=mode, num_classes=config.model.num_classes),
+                      in_shardings=(self.replicated, self.data), out_shardings=self.replicated)
+        for mode in config.gates.eval_modes}
+    self.key = jax.device_put(jax.random.key(config.seed), self.replicated)
+
+  def init_state(self):
+    init = jax.jit(lambda key: steps.create_train_state(
+        self.config, self.model, self.steps_per_epoch, key), out_shardings=self.replicated)
+    return init(jax.random.key(self.config.seed))
+
+  def to_global(self, batch: dict) -> dict:
+    """A global array sharded over 'data' from this process's share."""
+    return {k: jax.make_array_from_process_local_data(self.data, v) for k, v in batch.items()}
+
+  def evaluate(self, state, dataset, workdir: str, step: int) -> dict:
+    results = {}
+    for mode, eval_step in self.eval_steps.items():
+      sums = evaluation.evaluate(eval_step, state, dataset.eval_batches(), self.to_global)
+      summary = evaluation.summarize(sums, self.costs, models.fixed_blocks(self.config),
+                                     self.config.model.gated)
+      if jax.process_index() == 0:
+        evaluation.save_class_block_rates(workdir, step, mode,
+                                          evaluation.class_block_rates(sums))
+      results.update({f'eval/{mode}/{k}': v for k, v in summary.items()})
+    return results
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, dataset=None) -> dict:
+  """Trains `config` in `workdir`, resuming from its latest checkpoint.
+
+  Returns the metrics of the final evaluation.
+  """
+  check_run_config(config)
+  dataset = dataset or input_pipeline.create_dataset(config)
+  checkpointer = checkpoints.Checkpointer(workdir, config)  # refuses another model's workdir
+  runner = Runner(config, dataset)
+  state = checkpoints.restore_or_init(checkpointer, runner.init_state(), config.init_from)
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, 'config.json'), 'w') as f:
+      f.write(config.to_json_best_effort(indent=1, sort_keys=True))
+  logger = metrics.MetricLogger(workdir)
+  try:
+    final = _train_loop(config, workdir, dataset, runner, state, checkpointer, logger)
+  finally:  # also on errors: finish pending checkpoint writes
+    checkpointer.close()
+    logger.close()
+  return final
+
+
+def _train_loop(config, workdir, dataset, runner, state, checkpointer, logger) -> dict:
+  progress = Progress(runner.num_steps, int(state.step), config.train.batch_size)
+  sums, final = None, {}
+  tc = config.train
+  for step in range(int(state.step), runner.num_steps):
+    state, step_metrics = runner.train_step(state, runner.to_global(dataset.train_batch(step)),
+                                            runner.key)
+    sums = metrics.accumulate(sums, step_metrics)
+    done = step + 1
+    log, ckpt = is_time(done, tc.log_every_steps, runner.num_steps), is_time(
+        done, config.checkpoint.every_steps, runner.num_steps)
+    evaluate = is_time(done, optim.epochs_to_steps(tc.eval_every_epochs, runner.steps_per_epoch),
+                       runner.num_steps)
+    if log or ckpt or evaluate or done % tc.sync_every_steps == 0:
+      _raise_if_nonfinite(sums, checkpointer)
+    if log:
+      summary = {f'train/{k}': v for k, v in metrics.summarize_train(jax.device_get(sums)).items()}
+      logger.write(done, {**summary, **progress.update(done)})
+      sums = None
+    if evaluate:
+      final = runner.evaluate(state, dataset, workdir, done)
+      logger.write(done, final)
+    if ckpt:
+      checkpointer.save(done, state)
+  if not final:  # resumed after the last step: evaluate what is there
+    final = runner.evaluate(state, dataset, workdir, runner.num_steps)
+  return final
+
+
+def _raise_if_nonfinite(sums: dict, checkpointer) -> None:
+  """Waits for the queued steps and stops at the first non-finite loss."""
+  first_bad = float(jax.device_get(sums['first_nonfinite_step']))
+  if np.isfinite(first_bad):
+    checkpointer.manager.wait_until_finished()
+    raise NonFiniteLossError(
+        f'the loss is not finite at step {int(first_bad)} (0-based optimizer step); training '
+        f'stopped, the last checkpoint (step {checkpointer.latest_step()}) is kept')
+
+
+class Progress:
+  """Images/s and ETA between log points."""
+
+  def __init__(self, num_steps: int, start_step: int, batch_size: int):
+    self.num_steps, self.batch_size = num_steps, batch_size
+    self.last_step, self.last_time = start_step, time.perf_counter()
+
+  def update(self, step: int) -> dict:
+    now = time.perf_counter()
+    per_step = (now - self.last_time) / max(step - self.last_step, 1)
+    self.last_step, self.last_time = step, now
+    return {'train/images_per_s': self.batch_size / per_step,
+            'train/progress': step / self.num_steps,
+            'train/eta_s': per_step * (self.num_steps - step)}
