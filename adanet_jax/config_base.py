@@ -2,6 +2,7 @@
 strings such as `depth=110,target=0.7`.
 """
 
+import itertools
 import re
 import sys
 from typing import Any
@@ -83,6 +84,19 @@ def _cast(key: str, raw: str, default: Any) -> Any:
   except ValueError:
     raise ConfigError(f'config argument {key}={raw!r} must be of type '
                      f'{type(default).__name__}') from None
+
+
+def grid(**axes) -> list[dict]:
+  """Sweep points: every combination of the values of each axis.
+
+  Args:
+    **axes: config path -> values, e.g. `**{'loss.target': [0.3, 0.5], 'seed': [0, 1]}`.
+
+  Returns:
+    A list of override dicts, one per point.
+  """
+  keys = list(axes)
+  return [dict(zip(keys, values)) for values in itertools.product(*axes.values())]
 
 
 def get_base_config() -> ml_collections.ConfigDict:

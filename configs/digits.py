@@ -40,3 +40,17 @@ def get_config(arg=None):
   config.checkpoint.every_steps = 110
   config.lock()
   return config
+
+
+def get_sweeps():
+  """Sweeps of this config (python -m adanet_jax.sweep --config=configs/digits.py ...).
+
+  targets: the accuracy/compute trade-off: t in {0.3, 0.5, 0.7, 1.0 (every
+    block fixed on)} and the gates-off baseline.
+  smoke: three targets, for a quick check of the sweep machinery.
+  """
+  targets = config_base.grid(**{'loss.target': [0.3, 0.5, 0.7, 1.0], 'seed': [0]})
+  return {
+      'targets': targets + [{'model.gated': False, 'seed': 0}],
+      'smoke': config_base.grid(**{'loss.target': [0.3, 0.5, 0.7], 'seed': [0]}),
+  }

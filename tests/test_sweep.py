@@ -1,0 +1,99 @@
+"""Sweeps: run, kill mid-sweep, resume without redoing points, summarize; bad input."""
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ['--config=configs/digits.py:depth=8', '--sweep=smoke', '--config.train.num_epochs=0.2',
+        '--config.train.batch_size=64', '--config.eval.batch_size=120']
+
+
+def _sweep_command(root, *extra):
+  return [sys.executable, '-m', 'adanet_jax.sweep', f'--root={root}', *TINY, *extra]
+
+
+def _env():
+  env = dict(os.environ)
+  env.pop('XLA_FLAGS', None)  # the points run on one device, as on a user's machine
+  return env
+
+
+def _last_eval(workdir):
+  records = [json.loads(l) for l in open(os.path.join(workdir, 'metrics.jsonl'))]
+  return [r for r in records if 'eval/deterministic/accuracy' in r][-1]
+
+
+@pytest.mark.timeout(400)
+def test_sweep_survives_a_kill_resumes_and_summarizes(tmp_path):
+  root = tmp_path / 'sweep'
+  launcher = subprocess.Popen(_sweep_command(root), cwd=REPO, env=_env(),
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+  first = root / 'target-0.3_seed-0' / 'sweep_status.json'
+  deadline = time.time() + 200
+  while not first.exists() and time.time() < deadline and launcher.poll() is None:
+    time.sleep(0.2)
+  launcher.send_signal(signal.SIGKILL)  # mid-sweep: point 1 done, point 2 running
+  launcher.wait()
+  assert json.loads(first.read_text())['status'] == 'done'
+  assert not (root / 'target-0.7_seed-0' / 'sweep_status.json').exists()
+  first_log = (root / 'target-0.3_seed-0' / 'log.txt').read_text()
+
+  out = subprocess.run(_sweep_command(root), cwd=REPO, env=_env(), capture_output=True,
+                       text=True, timeout=300)
+  assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+  assert '1 of 3 points already done' in out.stdout
+  assert 'target-0.3_seed-0 [done]' in out.stdout
+  assert (root / 'target-0.3_seed-0' / 'log.txt').read_text() == first_log  # not rerun
+
+  rows = list(csv.DictReader(open(root / 'summary.csv')))
+  assert [r['point'] for r in rows] == ['target-0.3_seed-0', 'target-0.5_seed-0',
+                                        'target-0.7_seed-0']
+  for row, target in zip(rows, ('0.3', '0.5', '0.7')):
+    workdir = root / row['point']
+    config = json.load(open(workdir / 'config.json'))
+    assert config['loss']['target'] == float(target)
+    assert config['train']['num_epochs'] == 0.2
+    assert row['overrides'] == f'loss.target={target} seed=0'
+    assert row['status'] == 'done'
+    last = _last_eval(workdir)
+    assert float(row['accuracy']) == last['eval/deterministic/accuracy']
+    assert float(row['macs_per_image']) == last['eval/deterministic/macs_per_image']
+    assert float(row['paper_gflops']) == last['eval/deterministic/paper_gflops']
+  assert (root / 'accuracy_vs_gflops.png').stat().st_size > 10_000
+  assert '| target-0.5_seed-0 | loss.target=0.5 seed=0 | done |' in (root / 'summary.md').read_text()
+
+
+@pytest.mark.parametrize('extra,message', [
+    (['--sweep=nope'], "--sweep='nope' is not defined by configs/digits.py; its sweeps: smoke, "
+                       'targets'),
+    (['--config.loss.targt=0.5'], 'override loss.targt=\'0.5\' names no field of the config'),
+    (['--config.train.batch_size=many'], "override train.batch_size='many' is not a valid int"),
+])
+def test_bad_sweep_input_starts_nothing(tmp_path, extra, message):
+  root = tmp_path / 'sweep'
+  out = subprocess.run(_sweep_command(root, *extra), cwd=REPO, env=_env(), capture_output=True,
+                       text=True, timeout=120)
+  assert out.returncode != 0
+  assert message in out.stderr, out.stderr[-2000:]
+  assert 'Traceback' not in out.stderr
+  assert not root.exists()
+
+
+def test_root_of_another_sweep_is_refused(tmp_path):
+  root = tmp_path / 'sweep'
+  plan = subprocess.run(_sweep_command(root, '--plan_only'), cwd=REPO, env=_env(),
+                        capture_output=True, text=True, timeout=120)
+  assert plan.returncode == 0 and 'sweep plan: 3 points' in plan.stdout
+  assert (root / 'commands.sh').read_text().count('adanet_jax.main') == 3
+  other = subprocess.run(_sweep_command(root, '--config.seed=1'), cwd=REPO, env=_env(),
+                         capture_output=True, text=True, timeout=120)
+  assert other.returncode != 0
+  assert f'--root={root} holds a different sweep' in other.stderr
+  assert sorted(os.listdir(root)) == ['commands.sh', 'sweep.json']
