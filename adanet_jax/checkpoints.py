@@ -65,8 +65,12 @@ class Checkpointer:
     options = ocp.CheckpointManagerOptions(max_to_keep=config.checkpoint.keep, create=True)
     self.manager = ocp.CheckpointManager(self.directory, options=options)
     if jax.process_index() == 0:
-      with open(os.path.join(self.directory, 'model.json'), 'w') as f:
+      # Written aside and renamed: the other processes may be reading it in
+      # check_workdir right now, and must never see it half written.
+      path = os.path.join(self.directory, 'model.json')
+      with open(path + '.tmp', 'w') as f:
         json.dump(model_signature(config), f, indent=1, sort_keys=True)
+      os.replace(path + '.tmp', path)
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
@@ -77,7 +81,7 @@ class Checkpointer:
   def restore(self, state, step: int | None = None):
     """Restores into the shapes, dtypes and shardings of `state`."""
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
-    return self.manager.restore(step or self.latest_step(),
+    return self.manager.restore(self.latest_step() if step is None else step,
                                 args=ocp.args.StandardRestore(abstract))
 
   def close(self) -> None:

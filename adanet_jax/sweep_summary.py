@@ -103,14 +103,18 @@ def _plot(rows: list[dict], path: str) -> None:
   import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
   done = [r for r in rows if r['accuracy'] is not None]
   fig, ax = plt.subplots(figsize=(7, 4.5))
-  ax.scatter([1e3 * r['gflops_per_image'] for r in done], [100 * r['accuracy'] for r in done],
-             label='sweep point')
+  plain = [r for r in done if 'model.gated=False' in r['overrides']]
+  gated = [r for r in done if r not in plain]
+  for group, marker, label in ((gated, 'o', 'gated'), (plain, 's', 'gates off')):
+    if group:
+      ax.scatter([1e3 * r['gflops_per_image'] for r in group],
+                 [100 * r['accuracy'] for r in group], marker=marker, label=label, zorder=3)
   for r in done:
     ax.annotate(r['point'], (1e3 * r['gflops_per_image'], 100 * r['accuracy']), fontsize=7,
                 xytext=(3, 3), textcoords='offset points')
   front = pareto_front(done)
   ax.plot([1e3 * r['gflops_per_image'] for r in front], [100 * r['accuracy'] for r in front],
-          'r--', label='Pareto front')
+          'r--', marker='*', markersize=14, label='Pareto front', zorder=4)
   ax.set_xlabel('compute per image (MFLOPs = 2 x MACs / 1e6)')
   ax.set_ylabel('evaluation accuracy (%)')
   ax.set_title('Accuracy against compute')

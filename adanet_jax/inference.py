@@ -1,0 +1,292 @@
+"""Trained models outside the trainer: load a checkpoint, predict with gates.
+
+  model = adanet_jax.load('workdirs/digits')   # or .../checkpoints[/<step>]
+  images, labels = model.eval_split()          # preprocessed as in evaluation
+  out = model.predict(images)                  # deterministic gates
+  out.logits, out.executed, out.probs, out.macs
+
+`load` reads the resolved config the trainer wrote (`workdir/config.json`)
+and restores the checkpoint into an abstract state built on one device, so a
+checkpoint written by N devices or processes loads on a single CPU or GPU.
+`predict` cuts large inputs into batches itself (the last one padded), with
+one compilation per batch shape and gate mode.
+"""
+
+import dataclasses
+import functools
+import json
+import os
+from typing import Any, Callable
+
+import jax
+import ml_collections
+import numpy as np
+
+from adanet_jax import accounting, checkpoints, evaluation, input_pipeline, models, steps
+from adanet_jax.config_base import ConfigError
+
+
+@dataclasses.dataclass(frozen=True)
+class Prediction:
+  """Per-image outputs of `LoadedModel.predict` (numpy, batch first).
+
+  Attributes:
+    logits: (N, classes) float32.
+    gates: (N, blocks) the value each residual branch was multiplied by: hard
+      0/1 in modes `deterministic` and `sample`, the execution probability in
+      `expected`; 1 for blocks that always run.
+    executed: (N, blocks) bool, whether each block's branch was computed
+      (`expected` mode computes every branch).
+    probs: (N, blocks) the gates' execution probabilities.
+    macs: (N,) exact MACs of each image given `executed` (1 MAC = one
+      multiply-add; see `adanet_jax.accounting`).
+  """
+  logits: np.ndarray
+  gates: np.ndarray
+  executed: np.ndarray
+  probs: np.ndarray
+  macs: np.ndarray
+
+  @property
+  def labels(self) -> np.ndarray:
+    """The predicted class of each image."""
+    return np.argmax(self.logits, axis=-1)
+
+
+@dataclasses.dataclass
+class LoadedModel:
+  """A trained model on one device: config, module, parameters, BN statistics.
+
+  Attributes:
+    config: the resolved config of the run (locked).
+    model: the `resnet.ResNet` the config describes.
+    params: parameters, on `device`.
+    batch_stats: BatchNorm running statistics, on `device`.
+    step: the optimizer step of the checkpoint.
+    workdir: the run's workdir.
+  """
+  config: ml_collections.ConfigDict
+  model: Any
+  params: Any
+  batch_stats: Any
+  step: int
+  workdir: str
+
+  @property
+  def variables(self) -> dict:
+    """The variables `model.apply` takes."""
+    return {'params': self.params, 'batch_stats': self.batch_stats}
+
+  @property
+  def image_shape(self) -> tuple[int, int, int]:
+    data = self.config.data
+    return (data.image_size, data.image_size, data.channels)
+
+  @functools.cached_property
+  def costs(self) -> accounting.CostTable:
+    """MACs per image of each part of the model."""
+    return accounting.cost_table(self.model, self.image_shape)
+
+  @functools.cached_property
+  def _forward(self) -> Callable:
+    # gate_mode is static: one compilation per (mode, batch shape).
+    def forward(variables, images, key, gate_mode):
+      return self.model.apply(variables, images, train=False, gate_mode=gate_mode,
+                              rngs={'gumbel': key})
+    return jax.jit(forward, static_argnames='gate_mode')
+
+  def eval_split(self, limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(images, labels) of the split the trainer evaluates on, in its order.
+
+    Read through the dataset's `eval_batches()` (padding dropped), so the
+    images are preprocessed exactly as in evaluation. Single process only.
+
+    Args:
+      limit: stop after this many examples (all if None).
+    """
+    images, labels, count = [], [], 0
+    for batch in input_pipeline.create_dataset(self.config).eval_batches():
+      real = batch['mask'] > 0
+      images.append(batch['image'][real])
+      labels.append(batch['label'][real])
+      count += int(real.sum())
+      if limit is not None and count >= limit:
+        break
+    return np.concatenate(images)[:limit], np.concatenate(labels)[:limit]
+
+  def predict(self, images, gate_mode: str = 'deterministic', batch_size: int | None = None,
+              seed: int = 0, skip: bool = False) -> Prediction:
+    """Runs the model on `images` in batches.
+
+    Args:
+      images: (N, H, W, C) preprocessed as the training data.
+      gate_mode: 'deterministic' (execute iff the gate's logit for "execute"
+        is larger), 'sample' (Gumbel noise, as in training) or 'expected'
+        (every block, scaled by its execution probability).
+      batch_size: images per compiled call; default the config's
+        `eval.batch_size`. Fewer images run as one smaller batch.
+      seed: Gumbel noise seed of mode 'sample' (batch i uses fold_in(seed, i),
+        so the noise depends on the batch size).
+      skip: compute only the blocks that execute (`adanet_jax.skip_inference`;
+        deterministic gates only). Same outputs up to float rounding.
+
+    Returns:
+      A `Prediction` with one row per image.
+    """
+    images = np.asarray(images, np.float32)
+    if images.ndim != 4 or images.shape[1:] != self.image_shape:
+      raise ValueError(f'images must have shape (N, {", ".join(map(str, self.image_shape))}), '
+                       f'got {images.shape}')
+    apply = self._skip_apply(gate_mode) if skip else self._apply_fn(gate_mode, seed)
+    size = min(batch_size or self.config.eval.batch_size, len(images))
+    logits, (gates, probs) = map_batches(apply, size, images)
+    executed = gates != 0
+    return Prediction(logits=logits, gates=gates, executed=executed, probs=probs,
+                      macs=self.costs.per_image(executed))
+
+  def _apply_fn(self, gate_mode: str, seed: int) -> Callable:
+    """(batch index, images) -> (logits, (gates, probs)) on one device."""
+    key = jax.random.key(seed)
+
+    def apply(index, images):
+      logits, aux = self._forward(self.variables, images, jax.random.fold_in(key, index),
+                                  gate_mode=gate_mode)
+      return logits, (aux['gates'], aux['probs'])
+    return apply
+
+  def _skip_apply(self, gate_mode: str) -> Callable:
+    """Like `_apply_fn`, computing only the executed blocks (deterministic only)."""
+    try:
+      from adanet_jax import skip_inference  # pylint: disable=import-outside-toplevel
+    except ImportError:
+      raise NotImplementedError('predict(skip=True) needs adanet_jax.skip_inference, '
+                                'which this installation does not have') from None
+
+    def apply(index, images):
+      del index
+      logits, aux = skip_inference.skip_apply(self.model, self.variables, images,
+                                              gate_mode=gate_mode)
+      return logits, (aux['gates'], aux['probs'])
+    return apply
+
+
+def map_batches(fn: Callable, batch_size: int, *arrays: np.ndarray):
+  """Applies `fn(batch_index, *batch)` to equal-size batches of `arrays`.
+
+  The last batch is padded by repeating the first example, so `fn` sees a
+  single shape (one compilation); padded rows are dropped from the result.
+
+  Args:
+    fn: returns a pytree of arrays with the batch on axis 0.
+    batch_size: examples per call.
+    *arrays: arrays with the same length on axis 0.
+
+  Returns:
+    The pytree of `fn`'s outputs concatenated over batches, as numpy.
+  """
+  n = len(arrays[0])
+  if n == 0 or batch_size <= 0:
+    raise ValueError(f'need at least one example and a positive batch size, got {n} '
+                     f'examples and batch_size={batch_size}')
+  outputs = []
+  for index, start in enumerate(range(0, n, batch_size)):
+    ids = np.arange(start, start + batch_size)
+    ids = np.where(ids < n, ids, 0)
+    outputs.append(jax.device_get(fn(index, *(a[ids] for a in arrays))))
+  return jax.tree.map(lambda *parts: np.concatenate(parts)[:n], *outputs)
+
+
+def load(path: str, device: jax.Device | None = None) -> LoadedModel:
+  """Loads a trained model from a workdir or checkpoint directory.
+
+  Args:
+    path: a workdir, its `checkpoints` directory (the latest step is
+      loaded), or one step directory inside it (`checkpoints/<step>`).
+    device: where the parameters go; default the first local device.
+
+  Returns:
+    A `LoadedModel` whose arrays all live on `device`.
+  """
+  workdir, step = _resolve(path)
+  config = load_config(workdir)
+  model = models.create_model(config)
+  abstract = _abstract_state(config, model, device or jax.local_devices()[0])
+  state = _restore(workdir, config, abstract, step)
+  return LoadedModel(config=config, model=model, params=state.params,
+                     batch_stats=state.batch_stats, step=int(state.step), workdir=workdir)
+
+
+def load_config(workdir: str) -> ml_collections.ConfigDict:
+  """The resolved config the trainer wrote to `workdir/config.json` (locked)."""
+  path = os.path.join(workdir, 'config.json')
+  if not os.path.isfile(path):
+    raise ConfigError(f'{workdir!r} has no config.json: not a workdir written by the trainer')
+  with open(path) as f:
+    config = ml_collections.ConfigDict(json.load(f))
+  config.lock()
+  return config
+
+
+def _resolve(path: str) -> tuple[str, int | None]:
+  """(workdir, step or None for the latest) of a workdir or checkpoint path."""
+  path = os.path.abspath(path)
+  if os.path.isdir(os.path.join(path, 'checkpoints')):
+    return path, None
+  if os.path.basename(path) == 'checkpoints':
+    return os.path.dirname(path), None
+  parent = os.path.dirname(path)
+  if os.path.basename(parent) == 'checkpoints' and os.path.basename(path).isdigit():
+    return os.path.dirname(parent), int(os.path.basename(path))
+  raise ConfigError(f'{path!r} is not a workdir, a checkpoints directory or a step directory')
+
+
+def _abstract_state(config, model, device: jax.Device):
+  """The train state's shapes and dtypes, every leaf placed on `device`.
+
+  Restoring into this, whatever sharding the checkpoint was written with,
+  puts every array on the one device.
+  """
+  shapes = jax.eval_shape(lambda key: steps.create_train_state(config, model, 1, key),
+                          jax.random.key(0))
+  sharding = jax.sharding.SingleDeviceSharding(device)
+  return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding),
+                      shapes)
+
+
+def _restore(workdir: str, config, abstract, step: int | None):
+  if step is None:  # read-only: safe on the workdir of a run still training
+    return checkpoints.restore_from(workdir, abstract)
+  checkpointer = checkpoints.Checkpointer(workdir, config)
+  try:
+    return checkpointer.restore(abstract, step)
+  finally:
+    checkpointer.close()
+
+
+def block_rates(executed: np.ndarray) -> np.ndarray:
+  """Fraction of images that execute each block, as the trainer counts it."""
+  executed = np.asarray(executed, np.float64)
+  return executed.sum(axis=0) / len(executed)
+
+
+def class_block_rates(labels: np.ndarray, executed: np.ndarray, num_classes: int) -> np.ndarray:
+  """(classes, blocks): fraction of each class's images that execute each block."""
+  # Same sums as steps.eval_step, so evaluation.class_block_rates applies.
+  one_hot = np.eye(num_classes)[np.asarray(labels)]
+  sums = {'class_count': one_hot.sum(axis=0),
+          'class_gates': one_hot.T @ np.asarray(executed, np.float64)}
+  return evaluation.class_block_rates(sums)
+
+
+def downsampling_blocks(config: ml_collections.ConfigDict) -> tuple[int, ...]:
+  """Indices of the blocks that downsample: the first of every stage but the first."""
+  return tuple(int(i) for i in np.cumsum(models.stage_sizes(config.model))[:-1])
+
+
+
+def gated_blocks(config: ml_collections.ConfigDict) -> tuple[int, ...]:
+  """Blocks whose gate decides per image (none in a gates-off model)."""
+  if not config.model.gated:
+    return ()
+  fixed = set(models.fixed_blocks(config))
+  return tuple(i for i in range(models.num_blocks(config.model)) if i not in fixed)

@@ -1,0 +1,150 @@
+"""Tests of `adanet_jax.inference`: a checkpoint trained on 8 devices loads on
+one, and `predict` reproduces the trainer's evaluation exactly."""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+import adanet_jax
+from adanet_jax import config_io, inference, trainer
+from adanet_jax.config_base import ConfigError
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def train_tiny_run(basetemp, name: str, gated: bool = True) -> str:
+  """Trains a depth-8 digits model for one epoch (22 steps) on all devices.
+
+  Trained once per test session: later calls find `final.json`, the
+  metrics dict `train_and_evaluate` returned.
+
+  Returns:
+    The workdir.
+  """
+  workdir = os.path.join(str(basetemp), name)
+  if os.path.exists(os.path.join(workdir, 'final.json')):
+    return workdir
+  config = config_io.load_config_file(os.path.join(REPO, 'configs', 'digits.py'),
+                                      f'depth=8,epochs=1,gated={gated}')
+  config.train.batch_size = 64           # 22 steps
+  config.train.sync_every_steps = 1      # block on every step (multi-device CPU)
+  config.train.log_every_steps = 4       # several points of the rate curves
+  config.train.eval_every_epochs = 0.5   # evaluations at steps 11 and 22
+  config.eval.batch_size = 64            # 360 = 5 x 64 + 40: the last batch is padded
+  config.checkpoint.every_steps = 10     # checkpoints 10, 20, 22
+  final = trainer.train_and_evaluate(config, workdir)
+  with open(os.path.join(workdir, 'final.json'), 'w') as f:
+    json.dump(final, f)
+  return workdir
+
+
+@pytest.fixture(scope='session')
+def gated_run(tmp_path_factory):
+  return train_tiny_run(tmp_path_factory.getbasetemp(), 'tiny_gated')
+
+
+@pytest.fixture(scope='session')
+def loaded(gated_run):
+  return adanet_jax.load(gated_run)
+
+
+def final_metrics(workdir: str) -> dict:
+  """The metrics dict `train_and_evaluate` returned for a `train_tiny_run`."""
+  with open(os.path.join(workdir, 'final.json')) as f:
+    return json.load(f)
+
+
+@pytest.mark.timeout(300)  # includes training the session's tiny run
+def test_checkpoint_of_eight_devices_loads_on_one(gated_run, loaded):
+  assert jax.device_count() == 8  # the trainer's mesh had 8 devices
+  assert loaded.step == 22
+  assert loaded.config.model.depth == 8 and loaded.config.train.batch_size == 64
+  leaves = jax.tree.leaves((loaded.params, loaded.batch_stats))
+  assert {frozenset(x.devices()) for x in leaves} == {frozenset({jax.devices()[0]})}
+  # The checkpoints directory and the latest step directory are the same checkpoint.
+  for path in ('checkpoints', 'checkpoints/22'):
+    other = inference.load(os.path.join(gated_run, path))
+    assert other.step == 22
+    for a, b in zip(leaves, jax.tree.leaves((other.params, other.batch_stats))):
+      np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  older = inference.load(os.path.join(gated_run, 'checkpoints', '20'))
+  assert older.step == 20
+  assert not np.array_equal(np.asarray(older.params['head']['kernel']),
+                            np.asarray(loaded.params['head']['kernel']))
+
+
+@pytest.mark.timeout(240)
+def test_predict_reproduces_trainer_evaluation_exactly(gated_run, loaded):
+  final = final_metrics(gated_run)
+  images, labels = loaded.eval_split()
+  assert images.shape == (360, 8, 8, 1)
+  out = loaded.predict(images)  # batches of 64: the last one padded
+  assert out.logits.shape == (360, 10) and out.executed.shape == (360, 3)
+  assert np.mean(out.labels == labels) == final['eval/deterministic/accuracy']
+  assert list(inference.block_rates(out.executed)) == final['eval/deterministic/gate_rates']
+  assert np.isclose(out.macs.mean(), final['eval/deterministic/macs_per_image'], rtol=1e-12)
+  csv = os.path.join(gated_run, 'eval', 'class_block_rates_deterministic_step00000022.csv')
+  expected = np.loadtxt(csv, delimiter=',', skiprows=1)[:, 1:]
+  matrix = inference.class_block_rates(labels, out.executed, 10)
+  np.testing.assert_allclose(matrix, expected, atol=5e-7, rtol=0)
+
+
+@pytest.mark.timeout(120)
+def test_predict_batches_any_size_the_same(loaded):
+  images = loaded.eval_split(limit=23)[0]
+  whole = loaded.predict(images)
+  small = loaded.predict(images, batch_size=5)  # 5 batches, the last padded with 2 rows
+  assert small.logits.shape == (23, 10)
+  np.testing.assert_allclose(small.logits, whole.logits, atol=1e-5)
+  np.testing.assert_array_equal(small.executed, whole.executed)
+  np.testing.assert_array_equal(whole.macs, loaded.costs.per_image(whole.executed))
+  assert set(np.unique(whole.gates)) <= {0.0, 1.0}
+  assert np.all((whole.probs > 0) & (whole.probs < 1))
+
+
+@pytest.mark.timeout(120)
+def test_gate_modes(loaded):
+  images = loaded.eval_split(limit=16)[0]
+  expected = loaded.predict(images, gate_mode='expected')
+  assert expected.executed.all()  # every branch runs, scaled by its probability
+  np.testing.assert_allclose(expected.gates, expected.probs, rtol=1e-6)
+  assert np.all(expected.macs == loaded.costs.dense)
+  first, again = (loaded.predict(images, gate_mode='sample', seed=3) for _ in range(2))
+  np.testing.assert_array_equal(first.gates, again.gates)
+  assert set(np.unique(first.gates)) <= {0.0, 1.0}
+
+
+def test_bad_inputs_are_refused(loaded, tmp_path):
+  with pytest.raises(ValueError, match=r'images must have shape \(N, 8, 8, 1\), got \(2, 8, 8\)'):
+    loaded.predict(np.zeros((2, 8, 8)))
+  with pytest.raises(ConfigError, match='is not a workdir, a checkpoints directory or a step'):
+    inference.load(str(tmp_path))
+
+
+@pytest.mark.timeout(120)
+def test_skip_matches_masked_model_or_is_not_implemented(loaded):
+  images = loaded.eval_split(limit=16)[0]
+  if importlib.util.find_spec('adanet_jax.skip_inference') is None:
+    with pytest.raises(NotImplementedError, match='adanet_jax.skip_inference'):
+      loaded.predict(images, skip=True)
+    return
+  masked, skipped = (loaded.predict(images, skip=skip) for skip in (False, True))
+  np.testing.assert_array_equal(skipped.executed, masked.executed)
+  np.testing.assert_allclose(skipped.logits, masked.logits, atol=1e-4)
+  with pytest.raises(ConfigError, match="needs gate_mode='deterministic'"):
+    loaded.predict(images, gate_mode='expected', skip=True)
+
+
+def test_import_stays_light():
+  # `import adanet_jax` must not pull in orbax; `adanet_jax.load` imports it on use.
+  out = subprocess.run([sys.executable, '-c', 'import sys, adanet_jax; '
+                        'print("orbax.checkpoint" in sys.modules)'], cwd=REPO,
+                       capture_output=True, text=True, timeout=120)
+  assert out.stdout.strip() == 'False', out.stderr[-2000:]
+  assert adanet_jax.load is inference.load
