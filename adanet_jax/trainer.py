@@ -69,7 +69,9 @@ class Runner:
             s, b, gate_mode=mode, num_classes=config.model.num_classes),
                       in_shardings=(self.replicated, self.data), out_shardings=self.replicated)
         for mode in config.gates.eval_modes}
-    self.key = jax.device_put(jax.random.key(config.seed), self.replicated)
+    # Made by a compiled function: device_put cannot place a host value on the
+    # devices of other processes.
+    self.key = jax.jit(lambda: jax.random.key(config.seed), out_shardings=self.replicated)()
 
   def init_state(self):
     init = jax.jit(lambda key: steps.create_train_state(

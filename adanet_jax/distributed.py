@@ -1,0 +1,175 @@
+"""Multi-process (multi-host) start-up: `jax.distributed.initialize` from
+flags, the environment, or JAX's own cluster auto-detection.
+
+Each of the three settings (coordinator address, process count, process id)
+comes from the first of:
+  1. the flags `--coordinator_address`, `--num_processes`, `--process_id`;
+  2. the environment `JAX_COORDINATOR_ADDRESS`, `JAX_NUM_PROCESSES`,
+     `JAX_PROCESS_ID` (what `adanet_jax.launch` sets).
+Then:
+  - all three set: `initialize` with exactly those, no auto-detection;
+  - some set, inside a cluster JAX recognises: JAX detects the rest;
+  - none set, inside a cluster JAX recognises (Cloud TPU VM, SLURM `srun`,
+    Open MPI, Kubernetes JobSet): `initialize()` with no arguments, JAX
+    detects everything. Under SLURM JAX also gives each process only the
+    accelerator of its local rank (one process per GPU); set
+    `JAX_LOCAL_DEVICE_IDS` for another layout;
+  - none set, no cluster: one process, no `initialize`.
+
+`initialize` must run before any JAX computation (JAX refuses otherwise), so
+entry points call it first.
+"""
+
+import dataclasses
+import os
+from typing import Mapping
+
+from absl import logging
+import jax
+from jax.experimental import multihost_utils
+import jax.numpy as jnp
+from jax.sharding import NamedSharding, PartitionSpec as P
+import numpy as np
+
+from adanet_jax.config_base import ConfigError
+
+ENV_COORDINATOR = 'JAX_COORDINATOR_ADDRESS'  # also read by JAX itself
+ENV_NUM_PROCESSES = 'JAX_NUM_PROCESSES'
+ENV_PROCESS_ID = 'JAX_PROCESS_ID'
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+  """The explicit distributed settings; None where unset."""
+  coordinator_address: str | None = None
+  num_processes: int | None = None
+  process_id: int | None = None
+
+  def values(self) -> tuple:
+    return (self.coordinator_address, self.num_processes, self.process_id)
+
+  @property
+  def complete(self) -> bool:
+    return None not in self.values()
+
+  @property
+  def empty(self) -> bool:
+    return all(v is None for v in self.values())
+
+
+def resolve_settings(coordinator_address: str | None = None, num_processes: int | None = None,
+                     process_id: int | None = None,
+                     environ: Mapping[str, str] | None = None) -> Settings:
+  """Each setting from its flag, else from the environment.
+
+  Args:
+    coordinator_address: `host:port` of process 0's coordinator, or None.
+    num_processes: total number of processes, or None.
+    process_id: this process's id in [0, num_processes), or None.
+    environ: the environment (default `os.environ`).
+
+  Returns:
+    The settings, checked for range.
+  """
+  environ = os.environ if environ is None else environ
+  settings = Settings(coordinator_address or environ.get(ENV_COORDINATOR) or None,
+                      _int_setting(num_processes, environ, ENV_NUM_PROCESSES),
+                      _int_setting(process_id, environ, ENV_PROCESS_ID))
+  count, index = settings.num_processes, settings.process_id
+  if count is not None and count < 1:
+    raise ConfigError(f'the process count must be >= 1, not {count}')
+  if index is not None and (index < 0 or (count is not None and index >= count)):
+    raise ConfigError(f'process id {index} is outside [0, {count}) (the process count)')
+  return settings
+
+
+def _int_setting(flag_value: int | None, environ: Mapping[str, str], name: str) -> int | None:
+  if flag_value is not None:
+    return flag_value
+  raw = environ.get(name, '').strip()
+  if not raw:
+    return None
+  try:
+    return int(raw)
+  except ValueError:
+    raise ConfigError(f'environment variable {name}={raw!r} must be an integer') from None
+
+
+def detected_cluster() -> str | None:
+  """The cluster environment JAX's auto-detection would use, or None.
+
+  Returns:
+    The name of JAX's cluster class (e.g. 'SlurmCluster', 'GceTpuCluster'),
+    or None outside any cluster JAX knows.
+  """
+  # JAX exports no detection API; its cluster registry is what
+  # `jax.distributed.initialize()` consults, so asking it keeps us in step.
+  from jax._src import clusters  # pylint: disable=import-outside-toplevel
+  for env in clusters.ClusterEnv._cluster_types:  # pylint: disable=protected-access
+    if not env.opt_in_only_method and env.is_env_present():
+      return env.__name__
+  return None
+
+
+def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
+               process_id: int | None = None, environ: Mapping[str, str] | None = None) -> str:
+  """Joins the distributed job the flags, environment or cluster describe.
+
+  Args:
+    coordinator_address, num_processes, process_id: flag values (None: unset).
+    environ: the environment (default `os.environ`).
+
+  Returns:
+    How the process started, for the log: 'single process', 'explicit
+    settings' or 'cluster environment <name>'.
+  """
+  settings = resolve_settings(coordinator_address, num_processes, process_id, environ)
+  if settings.complete:
+    # Explicit settings win: no cluster detection (which could, e.g. under
+    # SLURM, also restrict the visible devices).
+    _join(*settings.values(), cluster_detection_method='deactivate')
+    return 'explicit settings'
+  cluster = detected_cluster()
+  if cluster is None:
+    if not settings.empty:
+      raise ConfigError(
+          'incomplete distributed settings (coordinator address, process count, process id = '
+          f'{settings.values()}) and no cluster environment to detect the rest: give all three '
+          f'(flags, or {ENV_COORDINATOR} / {ENV_NUM_PROCESSES} / {ENV_PROCESS_ID})')
+    return 'single process'
+  _join(*settings.values())  # JAX detects what is None
+  return f'cluster environment {cluster}'
+
+
+def _join(*args, **kwargs) -> None:
+  """`jax.distributed.initialize(*args, **kwargs)`, then `connect_collectives`."""
+  jax.distributed.initialize(*args, **kwargs)
+  connect_collectives()
+
+
+def connect_collectives() -> None:
+  """On CPU, opens the collective channels between the processes now, while
+  they are in step.
+
+  XLA:CPU (gloo) connects a group of devices at its first collective and
+  gives up ("Gloo context initialization failed") when the processes arrive
+  there more than 30 s apart, e.g. one still compiling the train step on a
+  busy machine; once connected, a collective waits far longer. Connects all
+  devices together (the train and eval steps' group) and one device per
+  process (the groups of orbax's barriers). A no-op for one process.
+  """
+  if jax.process_count() == 1 or jax.default_backend() != 'cpu':
+    return
+  multihost_utils.sync_global_devices('adanet_jax.distributed.connect_collectives')
+  mesh = jax.make_mesh((jax.device_count(),), ('data',),
+                       axis_types=(jax.sharding.AxisType.Auto,))
+  ones = jax.make_array_from_process_local_data(NamedSharding(mesh, P('data')),
+                                                np.ones(jax.local_device_count(), np.float32))
+  jax.block_until_ready(jax.jit(jnp.sum, out_shardings=NamedSharding(mesh, P()))(ones))
+
+
+def log_only_on_chief() -> None:
+  """Keeps INFO logs to process 0; the others still log warnings and errors,
+  so a failure on any process shows up."""
+  if jax.process_index() != 0:
+    logging.set_verbosity(logging.WARNING)
