@@ -22,7 +22,8 @@ import jax
 import ml_collections
 import numpy as np
 
-from adanet_jax import accounting, checkpoints, evaluation, input_pipeline, models, steps
+from adanet_jax import (accounting, checkpoints, evaluation, input_pipeline, models,
+                        skip_inference, steps)
 from adanet_jax.config_base import ConfigError
 
 
@@ -156,11 +157,7 @@ class LoadedModel:
 
   def _skip_apply(self, gate_mode: str) -> Callable:
     """Like `_apply_fn`, computing only the executed blocks (deterministic only)."""
-    try:
-      from adanet_jax import skip_inference  # pylint: disable=import-outside-toplevel
-    except ImportError:
-      raise NotImplementedError('predict(skip=True) needs adanet_jax.skip_inference, '
-                                'which this installation does not have') from None
+    skip_inference.check_skip_mode(gate_mode)
 
     def apply(index, images):
       del index

@@ -1,6 +1,6 @@
 """Benchmark of the train step (not a test): trace, compile and step time.
 
-  python experiments/benchmark_step.py --config=configs/cifar10.py --batch=128 \
+  python -m experiments.benchmark_step --config=configs/cifar10.py --batch=128 \
       --dtypes=float32,bfloat16 --steps=3
 
 For each compute dtype it prints trace+lower, compile and first-step seconds,

@@ -1,7 +1,6 @@
 """Tests of `adanet_jax.inference`: a checkpoint trained on 8 devices loads on
 one, and `predict` reproduces the trainer's evaluation exactly."""
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -128,12 +127,8 @@ def test_bad_inputs_are_refused(loaded, tmp_path):
 
 
 @pytest.mark.timeout(120)
-def test_skip_matches_masked_model_or_is_not_implemented(loaded):
+def test_skip_matches_masked_model(loaded):
   images = loaded.eval_split(limit=16)[0]
-  if importlib.util.find_spec('adanet_jax.skip_inference') is None:
-    with pytest.raises(NotImplementedError, match='adanet_jax.skip_inference'):
-      loaded.predict(images, skip=True)
-    return
   masked, skipped = (loaded.predict(images, skip=skip) for skip in (False, True))
   np.testing.assert_array_equal(skipped.executed, masked.executed)
   np.testing.assert_allclose(skipped.logits, masked.logits, atol=1e-4)

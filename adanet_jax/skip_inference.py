@@ -1,0 +1,258 @@
+"""Inference that really skips the residual blocks whose gate is closed.
+
+The masked model (`resnet.ResNet`, the training path) computes every residual
+branch and multiplies it by the gate's 0/1: the savings exist only on paper.
+Here a closed block is not computed at all. XLA needs static shapes, and a
+`lax.cond` under `vmap` runs both branches, so the decision is made per block
+for the whole batch, outside any vmap:
+
+- all samples closed (every closed block at batch 1): only the shortcut runs;
+- all samples open: the block runs on the whole batch, as in the masked model;
+- a mix: the open samples are gathered into a buffer of static capacity (the
+  smallest bucket that holds them, by default a multiple of 1/8 of the batch),
+  the block runs on the buffer and its rows are scattered back; the other
+  samples get the block's output with the branch left out, relu(shortcut(x))
+  (post-activation blocks) or shortcut(x) (pre-activation). Above the largest
+  bucket the block runs on the whole batch and the closed rows are replaced.
+
+`lax.switch` on the number of open samples picks one of these, so only the
+chosen one runs. In inference BatchNorm uses its running averages, one sample
+at a time, so a block computed on a compacted buffer gives each sample exactly
+what it gives in the full batch.
+
+Nothing about a block is described twice: the skipping path runs the model's
+own modules, with the same parameter and batch_stats trees (any checkpoint of
+the masked model works). `nn.intercept_methods` takes over each gated block's
+call inside `model.apply`, and the block is rebuilt in two variants from its
+own attributes: open (`gated=False`, the branch always added) and closed (its
+`apply_gate` returns zeros, so the branch is dead code that XLA removes and
+only the gate and the shortcut remain). Fixed blocks and ungated models run
+as usual.
+
+  logits, aux = skip_apply(model, variables, images)   # jitted; model is static
+  aux['gates'], aux['probs']                           # (batch, blocks), as the masked model
+
+Only `gate_mode='deterministic'` can skip: `expected` runs every block scaled by
+its probability, and `sample` draws Gumbel noise from the masked model's rng
+streams, which the rebuilt blocks do not see.
+"""
+
+import dataclasses
+import functools
+import math
+from typing import Callable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from adanet_jax import resnet
+from adanet_jax.config_base import ConfigError
+from adanet_jax.gate import Gate, check_gate_mode
+
+# Buffer capacities for mixed batches, as fractions of the batch (the whole
+# batch is always the last resort). Steps of 1/8 waste at most 1/8 of the
+# batch per block; quarters (0.25, 0.5, 0.75) compile about 40% faster but,
+# with counts spread over a bucket, leave about 25% of a block's compute in
+# vain at batch 256 (experiments/benchmark_skip.py).
+DEFAULT_BUCKETS = tuple(k / 8 for k in range(1, 8))
+
+_BLOCK_CLASSES = tuple(resnet.BLOCKS.values())
+
+
+@functools.partial(jax.jit, static_argnames=('model', 'gate_mode', 'buckets'))
+def skip_apply(model: resnet.ResNet, variables, images: jax.Array,
+               gate_mode: str = 'deterministic',
+               buckets: Sequence[float] = DEFAULT_BUCKETS):
+  """The masked model's inference forward pass, computing only executed blocks.
+
+  Args:
+    model: a `resnet.ResNet` (static: one compilation per model and shape).
+    variables: {'params', 'batch_stats'} of the masked model.
+    images: (batch, H, W, C).
+    gate_mode: must be 'deterministic'; any other mode raises ConfigError.
+    buckets: fractions of the batch used as buffer capacities for batches
+      whose samples disagree (a tuple: it is a static argument).
+
+  Returns:
+    (logits float32 (batch, classes), aux) with aux['gates'] and aux['probs']
+    of shape (batch, blocks), equal to `model.apply(variables, images,
+    train=False, gate_mode='deterministic')` up to float rounding.
+  """
+  check_skip_mode(gate_mode)
+  interceptor = functools.partial(_skip_closed_blocks, buckets=tuple(buckets))
+  with nn.intercept_methods(interceptor):
+    return model.apply(variables, images, train=False, gate_mode=gate_mode)
+
+
+def check_skip_mode(gate_mode: str) -> None:
+  """Raises ConfigError unless blocks can be skipped in `gate_mode`."""
+  check_gate_mode(gate_mode)
+  if gate_mode != 'deterministic':
+    raise ConfigError(
+        f"skipping closed blocks needs gate_mode='deterministic', got {gate_mode!r}: "
+        "in 'expected' mode every block runs, scaled by its execution probability, and "
+        "'sample' mode's Gumbel noise comes from the masked model's rng streams; run "
+        'the masked model (skip=False) for those modes')
+
+
+def bucket_capacities(batch: int,
+                      buckets: Sequence[float] = DEFAULT_BUCKETS) -> tuple[int, ...]:
+  """Static buffer sizes, below `batch`, for the open samples of a mixed batch.
+
+  Args:
+    batch: the batch size.
+    buckets: fractions of the batch in (0, 1).
+
+  Returns:
+    Sorted distinct capacities ceil(f * batch) that are smaller than `batch`.
+  """
+  if not all(0 < f < 1 for f in buckets):
+    raise ValueError(f'bucket fractions must lie in (0, 1), got {tuple(buckets)}')
+  return tuple(sorted({math.ceil(f * batch) for f in buckets} - {batch}))
+
+
+def _skip_closed_blocks(next_fun, args, kwargs, context, *, buckets):
+  """Method interceptor: runs each gated block of the applied ResNet skipping."""
+  block = context.module
+  # Only the ResNet's own blocks: the rebuilt variants below are applied
+  # standalone (no parent) and must run as written.
+  if (context.method_name != '__call__' or not isinstance(block, _BLOCK_CLASSES)
+      or not isinstance(block.parent, resnet.ResNet) or not block.gated or block.fixed):
+    return next_fun(*args, **kwargs)
+  x = args[0]
+  variables = block.variables
+  closed = _closed_class(type(block))(**_attributes(block))
+  opened = block.clone(parent=None, gated=False)
+
+  def output(module):
+    return lambda xs: module.apply(variables, xs, train=False, gate_mode='deterministic')[0]
+
+  # The closed variant's output is unused here, so XLA keeps only its gate.
+  _, z, prob = closed.apply(variables, x, train=False, gate_mode='deterministic')
+  return run_where_open(z > 0, x, output(opened), output(closed), buckets), z, prob
+
+
+def run_where_open(is_open: jax.Array, x: jax.Array, run_open: Callable, run_closed: Callable,
+                   buckets: Sequence[float] = DEFAULT_BUCKETS) -> jax.Array:
+  """Row i of the result is run_open(x)[i] if is_open[i], else run_closed(x)[i].
+
+  Both functions must treat rows independently. `run_open` runs only on the
+  open rows (gathered into the smallest bucket that holds them) and not at
+  all when none is open; `run_closed` runs on the whole batch unless every
+  row is open. One `lax.switch` picks the case, so only it is computed.
+
+  Args:
+    is_open: (batch,) bool.
+    x: (batch, ...) input of both functions.
+    run_open, run_closed: row-wise functions of x with equal output shapes.
+    buckets: fractions of the batch used as buffer capacities.
+
+  Returns:
+    The combined output, shaped like run_open(x).
+  """
+  batch = x.shape[0]
+  capacities = bucket_capacities(batch, buckets)
+  count = jnp.sum(is_open, dtype=jnp.int32)
+  cases = [run_closed]
+  cases += [functools.partial(_run_compacted, is_open=is_open, capacity=c, run_open=run_open,
+                              run_closed=run_closed) for c in capacities]
+  if max(capacities, default=0) < batch - 1:
+    # More open rows than the largest bucket holds, but not all of them.
+    cases.append(lambda xs: _select_rows(is_open, run_open(xs), run_closed(xs)))
+  cases.append(run_open)
+  # 0 open -> first case, all open -> last, else the smallest bucket holding
+  # `count` (or, past the buckets, the whole-batch mix just before the last).
+  # Comparisons, not searchsorted: its loop costs more than a small block at batch 1.
+  bucket = 1 + sum((count > c).astype(jnp.int32) for c in capacities)
+  index = jnp.where(count == 0, 0, jnp.where(count == batch, len(cases) - 1, bucket))
+  return jax.lax.switch(index, cases, x)
+
+
+def _run_compacted(x, *, is_open, capacity, run_open, run_closed):
+  """run_open on a buffer of `capacity` rows holding the open rows of x."""
+  batch = x.shape[0]
+  # Open row indices first; the unused tail of the buffer points past the
+  # batch: it gathers zeros and its results are dropped.
+  rows = jnp.nonzero(is_open, size=capacity, fill_value=batch)[0]
+  computed = run_open(x.at[rows].get(mode='fill', fill_value=0))
+  return run_closed(x).at[rows].set(computed, mode='drop')
+
+
+def _select_rows(is_open, if_open, if_closed):
+  return jnp.where(is_open.reshape((-1,) + (1,) * (if_open.ndim - 1)), if_open, if_closed)
+
+
+@functools.cache
+def _closed_class(block_class: type) -> type:
+  """`block_class` whose gate is closed for every sample.
+
+  Every block adds its residual branch through `apply_gate`; returning zeros
+  there leaves the branch's result unused, so XLA drops its convolutions and
+  the block computes only its gate and its shortcut.
+  """
+  return type(f'Closed{block_class.__name__}', (block_class,),
+              {'apply_gate': staticmethod(lambda z, branch: jnp.zeros_like(branch))})
+
+
+def _attributes(module: nn.Module) -> dict:
+  """The dataclass attributes of a Flax module, without its place in a tree."""
+  return {f.name: getattr(module, f.name) for f in dataclasses.fields(module)
+          if f.init and f.name not in ('parent', 'name')}
+
+
+def set_open_counts(model: resnet.ResNet, variables, images: jax.Array,
+                    open_counts: Sequence[int]) -> dict:
+  """Shifts gate biases so that exactly `open_counts[l]` of `images` run block l.
+
+  For tests and benchmarks of the skipping path: it makes gate patterns of
+  any mix (all open, all closed, any count in between) on given images. One
+  forward pass of the masked model sets the blocks in order, each on the
+  input that the already-set blocks produce: block l's "execute" bias is
+  lowered by the midpoint between the k-th and (k+1)-th largest of its logit
+  differences (k = open_counts[l]), or put 1 beyond the extreme one when k is
+  0 or the batch, so no decision sits on the threshold.
+
+  Args:
+    model: a gated `resnet.ResNet`.
+    variables: its {'params', 'batch_stats'}; not modified.
+    images: (batch, H, W, C) the counts refer to.
+    open_counts: one count in [0, batch] per block; entries of fixed blocks
+      are ignored (they always run).
+
+  Returns:
+    New variables, equal to `variables` except the gates' `fc2` biases.
+  """
+  shifts = _threshold_shifts(model, variables, images, jnp.asarray(open_counts, jnp.int32))
+  params = dict(variables['params'])
+  for block, shift in shifts.items():
+    fc2 = params[block]['gate']['fc2']
+    fc2 = {**fc2, 'bias': fc2['bias'] - jnp.array([0.0, 1.0]) * shift}
+    params[block] = {**params[block], 'gate': {**params[block]['gate'], 'fc2': fc2}}
+  return {**variables, 'params': params}
+
+
+@functools.partial(jax.jit, static_argnames='model')
+def _threshold_shifts(model, variables, images, open_counts):
+  """{block name: shift of its "execute" logit giving open_counts[block]}."""
+  shifts, index = {}, [-1]
+
+  def interceptor(next_fun, args, kwargs, context):
+    module = context.module
+    if context.method_name != '__call__':
+      return next_fun(*args, **kwargs)
+    if isinstance(module, _BLOCK_CLASSES) and isinstance(module.parent, resnet.ResNet):
+      index[0] += 1  # blocks run in order: this is the block's column in aux['gates']
+    logits = next_fun(*args, **kwargs)
+    if module.name != 'fc2' or not isinstance(module.parent, Gate):
+      return logits
+    diff = jnp.sort(logits[:, 1] - logits[:, 0])[::-1]
+    k = open_counts[index[0]]
+    middle = (diff[jnp.maximum(k - 1, 0)] + diff[jnp.minimum(k, len(diff) - 1)]) / 2
+    shift = jnp.where(k == 0, diff[0] + 1, jnp.where(k == len(diff), diff[-1] - 1, middle))
+    shifts[module.parent.parent.name] = shift
+    return logits.at[:, 1].add(-shift)
+
+  with nn.intercept_methods(interceptor):
+    model.apply(variables, images, train=False, gate_mode='deterministic')
+  return shifts

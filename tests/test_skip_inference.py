@@ -1,0 +1,186 @@
+"""Tests of the skipping inference path: the same logits and gate decisions as
+the masked model on the CIFAR, ImageNet and wide ResNets, at several batch
+sizes and gate patterns (blocks all open, all closed, and every bucket of a
+mixed batch), and the structure that makes it skip."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from adanet_jax import models, resnet, skip_inference
+from adanet_jax.config_base import ConfigError
+
+
+def _images(batch, size, seed=0):
+  # Per-image channel offsets make the images' pooled features, and so the
+  # gates' logits, differ from image to image.
+  noise, offset = jax.random.split(jax.random.key(seed))
+  return (jax.random.normal(noise, (batch, size, size, 3))
+          + 2 * jax.random.normal(offset, (batch, 1, 1, 3)))
+
+
+def _random_variables(model, size, seed=0):
+  """Random parameters and BatchNorm statistics at about the init's scale.
+
+  Drawn with numpy: `model.init` of a ResNet-50 takes about a minute on two
+  cores. Random running statistics make inference BatchNorm non-trivial, and
+  gate kernels of std 3 make the gates' decisions depend on the image.
+  """
+  shapes = jax.eval_shape(lambda: model.init({'params': jax.random.key(0)},
+                                             jnp.zeros((1, size, size, 3)), train=False))
+  rng = np.random.default_rng(seed)
+
+  def draw(path, leaf):
+    names = [getattr(p, 'key', '') for p in path]
+    if names[-1] == 'kernel':
+      std = 3.0 if names[-2] == 'fc2' else (1 / math.prod(leaf.shape[:-1])) ** 0.5
+      value = rng.normal(0, std, leaf.shape)
+    elif names[-1] in ('scale', 'var'):
+      value = rng.uniform(0.5, 1.5, leaf.shape)
+    else:  # biases and running means
+      value = rng.normal(0, 0.1, leaf.shape)
+    return jnp.asarray(value, leaf.dtype)
+
+  return jax.tree_util.tree_map_with_path(draw, shapes)
+
+
+_masked = jax.jit(lambda model, variables, x: model.apply(
+    variables, x, train=False, gate_mode='deterministic'), static_argnums=0)
+
+
+def _check_matches_masked(model, variables, x, open_counts):
+  """Sets the gates to `open_counts`, then compares skipping with masking."""
+  variables = skip_inference.set_open_counts(model, variables, x, open_counts)
+  want_logits, want = _masked(model, variables, x)
+  fixed = list(model.fixed_blocks)
+  want_counts = np.array(open_counts)
+  want_counts[fixed] = x.shape[0]
+  np.testing.assert_array_equal(want['gates'].sum(0), want_counts)
+  logits, aux = skip_inference.skip_apply(model, variables, x)
+  np.testing.assert_allclose(logits, want_logits, rtol=1e-5, atol=1e-5)
+  np.testing.assert_array_equal(aux['gates'], want['gates'])
+  np.testing.assert_allclose(aux['probs'], want['probs'], rtol=1e-5, atol=1e-5)
+  assert float(jnp.abs(want_logits).max()) > 0.1  # not a vacuous comparison
+
+
+# Blocks 3 and 6 of ResNet-20 have projection shortcuts. Batch 9 has buckets
+# of 2 to 8 rows: the counts fill buckets exactly and partly.
+@pytest.mark.parametrize('batch,open_counts', [
+    (1, [1, 0, 1, 0, 0, 1, 0, 1, 1]),
+    (9, [9, 0, 1, 3, 4, 5, 7, 8, 2]),
+])
+def test_cifar_resnet_matches_masked(load_config, batch, open_counts):
+  model = models.create_model(load_config('cifar10.py', 'depth=20'))
+  variables = _random_variables(model, 32)
+  _check_matches_masked(model, variables, _images(batch, 32), open_counts)
+
+
+# ResNet-50 with the reference targets: blocks 0, 1, 3, 7, 13, 15 are fixed
+# (their counts are ignored); block 3 onwards start stages with projections.
+@pytest.mark.parametrize('batch,open_counts', [
+    (1, [0, 0, 1, 0, 0, 1, 1, 0, 0, 1, 0, 1, 1, 0, 1, 0]),
+    (3, [0, 0, 3, 0, 0, 1, 2, 0, 3, 2, 1, 0, 2, 0, 1, 0]),
+])
+def test_imagenet_resnet50_matches_masked(load_config, batch, open_counts):
+  model = models.create_model(load_config('imagenet.py', 'resnet50'))
+  assert model.fixed_blocks == (0, 1, 3, 7, 13, 15)
+  variables = _random_variables(model, 64)
+  _check_matches_masked(model, variables, _images(batch, 64), open_counts)
+
+
+def test_wide_resnet_matches_masked(load_config):
+  # Pre-activation blocks: a closed block outputs shortcut(x), no ReLU; the
+  # projection of blocks 1 and 2 reads relu(bn1(x)).
+  config = load_config('cifar10.py')
+  config.model.name, config.model.depth, config.model.width = 'wide_resnet', 10, 2
+  model = models.create_model(config)
+  variables = _random_variables(model, 32)
+  _check_matches_masked(model, variables, _images(5, 32), [3, 0, 2])
+  _check_matches_masked(model, variables, _images(5, 32), [0, 5, 4])
+
+
+def test_ungated_model_runs_every_block(load_config):
+  model = models.create_model(load_config('cifar10.py', 'depth=8,gated=false'))
+  variables = _random_variables(model, 32)
+  x = _images(3, 32)
+  want_logits, want = _masked(model, variables, x)
+  logits, aux = skip_inference.skip_apply(model, variables, x)
+  np.testing.assert_array_equal(logits, want_logits)
+  np.testing.assert_array_equal(aux['gates'], np.ones((3, 3)))
+
+
+@pytest.mark.parametrize('mode', ['expected', 'sample'])
+def test_rejects_soft_and_random_gate_modes(load_config, mode):
+  model = models.create_model(load_config('cifar10.py', 'depth=8'))
+  variables = _random_variables(model, 32)
+  with pytest.raises(ConfigError, match="needs gate_mode='deterministic'"):
+    skip_inference.skip_apply(model, variables, _images(1, 32), gate_mode=mode)
+  with pytest.raises(ConfigError, match='unknown'):
+    skip_inference.check_skip_mode('hard')
+
+
+_QUARTERS = (0.25, 0.5, 0.75)
+
+
+def test_bucket_capacities():
+  assert skip_inference.bucket_capacities(1) == ()
+  assert skip_inference.bucket_capacities(9) == (2, 3, 4, 5, 6, 7, 8)
+  assert skip_inference.bucket_capacities(256) == tuple(range(32, 256, 32))
+  assert skip_inference.bucket_capacities(4, _QUARTERS) == (1, 2, 3)
+  assert skip_inference.bucket_capacities(9, _QUARTERS) == (3, 5, 7)
+  assert skip_inference.bucket_capacities(32, (0.5,)) == (16,)
+  with pytest.raises(ValueError, match='in \\(0, 1\\)'):
+    skip_inference.bucket_capacities(8, (0.5, 1.0))
+
+
+@pytest.mark.parametrize('batch,want_shapes', [
+    (1, [1]),           # batch 1: a conditional, the branch on the one image
+    (9, [3, 5, 7, 9, 9]),  # quarter buckets, the whole-batch mix, all open
+])
+def test_run_where_open_every_count(batch, want_shapes):
+  traced = []
+
+  def run_open(x):
+    traced.append(x.shape[0])
+    return 2 * x + 1
+
+  combine = jax.jit(lambda is_open, x: skip_inference.run_where_open(
+      is_open, x, run_open, lambda x: -x, _QUARTERS))
+  x = jnp.arange(batch * 2, dtype=jnp.float32).reshape(batch, 2) + 1
+  rng = np.random.default_rng(0)
+  for count in range(batch + 1):
+    is_open = np.zeros(batch, bool)
+    is_open[rng.permutation(batch)[:count]] = True
+    want = np.where(is_open[:, None], 2 * x + 1, -x)
+    np.testing.assert_array_equal(combine(jnp.asarray(is_open), x), want)
+  assert traced == want_shapes
+
+
+@pytest.mark.parametrize('block_class,features,strides,want_convs', [
+    (resnet.BasicBlock, 16, 1, 0),
+    (resnet.BasicBlock, 32, 2, 1),
+    (resnet.Bottleneck, 4, 1, 0),
+    (resnet.Bottleneck, 16, 2, 1),
+    (resnet.PreActBlock, 16, 1, 0),
+    (resnet.PreActBlock, 32, 2, 1),
+])
+def test_closed_block_computes_only_gate_and_shortcut(block_class, features, strides,
+                                                      want_convs):
+  # What makes skipping save compute: the branch of a closed block is dead
+  # code that XLA removes; only a projection shortcut's conv remains.
+  block = skip_inference._closed_class(block_class)(  # pylint: disable=protected-access
+      features=features, strides=strides)
+  x = jnp.ones((2, 8, 8, 16))
+  variables = block.init(jax.random.key(0), x, train=False, gate_mode='deterministic')
+  apply = jax.jit(lambda v, x: block.apply(v, x, train=False, gate_mode='deterministic'))
+  assert apply.lower(variables, x).compile().as_text().count('convolution(') == want_convs
+
+
+def test_one_conditional_per_gated_block(load_config):
+  model = models.create_model(load_config('cifar10.py', 'depth=8'))
+  variables = _random_variables(model, 32)
+  hlo = skip_inference.skip_apply.lower(model, variables, _images(1, 32)).compile().as_text()
+  assert hlo.count(' conditional(') == 3
