@@ -21,7 +21,7 @@ import numpy as np
 
 from adanet_jax.config_base import ConfigError
 
-DATASETS = ('digits',)
+DATASETS = ('digits', 'cifar10', 'cifar100', 'imagenet2012')
 
 # The fixed split of `digits`: images whose index is a multiple of 5 are the
 # test set (360 images), the other 1,437 the training set.
@@ -113,7 +113,11 @@ def create_dataset(config: ml_collections.ConfigDict):
   if name not in DATASETS:
     raise ConfigError(f'data.name={name!r} is unknown; supported datasets: '
                       f'{", ".join(DATASETS)}')
-  dataset = load_digits(config)
+  if name == 'digits':
+    dataset = load_digits(config)
+  else:
+    from adanet_jax import tfds_pipeline  # pylint: disable=import-outside-toplevel
+    dataset = tfds_pipeline.create_dataset(config)
   want = (config.data.image_size, config.data.image_size, config.data.channels)
   if dataset.image_shape != want:
     raise ConfigError(f'data.image_size/data.channels give {want} but {name} images are '

@@ -1,0 +1,257 @@
+"""The tfds pipelines under `tfds.testing.mock_data`: shapes, value ranges and
+normalisation, data order a function of (seed, step), evaluation coverage,
+per-process shares, augmentation bounds, and the errors for missing data."""
+
+import contextlib
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from adanet_jax import input_pipeline, tfds_pipeline, trainer
+from adanet_jax.config_base import ConfigError
+from adanet_jax.tfds_pipeline import CIFAR_MEAN, CIFAR_STD, IMAGENET_MEAN, IMAGENET_STD
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture
+def mock(monkeypatch):
+  """Enters mock_data with `n` examples per split, SPLIT_SIZES saying `sizes` (default n, n)."""
+  with contextlib.ExitStack() as stack:
+    def enter(name, n, sizes=None):
+      monkeypatch.setitem(tfds_pipeline.SPLIT_SIZES, name, sizes or (n, n))
+      stack.enter_context(tfds.testing.mock_data(num_examples=n))
+    yield enter
+
+
+def _dataset(name, batch_size=8, eval_batch_size=16, seed=0, image_size=32, **kwargs):
+  return tfds_pipeline.TfdsDataset(name, batch_size=batch_size, eval_batch_size=eval_batch_size,
+                                   seed=seed, image_size=image_size, **kwargs)
+
+
+def _raw(name, split):
+  """The mock split as stored: uint8 images and labels, in order."""
+  examples = list(tfds.as_numpy(tfds.builder(name).as_dataset(split=split)))
+  return [e['image'] for e in examples], np.array([e['label'] for e in examples])
+
+
+def _normalised_bounds(mean, std):
+  return (0 - np.array(mean)) / np.array(std), (1 - np.array(mean)) / np.array(std)
+
+
+@pytest.mark.parametrize('name,classes', [('cifar10', 10), ('cifar100', 100)])
+def test_cifar_batches_shapes_ranges_normalisation_and_coverage(mock, name, classes):
+  mock(name, 20)
+  ds = _dataset(name)
+  assert (ds.num_train, ds.num_eval, ds.num_classes, ds.image_shape, ds.steps_per_epoch) == (
+      20, 20, classes, (32, 32, 3), 2)
+  batch = ds.train_batch(0)
+  assert batch['image'].shape == (8, 32, 32, 3) and batch['image'].dtype == np.float32
+  assert batch['label'].dtype == np.int32 and 0 <= batch['label'].min() <= batch['label'].max()
+  assert batch['label'].max() < classes
+  low, high = _normalised_bounds(CIFAR_MEAN, CIFAR_STD)
+  assert np.all(batch['image'].min(axis=(0, 1, 2)) >= low - 1e-6)
+  assert np.all(batch['image'].max(axis=(0, 1, 2)) <= high + 1e-6)
+  # Evaluation: every test image once, in order, normalised exactly; the
+  # last batch padded with zero images and masked.
+  images, labels = _raw(name, 'test')
+  batches = list(ds.eval_batches())
+  assert [b['mask'].tolist() for b in batches] == [[1.0] * 16, [1.0] * 4 + [0.0] * 12]
+  real = np.concatenate([b['image'][b['mask'] > 0] for b in batches])
+  expected = (np.stack(images) / np.float32(255) - np.float32(CIFAR_MEAN)) / np.float32(CIFAR_STD)
+  np.testing.assert_allclose(real, expected, atol=1e-6, rtol=0)
+  np.testing.assert_array_equal(np.concatenate([b['label'][b['mask'] > 0] for b in batches]),
+                                labels)
+  assert not batches[1]['image'][4:].any()
+
+
+def test_train_order_is_a_function_of_seed_and_step(mock):
+  mock('cifar10', 24)   # 3 steps of 8 per epoch: an epoch is every example once
+  straight = _dataset('cifar10')
+  batches = [straight.train_batch(step) for step in range(7)]
+  resumed = _dataset('cifar10')
+  for step in (4, 5, 1, 6):   # jumps rebuild the iterator; the next step continues it
+    for key in ('image', 'label'):
+      np.testing.assert_array_equal(resumed.train_batch(step)[key], batches[step][key])
+  _, labels = _raw('cifar10', 'train')
+  for epoch in range(2):
+    epoch_labels = np.concatenate([b['label'] for b in batches[3 * epoch:3 * epoch + 3]])
+    np.testing.assert_array_equal(np.bincount(epoch_labels, minlength=10),
+                                  np.bincount(labels, minlength=10))
+  assert not np.array_equal(batches[0]['label'], batches[3]['label'])  # reshuffled each epoch
+  other_seed = _dataset('cifar10', seed=1).train_batch(0)
+  assert not np.array_equal(other_seed['image'], batches[0]['image'])
+
+
+def test_process_shares(mock):
+  """Two processes: each yields half of every batch and the same number of
+  evaluation batches. (Mock data ignores the per-process split, so each
+  "process" reads all 20 examples: the table says 40.)"""
+  mock('cifar10', 20, sizes=(40, 40))
+  shares = [_dataset('cifar10', process_index=i, process_count=2) for i in range(2)]
+  train = [s.train_batch(0) for s in shares]
+  assert [t['image'].shape for t in train] == [(4, 32, 32, 3)] * 2
+  # Same examples, different positions in the global batch: different augmentations.
+  np.testing.assert_array_equal(train[0]['label'], train[1]['label'])
+  assert not np.array_equal(train[0]['image'], train[1]['image'])
+  evals = [list(s.eval_batches()) for s in shares]
+  assert [len(e) for e in evals] == [3, 3]
+  assert [[b['image'].shape[0] for b in e] for e in evals] == [[8, 8, 8]] * 2
+  assert sum(b['mask'].sum() for e in evals for b in e) == 40
+
+
+def test_a_split_size_table_that_does_not_match_the_data_is_an_error(mock):
+  mock('cifar10', 20, sizes=(20, 36))
+  with pytest.raises(RuntimeError, match=r"read 20 examples, expected 36 / 1 processes: "
+                                         r"SPLIT_SIZES\['cifar10'\] = \(20, 36\) does not match"):
+    list(_dataset('cifar10').eval_batches())
+
+
+def _cifar_crops(image, seeds):
+  ds = tf.data.Dataset.from_tensor_slices(seeds).map(
+      lambda s: tfds_pipeline.cifar_augment(tf.constant(image), s))
+  return np.stack(list(ds.as_numpy_iterator()))
+
+
+def test_cifar_crops_stay_in_bounds_and_flip_about_half_the_time():
+  image = np.arange(1, 32 * 32 * 3 + 1, dtype=np.int32).reshape(32, 32, 3)  # 0 = padding
+  padded = np.pad(image, ((4, 4), (4, 4), (0, 0)))
+  candidates = {}
+  for dy in range(9):
+    for dx in range(9):
+      crop = padded[dy:dy + 32, dx:dx + 32]
+      candidates[crop.tobytes()] = (dy, dx, False)
+      candidates[crop[:, ::-1].tobytes()] = (dy, dx, True)
+  seeds = np.stack([np.zeros(1000, np.int64), np.arange(1000)], axis=1)
+  found = [candidates.get(out.tobytes()) for out in _cifar_crops(image, seeds)]
+  assert None not in found   # every output is a 32 x 32 window of the padded image, or its mirror
+  dys, dxs, flips = zip(*found)
+  assert set(dys) == set(dxs) == set(range(9))
+  assert 450 <= sum(flips) <= 550   # 1000 fair coins: 500 +- 16 (1 sd)
+
+
+@pytest.mark.parametrize('height,width', [(375, 500), (500, 375), (224, 224), (6, 18)])
+def test_random_resized_crop_boxes_stay_in_bounds(height, width):
+  boxes = np.stack([tfds_pipeline.sample_crop_box(height, width, tf.constant([3, s], tf.int64))
+                    .numpy() for s in range(200)])
+  y, x, h, w = boxes.T
+  assert np.all((y >= 0) & (x >= 0) & (h >= 1) & (w >= 1))
+  assert np.all((y + h <= height) & (x + w <= width))
+  if min(height, width) >= 224:   # rounding to whole pixels is negligible
+    assert len(set(map(tuple, boxes))) == 200   # really random
+    assert np.all(h * w >= 0.08 * height * width * 0.99)
+    assert np.all((w / h >= 3 / 4 * 0.98) & (w / h <= 4 / 3 * 1.02))
+
+
+def test_random_resized_crop_falls_back_to_the_centre_crop():
+  # 10 x 1000: no box of >= 8% of the area with ratio in [3/4, 4/3] fits, so
+  # torchvision's fallback: the full height, width 10 x 4/3, centred.
+  for s in range(20):
+    box = tfds_pipeline.sample_crop_box(10, 1000, tf.constant([0, s], tf.int64))
+    assert box.numpy().tolist() == [0, 493, 10, 13]
+
+
+def _jpeg(height, width, colour):
+  image = np.broadcast_to(np.array(colour, np.uint8), (height, width, 3))
+  return tf.io.encode_jpeg(image, quality=100)
+
+
+@pytest.mark.parametrize('height,width', [(300, 400), (500, 375), (6, 18), (256, 256)])
+def test_imagenet_eval_preprocessing_is_deterministic_and_normalised(height, width):
+  encoded = _jpeg(height, width, (128, 64, 200))
+  first = tfds_pipeline.imagenet_eval_image(encoded, 224).numpy()
+  second = tfds_pipeline.imagenet_eval_image(encoded, 224).numpy()
+  np.testing.assert_array_equal(first, second)
+  assert first.shape == (224, 224, 3) and first.dtype == np.float32
+  expected = (np.array([128, 64, 200]) / 255 - np.array(IMAGENET_MEAN)) / np.array(IMAGENET_STD)
+  np.testing.assert_allclose(first, np.broadcast_to(expected, first.shape),
+                             atol=3 / 255 / min(IMAGENET_STD))   # JPEG colour rounding
+
+
+def test_imagenet_eval_resizes_the_shorter_side_then_crops_the_centre():
+  # A 300 x 400 image whose left and right 50 columns are black: resized to
+  # 256 x 341 (torchvision's int(256 * 400 / 300)), the centre 224 x 224 crop
+  # starts at column 58 and sees no black border.
+  image = np.full((300, 400, 3), 255, np.uint8)
+  image[:, :50] = image[:, 350:] = 0
+  out = tfds_pipeline.resize_shorter_and_centre_crop(tf.constant(image), 224).numpy()
+  assert out.shape == (224, 224, 3)
+  assert out.min() > 250
+
+
+def test_imagenet_batches(mock):
+  mock('imagenet2012', 20)
+  ds = _dataset('imagenet2012', image_size=64)
+  assert (ds.num_classes, ds.image_shape) == (1000, (64, 64, 3))
+  batch = ds.train_batch(0)
+  assert batch['image'].shape == (8, 64, 64, 3) and batch['image'].dtype == np.float32
+  low, high = _normalised_bounds(IMAGENET_MEAN, IMAGENET_STD)
+  assert np.all(batch['image'].min(axis=(0, 1, 2)) >= low - 1e-5)
+  assert np.all(batch['image'].max(axis=(0, 1, 2)) <= high + 1e-5)
+  first, second = list(ds.eval_batches()), list(ds.eval_batches())
+  assert [b['mask'].sum() for b in first] == [16, 4]
+  for a, b in zip(first, second):
+    for key in a:
+      np.testing.assert_array_equal(a[key], b[key])
+  assert tf.config.get_visible_devices('GPU') == []   # TF keeps off the accelerators
+
+
+def test_dataset_that_is_not_prepared_is_one_clear_error(load_config, tmp_path):
+  config = load_config('cifar10.py')
+  config.data.data_dir = str(tmp_path)
+  with pytest.raises(ConfigError, match=rf"dataset cifar10 is not prepared in {tmp_path} .*"
+                                        r"download_and_prepare"):
+    input_pipeline.create_dataset(config)
+  config = load_config('imagenet.py')
+  config.data.data_dir = str(tmp_path)
+  manual = os.path.join(tmp_path, 'downloads', 'manual')
+  with pytest.raises(ConfigError, match=r'imagenet2012 needs a manual download: .* put '
+                                        r'ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar '
+                                        rf'into {manual}, then run'):
+    input_pipeline.create_dataset(config)
+
+
+def test_unknown_dataset_lists_the_supported_ones(load_config):
+  config = load_config('cifar10.py')
+  config.data.name = 'mnist'
+  with pytest.raises(ConfigError, match=r"data.name='mnist' is unknown; supported datasets: "
+                                        r"digits, cifar10, cifar100, imagenet2012"):
+    input_pipeline.create_dataset(config)
+
+
+def test_command_line_reports_missing_data_without_traceback(tmp_path):
+  out = subprocess.run(
+      [sys.executable, '-m', 'adanet_jax.main', '--config=configs/cifar10.py:depth=8',
+       f'--workdir={tmp_path}/w', f'--config.data.data_dir={tmp_path}/tfds'],
+      cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert out.returncode != 0
+  assert f'error: dataset cifar10 is not prepared in {tmp_path}/tfds' in out.stderr, (
+      out.stderr[-2000:])
+  assert 'Traceback' not in out.stderr
+  assert not os.path.exists(tmp_path / 'w' / 'checkpoints')
+
+
+@pytest.mark.timeout(300)
+def test_train_and_evaluate_on_eight_devices(load_config, mock, tmp_path):
+  """The whole loop on a tfds dataset: an epoch of 2 steps, its global batches
+  assembled from the process's shares on 8 devices, evaluation of all 20."""
+  mock('cifar10', 20)
+  config = load_config('cifar10.py', 'depth=8,epochs=1')
+  config.train.batch_size = 8
+  config.train.sync_every_steps = 1
+  config.eval.batch_size = 16
+  config.gates.eval_modes = ('deterministic',)
+  dataset = input_pipeline.create_dataset(config)
+  final = trainer.train_and_evaluate(config, str(tmp_path), dataset)
+  assert jax.device_count() == 8
+  assert final['eval/deterministic/count'] == 20
+  assert '2' in os.listdir(tmp_path / 'checkpoints')
+  lines = [json.loads(line) for line in open(tmp_path / 'metrics.jsonl')]
+  assert [line['step'] for line in lines if 'train/loss' in line] == [2]
