@@ -41,14 +41,8 @@ class ArrayDataset:
   seed: int
 
   def __post_init__(self):
-    n = jax.process_count()
-    if self.batch_size > len(self.train_labels):
-      raise ConfigError(f'train.batch_size={self.batch_size} is larger than the '
-                        f'{len(self.train_labels)} training examples')
-    for field, size in (('train.batch_size', self.batch_size),
-                        ('eval.batch_size', self.eval_batch_size)):
-      if size % n:
-        raise ConfigError(f'{field}={size} is not divisible by the {n} processes')
+    check_batch_sizes(self.batch_size, self.eval_batch_size, self.num_train,
+                      jax.process_count(), 'digits')
 
   @property
   def num_train(self) -> int:
@@ -84,6 +78,17 @@ class ArrayDataset:
       ids, mask = _process_share(ids), _process_share(mask)
       yield {'image': self.eval_images[ids], 'label': self.eval_labels[ids],
              'mask': mask.astype(np.float32)}
+
+
+def check_batch_sizes(batch_size: int, eval_batch_size: int, num_train: int,
+                      process_count: int, name: str) -> None:
+  """Refuses global batches larger than the data or not divisible by the processes."""
+  if batch_size > num_train:
+    raise ConfigError(f'train.batch_size={batch_size} is larger than the {num_train} '
+                      f'training examples of {name}')
+  for field, size in (('train.batch_size', batch_size), ('eval.batch_size', eval_batch_size)):
+    if size % process_count:
+      raise ConfigError(f'{field}={size} is not divisible by the {process_count} processes')
 
 
 def _process_share(x: np.ndarray) -> np.ndarray:

@@ -41,6 +41,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from adanet_jax import input_pipeline
 from adanet_jax.config_base import ConfigError
 
 # Global examples per split: (train, eval). Tests replace entries (mock data
@@ -236,14 +237,8 @@ class TfdsDataset:
     self._iterator, self._next_step = None, None
 
   def _check_batch_sizes(self):
-    if self.batch_size > self.num_train:
-      raise ConfigError(f'train.batch_size={self.batch_size} is larger than the '
-                        f'{self.num_train} training examples of {self.name}')
-    for field, size in (('train.batch_size', self.batch_size),
-                        ('eval.batch_size', self.eval_batch_size)):
-      if size % self.process_count:
-        raise ConfigError(f'{field}={size} is not divisible by the {self.process_count} '
-                          'processes')
+    input_pipeline.check_batch_sizes(self.batch_size, self.eval_batch_size, self.num_train,
+                                     self.process_count, self.name)
 
   def _check_prepared(self):
     try:
