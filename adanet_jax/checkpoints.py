@@ -89,18 +89,18 @@ class Checkpointer:
     self.manager.close()
 
 
-def restore_from(path: str, state):
-  """Restores the latest checkpoint of a workdir or checkpoint directory into
-  the structure of `state`."""
+def restore_from(path: str, state, step: int | None = None):
+  """Restores checkpoint `step` (default the latest) of a workdir or checkpoint
+  directory into the structure of `state`, read-only."""
   path = os.path.abspath(path)
   if os.path.isdir(os.path.join(path, 'checkpoints')):
     path = os.path.join(path, 'checkpoints')
   if not os.path.isdir(path):
     raise ConfigError(f'init_from={path!r} is not a workdir or checkpoint directory')
   manager = ocp.CheckpointManager(path, options=ocp.CheckpointManagerOptions(read_only=True))
-  step = manager.latest_step()
-  if step is None:
-    raise ConfigError(f'init_from={path!r} holds no checkpoint')
+  step = manager.latest_step() if step is None else step
+  if step is None or step not in manager.all_steps():
+    raise ConfigError(f'{path!r} holds no checkpoint' + ('' if step is None else f' at step {step}'))
   abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
   restored = manager.restore(step, args=ocp.args.StandardRestore(abstract))
   manager.close()

@@ -208,7 +208,7 @@ def load(path: str, device: jax.Device | None = None) -> LoadedModel:
   config = load_config(workdir)
   model = models.create_model(config)
   abstract = _abstract_state(config, model, device or jax.local_devices()[0])
-  state = _restore(workdir, config, abstract, step)
+  state = _restore(workdir, abstract, step)
   return LoadedModel(config=config, model=model, params=state.params,
                      batch_stats=state.batch_stats, step=int(state.step), workdir=workdir)
 
@@ -250,14 +250,9 @@ def _abstract_state(config, model, device: jax.Device):
                       shapes)
 
 
-def _restore(workdir: str, config, abstract, step: int | None):
-  if step is None:  # read-only: safe on the workdir of a run still training
-    return checkpoints.restore_from(workdir, abstract)
-  checkpointer = checkpoints.Checkpointer(workdir, config)
-  try:
-    return checkpointer.restore(abstract, step)
-  finally:
-    checkpointer.close()
+def _restore(workdir: str, abstract, step: int | None):
+  # Read-only: safe on the workdir of a run still training.
+  return checkpoints.restore_from(workdir, abstract, step)
 
 
 def block_rates(executed: np.ndarray) -> np.ndarray:
