@@ -25,12 +25,15 @@ class CostTable:
   """MACs per image of each part of a model.
 
   Attributes:
+    blocks: the blocks' names, in execution order (the order of every
+      per-block tuple and of the gates in `aux`).
     outside: stem and head (always run).
     branch: per block, its residual branch (run only when the gate opens).
     shortcut: per block, its projection shortcut (always run; 0 if identity).
     gate: per block, its gate MLP (0 for fixed blocks and ungated models).
     gate_pool_adds: per block, additions of the gate's global pooling.
   """
+  blocks: tuple[str, ...]
   outside: int
   branch: tuple[int, ...]
   shortcut: tuple[int, ...]
@@ -52,13 +55,25 @@ class CostTable:
     """MACs of the same backbone without gates, every block executed."""
     return self.dense - sum(self.gate)
 
-  def per_image(self, gates) -> np.ndarray:
-    """Exact MACs per image for hard gate values `gates` (batch, blocks)."""
-    return self.always + np.asarray(gates, np.float64) @ np.asarray(self.branch, np.float64)
+  def per_image(self, executed) -> np.ndarray:
+    """Exact MACs given which branches ran: `executed` (batch, blocks) of 0/1
+    gives MACs per image; a (blocks,) vector of execution rates gives the
+    mean MACs per image."""
+    return self.always + np.asarray(executed, np.float64) @ np.asarray(self.branch, np.float64)
 
-  def paper_convention(self, gates) -> float:
+  def paper_convention(self, executed) -> float:
     """The paper's count: baseline MACs x mean fraction of blocks executed."""
-    return self.baseline * float(np.mean(gates))
+    return self.baseline * float(np.mean(executed))
+
+
+def executed_branches(gates, gate_mode: str):
+  """Which residual branches were computed (1.0) or skipped (0.0), given the
+  gate values `gates` (..., blocks) of a forward pass in `gate_mode`: in
+  'expected' mode every branch runs (scaled by its probability), otherwise
+  exactly those whose hard gate is 1. Works on numpy and JAX arrays."""
+  if gate_mode == 'expected':
+    return gates * 0 + 1
+  return (gates != 0) * 1.0
 
 
 def cost_table(model: nn.Module, image_shape: tuple[int, int, int],
@@ -110,7 +125,7 @@ def cost_table(model: nn.Module, image_shape: tuple[int, int, int],
   jax.eval_shape(trace)
   order = sorted(block_index, key=block_index.get)
   per_block = {k: tuple(v.get(b, 0) for b in order) for k, v in parts.items()}
-  return CostTable(outside=outside[0], **per_block)
+  return CostTable(blocks=tuple(order), outside=outside[0], **per_block)
 
 
 def _layer_macs(module, x, y, count_padding: bool) -> int:

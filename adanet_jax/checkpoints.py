@@ -17,7 +17,8 @@ import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
-from adanet_jax.config_base import ConfigError
+from adanet_jax import rundir
+from adanet_jax.errors import ConfigError
 
 MODEL_FIELDS = ('model', 'gates.hidden', 'data.image_size', 'data.channels')
 
@@ -37,13 +38,9 @@ def model_signature(config: ml_collections.ConfigDict) -> dict:
   return json.loads(json.dumps(signature))
 
 
-def checkpoint_dir(workdir: str) -> str:
-  return os.path.join(os.path.abspath(workdir), 'checkpoints')
-
-
 def check_workdir(workdir: str, config: ml_collections.ConfigDict) -> None:
   """Refuses a workdir whose checkpoints belong to a different model."""
-  path = os.path.join(checkpoint_dir(workdir), 'model.json')
+  path = os.path.join(rundir.checkpoint_dir(workdir), 'model.json')
   if not os.path.exists(path):
     return
   with open(path) as f:
@@ -61,7 +58,7 @@ class Checkpointer:
 
   def __init__(self, workdir: str, config: ml_collections.ConfigDict):
     check_workdir(workdir, config)
-    self.directory = checkpoint_dir(workdir)
+    self.directory = rundir.checkpoint_dir(workdir)
     options = ocp.CheckpointManagerOptions(max_to_keep=config.checkpoint.keep, create=True)
     self.manager = ocp.CheckpointManager(self.directory, options=options)
     if jax.process_index() == 0:
@@ -93,8 +90,8 @@ def restore_from(path: str, state, step: int | None = None):
   """Restores checkpoint `step` (default the latest) of a workdir or checkpoint
   directory into the structure of `state`, read-only."""
   path = os.path.abspath(path)
-  if os.path.isdir(os.path.join(path, 'checkpoints')):
-    path = os.path.join(path, 'checkpoints')
+  if os.path.isdir(rundir.checkpoint_dir(path)):
+    path = rundir.checkpoint_dir(path)
   if not os.path.isdir(path):
     raise ConfigError(f'init_from={path!r} is not a workdir or checkpoint directory')
   manager = ocp.CheckpointManager(path, options=ocp.CheckpointManagerOptions(read_only=True))

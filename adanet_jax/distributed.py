@@ -5,7 +5,7 @@ Each of the three settings (coordinator address, process count, process id)
 comes from the first of:
   1. the flags `--coordinator_address`, `--num_processes`, `--process_id`;
   2. the environment `JAX_COORDINATOR_ADDRESS`, `JAX_NUM_PROCESSES`,
-     `JAX_PROCESS_ID` (what `adanet_jax.launch` sets).
+     `JAX_PROCESS_ID` (what `adanet_jax.tools.launch` sets).
 Then:
   - all three set: `initialize` with exactly those, no auto-detection;
   - some set, inside a cluster JAX recognises: JAX detects the rest;
@@ -31,7 +31,7 @@ import jax.numpy as jnp
 from jax.sharding import NamedSharding, PartitionSpec as P
 import numpy as np
 
-from adanet_jax.config_base import ConfigError
+from adanet_jax.errors import ConfigError
 
 ENV_COORDINATOR = 'JAX_COORDINATOR_ADDRESS'  # also read by JAX itself
 ENV_NUM_PROCESSES = 'JAX_NUM_PROCESSES'

@@ -13,7 +13,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from adanet_jax.config_base import ConfigError
+from adanet_jax.errors import ConfigError
 
 GATE_MODES = ('sample', 'deterministic', 'expected')
 

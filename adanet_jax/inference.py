@@ -5,7 +5,7 @@
   out = model.predict(images)                  # deterministic gates
   out.logits, out.executed, out.probs, out.macs
 
-`load` reads the resolved config the trainer wrote (`workdir/config.json`)
+`load` reads the resolved config the trainer wrote (`rundir.read_config`)
 and restores the checkpoint into an abstract state built on one device, so a
 checkpoint written by N devices or processes loads on a single CPU or GPU.
 `predict` cuts large inputs into batches itself (the last one padded), with
@@ -14,7 +14,6 @@ one compilation per batch shape and gate mode.
 
 import dataclasses
 import functools
-import json
 import os
 from typing import Any, Callable
 
@@ -22,9 +21,9 @@ import jax
 import ml_collections
 import numpy as np
 
-from adanet_jax import (accounting, checkpoints, evaluation, input_pipeline, models,
-                        skip_inference, steps)
-from adanet_jax.config_base import ConfigError
+from adanet_jax import (accounting, batches, checkpoints, evaluation, input_pipeline, models,
+                        optim, rundir, skip_inference, steps)
+from adanet_jax.errors import ConfigError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -141,7 +140,7 @@ class LoadedModel:
     apply = self._skip_apply(gate_mode) if skip else self._apply_fn(gate_mode, seed)
     size = min(batch_size or self.config.eval.batch_size, len(images))
     logits, (gates, probs) = map_batches(apply, size, images)
-    executed = gates != 0
+    executed = accounting.executed_branches(gates, gate_mode) != 0
     return Prediction(logits=logits, gates=gates, executed=executed, probs=probs,
                       macs=self.costs.per_image(executed))
 
@@ -170,8 +169,8 @@ class LoadedModel:
 def map_batches(fn: Callable, batch_size: int, *arrays: np.ndarray):
   """Applies `fn(batch_index, *batch)` to equal-size batches of `arrays`.
 
-  The last batch is padded by repeating the first example, so `fn` sees a
-  single shape (one compilation); padded rows are dropped from the result.
+  The last batch is padded (`batches.pad_and_mask`), so `fn` sees a single
+  shape (one compilation); padded rows are dropped from the result.
 
   Args:
     fn: returns a pytree of arrays with the batch on axis 0.
@@ -187,9 +186,9 @@ def map_batches(fn: Callable, batch_size: int, *arrays: np.ndarray):
                      f'examples and batch_size={batch_size}')
   outputs = []
   for index, start in enumerate(range(0, n, batch_size)):
-    ids = np.arange(start, start + batch_size)
-    ids = np.where(ids < n, ids, 0)
-    outputs.append(jax.device_get(fn(index, *(a[ids] for a in arrays))))
+    batch = batches.pad_and_mask({i: a[start:start + batch_size] for i, a in enumerate(arrays)},
+                                 batch_size)
+    outputs.append(jax.device_get(fn(index, *(batch[i] for i in range(len(arrays))))))
   return jax.tree.map(lambda *parts: np.concatenate(parts)[:n], *outputs)
 
 
@@ -205,7 +204,7 @@ def load(path: str, device: jax.Device | None = None) -> LoadedModel:
     A `LoadedModel` whose arrays all live on `device`.
   """
   workdir, step = _resolve(path)
-  config = load_config(workdir)
+  config = rundir.read_config(workdir)
   model = models.create_model(config)
   abstract = _abstract_state(config, model, device or jax.local_devices()[0])
   state = _restore(workdir, abstract, step)
@@ -213,26 +212,15 @@ def load(path: str, device: jax.Device | None = None) -> LoadedModel:
                      batch_stats=state.batch_stats, step=int(state.step), workdir=workdir)
 
 
-def load_config(workdir: str) -> ml_collections.ConfigDict:
-  """The resolved config the trainer wrote to `workdir/config.json` (locked)."""
-  path = os.path.join(workdir, 'config.json')
-  if not os.path.isfile(path):
-    raise ConfigError(f'{workdir!r} has no config.json: not a workdir written by the trainer')
-  with open(path) as f:
-    config = ml_collections.ConfigDict(json.load(f))
-  config.lock()
-  return config
-
-
 def _resolve(path: str) -> tuple[str, int | None]:
   """(workdir, step or None for the latest) of a workdir or checkpoint path."""
   path = os.path.abspath(path)
-  if os.path.isdir(os.path.join(path, 'checkpoints')):
+  if os.path.isdir(rundir.checkpoint_dir(path)):
     return path, None
-  if os.path.basename(path) == 'checkpoints':
+  if os.path.basename(path) == rundir.CHECKPOINTS_DIR:
     return os.path.dirname(path), None
   parent = os.path.dirname(path)
-  if os.path.basename(parent) == 'checkpoints' and os.path.basename(path).isdigit():
+  if os.path.basename(parent) == rundir.CHECKPOINTS_DIR and os.path.basename(path).isdigit():
     return os.path.dirname(parent), int(os.path.basename(path))
   raise ConfigError(f'{path!r} is not a workdir, a checkpoints directory or a step directory')
 
@@ -243,7 +231,8 @@ def _abstract_state(config, model, device: jax.Device):
   Restoring into this, whatever sharding the checkpoint was written with,
   puts every array on the one device.
   """
-  shapes = jax.eval_shape(lambda key: steps.create_train_state(config, model, 1, key),
+  tx, _ = optim.create_optimizer(config, steps_per_epoch=1)  # only its state's shapes matter
+  shapes = jax.eval_shape(lambda key: steps.create_train_state(config, model, tx, key),
                           jax.random.key(0))
   sharding = jax.sharding.SingleDeviceSharding(device)
   return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding),

@@ -4,44 +4,45 @@ r"""Training entry point.
       [--config.a.b=value ...] \
       [--coordinator_address=HOST:PORT --num_processes=N --process_id=I]
 
-Multi-process (multi-host) runs: see `adanet_jax/distributed.py` for where the
-settings come from (flags, environment, cluster auto-detection) and
-`adanet_jax/launch.py` for N processes on one machine.
-
-Configs are locked: an override of a field that does not exist, or of the
-wrong type, is an error.
+The config (file, argument string, overrides) is loaded before JAX starts a
+backend, and its values are checked before anything is written. Multi-process (multi-host) runs: see
+`adanet_jax/distributed.py` for where the settings come from (flags,
+environment, cluster auto-detection) and `adanet_jax/tools/launch.py` for N
+processes on one machine.
 """
 
 from absl import flags, logging
 import jax
-from ml_collections import config_flags
 
-from adanet_jax import config_base, distributed, jax_setup, trainer
-
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file, with optional :arg.',
-                                          lock_config=True)
-_WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints and metrics.')
-flags.mark_flags_as_required(['config', 'workdir'])
-_COORDINATOR = flags.DEFINE_string(
-    'coordinator_address', None, 'host:port of process 0, for a multi-process run '
-    '(default $JAX_COORDINATOR_ADDRESS).')
-_NUM_PROCESSES = flags.DEFINE_integer('num_processes', None,
-                                      'Processes in the job (default $JAX_NUM_PROCESSES).')
-_PROCESS_ID = flags.DEFINE_integer('process_id', None,
-                                   'This process, 0..num_processes-1 (default $JAX_PROCESS_ID).')
+from adanet_jax import cli, config_lib, distributed, jax_setup, trainer
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise config_base.ConfigError(f'unexpected arguments: {argv[1:]}')
+def define_flags() -> dict:
+  return dict(
+      config=flags.DEFINE_string('config', None, 'Config file, with optional :arg.'),
+      workdir=flags.DEFINE_string('workdir', None, 'Directory for checkpoints and metrics.'),
+      coordinator_address=flags.DEFINE_string(
+          'coordinator_address', None, 'host:port of process 0, for a multi-process run '
+          '(default $JAX_COORDINATOR_ADDRESS).'),
+      num_processes=flags.DEFINE_integer(
+          'num_processes', None, 'Processes in the job (default $JAX_NUM_PROCESSES).'),
+      process_id=flags.DEFINE_integer(
+          'process_id', None, 'This process, 0..num_processes-1 (default $JAX_PROCESS_ID).'),
+  )
+
+
+def main(args) -> None:
+  cli.require(args, 'config', 'workdir')
+  # Values are checked by the trainer, before it creates anything.
+  config = config_lib.load_config(args.config, args.overrides, check=False)
   # Before anything touches a JAX backend: JAX refuses to join a job later.
-  started = distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+  started = distributed.initialize(args.coordinator_address, args.num_processes, args.process_id)
   jax_setup.enable_compilation_cache()
   jax_setup.quiet_library_logs()
   distributed.log_only_on_chief()
   logging.info('JAX %s on %d %s device(s), %d process(es) (%s)', jax.__version__,
                jax.device_count(), jax.default_backend(), jax.process_count(), started)
-  final = trainer.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  final = trainer.train_and_evaluate(config, args.workdir)
   if jax.process_index() != 0:  # the final metrics are the same on every process
     return
   for key in sorted(k for k in final if not isinstance(final[k], list)):
@@ -49,4 +50,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  config_base.run_cli(main)
+  cli.run(main, define_flags)

@@ -11,6 +11,8 @@ from clu import metric_writers
 import jax
 import numpy as np
 
+from adanet_jax import rundir
+
 # Keys of the step metrics combined by minimum instead of sum.
 MIN_KEYS = ('first_nonfinite_step',)
 
@@ -49,7 +51,7 @@ class MetricLogger:
     self.chief = jax.process_index() == 0
     self.console = metric_writers.LoggingWriter()
     self.tensorboard = metric_writers.SummaryWriter(workdir) if self.chief else None
-    self.jsonl = open(os.path.join(workdir, 'metrics.jsonl'), 'a') if self.chief else None
+    self.jsonl = open(os.path.join(workdir, rundir.METRICS_FILE), 'a') if self.chief else None
 
   def write(self, step: int, metrics: dict) -> None:
     scalars, per_block = {}, {}

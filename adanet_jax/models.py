@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from adanet_jax import resnet
-from adanet_jax.config_base import ConfigError
+from adanet_jax.errors import ConfigError
 from adanet_jax.gate import check_gate_mode
 
 IMAGENET_STAGES = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}

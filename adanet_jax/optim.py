@@ -2,13 +2,15 @@
 
 SGD with momentum (PyTorch's form: no dampening) and coupled L2 weight decay
 on every parameter, as the reference: the decay is added to the gradient
-before the momentum. Durations are in epochs, converted to steps here only.
+before the momentum. Durations are in epochs, converted to steps here only;
+the 'step' schedule's drops are fractions of the training length, so they
+follow an override of `train.num_epochs`.
 """
 
 import ml_collections
 import optax
 
-from adanet_jax.config_base import ConfigError
+from adanet_jax.errors import ConfigError
 
 SCHEDULES = ('step', 'cosine', 'constant')
 
@@ -24,23 +26,52 @@ def learning_rate(config: ml_collections.ConfigDict) -> float:
   return o.base_learning_rate * config.train.batch_size / o.base_batch_size
 
 
+def decay_steps(config: ml_collections.ConfigDict, steps_per_epoch: int) -> tuple[int, ...]:
+  """Steps (0-based optimizer steps) from which the 'step' schedule has
+  dropped by one more `decay_factor`: each of `optim.decay_fractions` of the
+  training steps."""
+  total = epochs_to_steps(config.train.num_epochs, steps_per_epoch)
+  return tuple(int(round(f * total)) for f in config.optim.decay_fractions)
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Raises ConfigError for an optimiser or schedule value that cannot train."""
+  o = config.optim
+  if o.schedule not in SCHEDULES:
+    raise ConfigError(f'optim.schedule={o.schedule!r} is unknown; allowed: {", ".join(SCHEDULES)}')
+  if not o.base_learning_rate > 0:
+    raise ConfigError(f'optim.base_learning_rate={o.base_learning_rate} must be > 0')
+  if not o.base_batch_size > 0:
+    raise ConfigError(f'optim.base_batch_size={o.base_batch_size} must be > 0')
+  if not 0 <= o.momentum < 1:
+    raise ConfigError(f'optim.momentum={o.momentum} must be in [0, 1)')
+  if not o.weight_decay >= 0:
+    raise ConfigError(f'optim.weight_decay={o.weight_decay} must be >= 0')
+  if not 0 < o.decay_factor <= 1:
+    raise ConfigError(f'optim.decay_factor={o.decay_factor} must be in (0, 1]')
+  fractions = tuple(o.decay_fractions)
+  if any(not 0 < f < 1 for f in fractions) or list(fractions) != sorted(fractions):
+    raise ConfigError(f'optim.decay_fractions={fractions} must be increasing fractions of '
+                      'the training in (0, 1)')
+  if not 0 <= o.warmup_epochs < config.train.num_epochs:
+    raise ConfigError(f'optim.warmup_epochs={o.warmup_epochs} must be in [0, '
+                      f'train.num_epochs={config.train.num_epochs})')
+
+
 def create_schedule(config: ml_collections.ConfigDict, steps_per_epoch: int) -> optax.Schedule:
-  """Linear warmup, then 'step' (x decay_factor at each of decay_epochs),
-  'cosine' (to 0 at the end of training) or 'constant'."""
+  """Linear warmup, then 'step' (x decay_factor at each of decay_fractions of
+  the training), 'cosine' (to 0 at the end of training) or 'constant'."""
   o = config.optim
   peak = learning_rate(config)
   warmup = epochs_to_steps(o.warmup_epochs, steps_per_epoch)
   total = epochs_to_steps(config.train.num_epochs, steps_per_epoch)
   if o.schedule == 'step':
     main = optax.piecewise_constant_schedule(
-        peak, {epochs_to_steps(e, steps_per_epoch) - warmup: o.decay_factor
-               for e in o.decay_epochs})
+        peak, {step - warmup: o.decay_factor for step in decay_steps(config, steps_per_epoch)})
   elif o.schedule == 'cosine':
     main = optax.cosine_decay_schedule(peak, max(total - warmup, 1))
-  elif o.schedule == 'constant':
-    main = optax.constant_schedule(peak)
   else:
-    raise ConfigError(f'optim.schedule={o.schedule!r} is unknown; allowed: {", ".join(SCHEDULES)}')
+    main = optax.constant_schedule(peak)
   if not warmup:
     return main
   return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), main], [warmup])

@@ -47,7 +47,7 @@ import jax
 import jax.numpy as jnp
 
 from adanet_jax import resnet
-from adanet_jax.config_base import ConfigError
+from adanet_jax.errors import ConfigError
 from adanet_jax.gate import Gate, check_gate_mode
 
 # Buffer capacities for mixed batches, as fractions of the batch (the whole

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from adanet_jax import losses, models, optim
+from adanet_jax import accounting, losses, models
 
 # Named rng streams derived from fold_in(seed key, step).
 GUMBEL_STREAM = 0
@@ -26,12 +26,11 @@ class TrainState(train_state.TrainState):
   batch_stats: Any = None
 
 
-def create_train_state(config: ml_collections.ConfigDict, model, steps_per_epoch: int,
+def create_train_state(config: ml_collections.ConfigDict, model, tx: optax.GradientTransformation,
                        key: jax.Array) -> TrainState:
   """Initialises parameters, BatchNorm statistics and the optimizer state."""
   shape = (config.data.image_size, config.data.image_size, config.data.channels)
   variables = model.init({'params': key}, jnp.zeros((1, *shape), jnp.float32), train=False)
-  tx, _ = optim.create_optimizer(config, steps_per_epoch)
   return TrainState.create(apply_fn=model.apply, params=variables['params'],
                            batch_stats=variables['batch_stats'], tx=tx)
 
@@ -88,14 +87,16 @@ def make_train_step(config: ml_collections.ConfigDict, schedule=None):
 def eval_step(state: TrainState, batch: dict, *, gate_mode: str, num_classes: int):
   """Sums over the real (mask = 1) examples of one evaluation batch.
 
-  Returns counts, correct predictions, cross-entropy, per-block gate sums and
-  the per-class x per-block gate sums (paper Fig. 4). Exact MACs follow from
-  the per-block sums (`accounting.CostTable`), so they are not summed here.
+  Returns counts, correct predictions, cross-entropy, per-block sums of the
+  gate values and of the branches computed, and the per-class x per-block
+  gate sums (paper Fig. 4). Exact MACs follow from the per-block sums of the
+  branches computed (`accounting.CostTable`), so they are not summed here.
   """
   logits, aux = state.apply_fn({'params': state.params, 'batch_stats': state.batch_stats},
                                batch['image'], train=False, gate_mode=gate_mode)
   mask = batch['mask']
   gates = aux['gates'] * mask[:, None]
+  executed = accounting.executed_branches(aux['gates'], gate_mode) * mask[:, None]
   ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch['label'])
   one_hot = jax.nn.one_hot(batch['label'], num_classes, dtype=jnp.float32) * mask[:, None]
   return {
@@ -103,6 +104,7 @@ def eval_step(state: TrainState, batch: dict, *, gate_mode: str, num_classes: in
       'correct': jnp.sum((jnp.argmax(logits, -1) == batch['label']) * mask),
       'ce': jnp.sum(ce * mask),
       'gates': gates.sum(axis=0),
+      'executed': executed.sum(axis=0),
       'class_count': one_hot.sum(axis=0),
       'class_gates': one_hot.T @ gates,
   }

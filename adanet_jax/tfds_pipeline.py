@@ -24,15 +24,10 @@ Split sizes come from SPLIT_SIZES, not from tfds metadata: mock data
 (`tfds.testing.mock_data`) carries none, and tests override the table. A
 split that yields another number of examples than the table says is an error.
 
-Augmentation as the reference code: CIFAR 4-pixel zero padding, random 32x32
-crop, horizontal flip, per-channel normalisation; ImageNet random-resized
-crop (scale 0.08-1, aspect ratio 3/4-4/3, torchvision's sampling), flip, and
-for evaluation a resize of the shorter side to 256/224 x image size and a
-centre crop.
+Decoding and augmentation: `adanet_jax.augment`.
 """
 
 import dataclasses
-import math
 import os
 
 import jax
@@ -41,8 +36,8 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from adanet_jax import input_pipeline
-from adanet_jax.config_base import ConfigError
+from adanet_jax import augment, batches, jax_setup
+from adanet_jax.errors import ConfigError
 
 # Global examples per split: (train, eval). Tests replace entries (mock data
 # has no split metadata).
@@ -52,11 +47,6 @@ SPLIT_SIZES = {
     'imagenet2012': (1_281_167, 50_000),
 }
 
-CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-CIFAR_PAD = 4
-IMAGENET_CROP_SCALE, IMAGENET_CROP_RATIO = (0.08, 1.0), (3 / 4, 4 / 3)
-IMAGENET_RESIZE_RATIO = 256 / 224   # evaluation: shorter side to this x image size, centre crop
 AUGMENT_STREAM = 1                  # keeps augmentation seeds apart from other uses of the seed
 
 
@@ -91,118 +81,6 @@ SPECS = {
 }
 
 
-def normalize(image: tf.Tensor, mean, std) -> tf.Tensor:
-  """uint8 (or 0-255 float) pixels -> float32 (x / 255 - mean) / std per channel."""
-  image = tf.cast(image, tf.float32) / 255.0
-  return (image - tf.constant(mean, tf.float32)) / tf.constant(std, tf.float32)
-
-
-def _flip(image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
-  """Horizontal flip with probability 1/2."""
-  flip = tf.random.stateless_uniform([], seed) < 0.5
-  return tf.cond(flip, lambda: tf.reverse(image, axis=[1]), lambda: image)
-
-
-def cifar_augment(image: tf.Tensor, seed: tf.Tensor, pad: int = CIFAR_PAD) -> tf.Tensor:
-  """Zero-pads by `pad`, crops back to the input size at a random offset, and
-  flips horizontally half the time (torchvision's RandomCrop(32, padding=4) +
-  RandomHorizontalFlip). Works on any dtype; `seed` is a stateless seed."""
-  crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
-  height, width = tf.shape(image)[0], tf.shape(image)[1]
-  padded = tf.pad(image, [[pad, pad], [pad, pad], [0, 0]])
-  offset = tf.random.stateless_uniform([2], crop_seed, 0, 2 * pad + 1, dtype=tf.int32)
-  image = tf.slice(padded, [offset[0], offset[1], 0], [height, width, -1])
-  return _flip(image, flip_seed)
-
-
-def sample_crop_box(height, width, seed: tf.Tensor, scale=IMAGENET_CROP_SCALE,
-                    ratio=IMAGENET_CROP_RATIO, attempts: int = 10) -> tf.Tensor:
-  """torchvision's RandomResizedCrop box: [y, x, h, w] (int32).
-
-  Up to `attempts` draws of an area fraction uniform in `scale` and an aspect
-  ratio (w / h) log-uniform in `ratio`; the first box that fits wins, at a
-  uniform position. If none fits, the centre crop with the aspect ratio
-  clamped to `ratio` (torchvision's fallback).
-  """
-  area_seed, ratio_seed, y_seed, x_seed = tf.unstack(
-      tf.random.experimental.stateless_split(seed, 4))
-  h_img, w_img = tf.cast(height, tf.float32), tf.cast(width, tf.float32)
-  area = h_img * w_img * tf.random.stateless_uniform([attempts], area_seed, *scale)
-  aspect = tf.exp(tf.random.stateless_uniform(
-      [attempts], ratio_seed, math.log(ratio[0]), math.log(ratio[1])))
-  w = tf.cast(tf.round(tf.sqrt(area * aspect)), tf.int32)
-  h = tf.cast(tf.round(tf.sqrt(area / aspect)), tf.int32)
-  fits = (w > 0) & (h > 0) & (w <= width) & (h <= height)
-  first = tf.argmax(tf.cast(fits, tf.int32), output_type=tf.int32)  # 0 if none fits
-
-  def fitted():
-    hh, ww = h[first], w[first]
-    y = tf.cast(tf.random.stateless_uniform([], y_seed) * tf.cast(height - hh + 1, tf.float32),
-                tf.int32)
-    x = tf.cast(tf.random.stateless_uniform([], x_seed) * tf.cast(width - ww + 1, tf.float32),
-                tf.int32)
-    return tf.stack([tf.minimum(y, height - hh), tf.minimum(x, width - ww), hh, ww])
-
-  def centre():
-    in_ratio = w_img / h_img
-    ww = tf.where(in_ratio > ratio[1], tf.round(h_img * ratio[1]), w_img)
-    hh = tf.where(in_ratio < ratio[0], tf.round(w_img / ratio[0]), h_img)
-    hh, ww = tf.cast(hh, tf.int32), tf.cast(ww, tf.int32)
-    return tf.stack([(height - hh) // 2, (width - ww) // 2, hh, ww])
-
-  return tf.cond(tf.reduce_any(fits), fitted, centre)
-
-
-def imagenet_train_image(encoded: tf.Tensor, seed: tf.Tensor, size: int) -> tf.Tensor:
-  """JPEG bytes -> random-resized crop `size`, flip, normalised float32."""
-  box_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
-  shape = tf.image.extract_jpeg_shape(encoded)
-  box = sample_crop_box(shape[0], shape[1], box_seed)
-  image = tf.image.decode_and_crop_jpeg(encoded, box, channels=3)
-  image = tf.image.resize(image, [size, size], method='bilinear', antialias=True)
-  return normalize(_flip(image, flip_seed), IMAGENET_MEAN, IMAGENET_STD)
-
-
-def resize_shorter_and_centre_crop(image: tf.Tensor, size: int) -> tf.Tensor:
-  """Shorter side to round(size x 256/224) (bilinear), then the centre
-  `size` x `size` crop: torchvision's Resize(256) + CenterCrop(224)."""
-  resize = int(round(size * IMAGENET_RESIZE_RATIO))
-  shape = tf.cast(tf.shape(image)[:2], tf.float32)
-  scale = resize / tf.reduce_min(shape)
-  # torchvision: the shorter side is exactly `resize`, the longer int(resize x long / short).
-  new = tf.maximum(tf.cast(tf.floor(shape * scale + 1e-3), tf.int32), resize)
-  image = tf.image.resize(image, new, method='bilinear', antialias=True)
-  top = tf.cast(tf.round(tf.cast(new[0] - size, tf.float32) / 2), tf.int32)
-  left = tf.cast(tf.round(tf.cast(new[1] - size, tf.float32) / 2), tf.int32)
-  return tf.slice(image, [top, left, 0], [size, size, 3])
-
-
-def imagenet_eval_image(encoded: tf.Tensor, size: int) -> tf.Tensor:
-  """JPEG bytes -> resize + centre crop `size`, normalised float32 (deterministic)."""
-  image = tf.image.decode_jpeg(encoded, channels=3)
-  return normalize(resize_shorter_and_centre_crop(image, size), IMAGENET_MEAN, IMAGENET_STD)
-
-
-def cifar_train_image(encoded: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
-  """PNG bytes -> pad, crop, flip, normalised float32."""
-  return normalize(cifar_augment(tf.io.decode_png(encoded, channels=3), seed), CIFAR_MEAN,
-                   CIFAR_STD)
-
-
-def cifar_eval_image(encoded: tf.Tensor) -> tf.Tensor:
-  """PNG bytes -> normalised float32 (deterministic)."""
-  return normalize(tf.io.decode_png(encoded, channels=3), CIFAR_MEAN, CIFAR_STD)
-
-
-def hide_accelerators_from_tf() -> None:
-  """Keeps TF (used only for input) off GPUs and TPUs, which belong to JAX."""
-  for kind in ('GPU', 'TPU'):
-    try:
-      tf.config.set_visible_devices([], kind)
-    except (RuntimeError, ValueError):  # TF already initialised, or no such device kind
-      pass
-
-
 def derived_seed(*values: int) -> int:
   """A 31-bit seed that is a function of `values` only."""
   return int(np.random.SeedSequence(list(values)).generate_state(1)[0] >> 1)
@@ -231,13 +109,12 @@ class TfdsDataset:
     self.process_index = jax.process_index() if process_index is None else process_index
     self.process_count = jax.process_count() if process_count is None else process_count
     self._check_batch_sizes()
-    hide_accelerators_from_tf()
     self._builder = tfds.builder(name, data_dir=data_dir or None)
     self._check_prepared()
     self._iterator, self._next_step = None, None
 
   def _check_batch_sizes(self):
-    input_pipeline.check_batch_sizes(self.batch_size, self.eval_batch_size, self.num_train,
+    batches.check_batch_sizes(self.batch_size, self.eval_batch_size, self.num_train,
                                      self.process_count, self.name)
 
   def _check_prepared(self):
@@ -307,9 +184,9 @@ class TfdsDataset:
     seed = tf.random.experimental.stateless_fold_in(
         tf.constant([self.seed, AUGMENT_STREAM], tf.int64), global_position)
     if self.spec.family == 'cifar':
-      image = cifar_train_image(example['image'], seed)
+      image = augment.cifar_train_image(example['image'], seed)
     else:
-      image = imagenet_train_image(example['image'], seed, self.image_size)
+      image = augment.imagenet_train_image(example['image'], seed, self.image_size)
     return {'image': image, 'label': tf.cast(example['label'], tf.int32)}
 
   # Evaluation.
@@ -327,10 +204,10 @@ class TfdsDataset:
     for batch in tfds.as_numpy(ds):
       seen += len(batch['label'])
       yielded += 1
-      yield _pad(batch, local)
+      yield batches.pad_and_mask(batch, local)
     for _ in range(yielded, num_batches):
-      yield _pad({'image': np.zeros((0, *self.image_shape), np.float32),
-                  'label': np.zeros((0,), np.int32)}, local)
+      yield batches.pad_and_mask({'image': np.zeros((0, *self.image_shape), np.float32),
+                                  'label': np.zeros((0,), np.int32)}, local)
     if not self.num_eval // self.process_count <= seen <= per_process:
       raise RuntimeError(
           f'{self.name} {self.spec.eval_split}: this process read {seen} examples, expected '
@@ -339,9 +216,9 @@ class TfdsDataset:
 
   def _eval_example(self, example: dict) -> dict:
     if self.spec.family == 'cifar':
-      image = cifar_eval_image(example['image'])
+      image = augment.cifar_eval_image(example['image'])
     else:
-      image = imagenet_eval_image(example['image'], self.image_size)
+      image = augment.imagenet_eval_image(example['image'], self.image_size)
     return {'image': image, 'label': tf.cast(example['label'], tf.int32)}
 
   # Reading.
@@ -363,25 +240,14 @@ class TfdsDataset:
     return ds.with_options(options)
 
 
-def _pad(batch: dict, size: int) -> dict:
-  """Pads a batch to `size` examples with zeros and adds the mask."""
-  n = len(batch['label'])
-  mask = (np.arange(size) < n).astype(np.float32)
-  if n == size:
-    return {**batch, 'mask': mask}
-  return {'image': np.concatenate([batch['image'],
-                                   np.zeros((size - n, *batch['image'].shape[1:]), np.float32)]),
-          'label': np.concatenate([batch['label'], np.zeros((size - n,), np.int32)]),
-          'mask': mask}
-
-
 def create_dataset(config: ml_collections.ConfigDict) -> TfdsDataset:
-  """The tfds dataset `config.data.name` names (a key of SPECS).
-
-  Reads `config.data.data_dir` when the config defines it ('' or absent: tfds's
-  default, $TFDS_DATA_DIR or ~/tensorflow_datasets).
+  """The tfds dataset `config.data.name` names (a key of SPECS), read from
+  `config.data.data_dir` ('': tfds's default, $TFDS_DATA_DIR or
+  ~/tensorflow_datasets). TF, used only for input, is kept off the
+  accelerators first.
   """
+  jax_setup.hide_accelerators_from_tf()
   return TfdsDataset(config.data.name, batch_size=config.train.batch_size,
                      eval_batch_size=config.eval.batch_size, seed=config.seed,
                      image_size=config.data.image_size,
-                     data_dir=config.data.get('data_dir') or None)
+                     data_dir=config.data.data_dir or None)

@@ -6,7 +6,6 @@ devices (pmap's successor): the batch is split over devices, the state is
 replicated and donated, and the result equals the one-device computation.
 """
 
-import os
 import time
 
 import jax
@@ -14,13 +13,9 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 import ml_collections
 import numpy as np
 
-from adanet_jax import (accounting, checkpoints, evaluation, input_pipeline, metrics, models,
-                        optim, steps)
-from adanet_jax.config_base import ConfigError
-
-
-class NonFiniteLossError(RuntimeError):
-  """The loss became NaN or infinite; training stopped without saving."""
+from adanet_jax import (accounting, checkpoints, config_lib, evaluation, input_pipeline, metrics,
+                        models, optim, rundir, steps)
+from adanet_jax.errors import ConfigError, NonFiniteLossError
 
 
 def is_time(step: int, every: int, last_step: int) -> bool:
@@ -32,9 +27,9 @@ def is_time(step: int, every: int, last_step: int) -> bool:
 
 
 def check_run_config(config: ml_collections.ConfigDict) -> None:
-  """Checks what depends on the machine, before anything is compiled."""
-  models.validate(config)
-  optim.create_schedule(config, steps_per_epoch=1)  # checks optim.schedule
+  """Checks the config (`config_lib.validate`) and what depends on the
+  machine, before anything is created or compiled."""
+  config_lib.validate(config)
   n = jax.device_count()
   for field, size in (('train.batch_size', config.train.batch_size),
                       ('eval.batch_size', config.eval.batch_size)):
@@ -47,7 +42,9 @@ def check_run_config(config: ml_collections.ConfigDict) -> None:
 
 
 class Runner:
-  """Mesh, shardings and compiled steps of one config."""
+  """Everything a run builds once from its config: mesh and shardings, the
+  model and its cost table, the optimizer and schedule, the per-block targets,
+  and the compiled steps."""
 
   def __init__(self, config: ml_collections.ConfigDict, dataset, devices=None):
     self.config = config
@@ -60,7 +57,10 @@ class Runner:
     self.costs = accounting.cost_table(self.model, dataset.image_shape)
     self.steps_per_epoch = dataset.steps_per_epoch
     self.num_steps = optim.epochs_to_steps(config.train.num_epochs, self.steps_per_epoch)
-    _, schedule = optim.create_optimizer(config, self.steps_per_epoch)
+    self.eval_every_steps = optim.epochs_to_steps(config.train.eval_every_epochs,
+                                                  self.steps_per_epoch)
+    self.tx, schedule = optim.create_optimizer(config, self.steps_per_epoch)
+    self.fixed_blocks = models.fixed_blocks(config)
     self.train_step = jax.jit(steps.make_train_step(config, schedule),
                               in_shardings=(self.replicated, self.data, self.replicated),
                               out_shardings=self.replicated, donate_argnums=0)
@@ -74,8 +74,8 @@ class Runner:
     self.key = jax.jit(lambda: jax.random.key(config.seed), out_shardings=self.replicated)()
 
   def init_state(self):
-    init = jax.jit(lambda key: steps.create_train_state(
-        self.config, self.model, self.steps_per_epoch, key), out_shardings=self.replicated)
+    init = jax.jit(lambda key: steps.create_train_state(self.config, self.model, self.tx, key),
+                   out_shardings=self.replicated)
     return init(jax.random.key(self.config.seed))
 
   def to_global(self, batch: dict) -> dict:
@@ -86,11 +86,10 @@ class Runner:
     results = {}
     for mode, eval_step in self.eval_steps.items():
       sums = evaluation.evaluate(eval_step, state, dataset.eval_batches(), self.to_global)
-      summary = evaluation.summarize(sums, self.costs, models.fixed_blocks(self.config),
+      summary = evaluation.summarize(sums, self.costs, self.fixed_blocks,
                                      self.config.model.gated)
       if jax.process_index() == 0:
-        evaluation.save_class_block_rates(workdir, step, mode,
-                                          evaluation.class_block_rates(sums))
+        rundir.write_class_block_rates(workdir, step, mode, evaluation.class_block_rates(sums))
       results.update({f'eval/{mode}/{k}': v for k, v in summary.items()})
     return results
 
@@ -106,8 +105,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, dataset=
   runner = Runner(config, dataset)
   state = checkpoints.restore_or_init(checkpointer, runner.init_state(), config.init_from)
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, 'config.json'), 'w') as f:
-      f.write(config.to_json_best_effort(indent=1, sort_keys=True))
+    rundir.write_config(workdir, config)
   logger = metrics.MetricLogger(workdir)
   try:
     final = _train_loop(config, workdir, dataset, runner, state, checkpointer, logger)
@@ -128,8 +126,7 @@ def _train_loop(config, workdir, dataset, runner, state, checkpointer, logger) -
     done = step + 1
     log, ckpt = is_time(done, tc.log_every_steps, runner.num_steps), is_time(
         done, config.checkpoint.every_steps, runner.num_steps)
-    evaluate = is_time(done, optim.epochs_to_steps(tc.eval_every_epochs, runner.steps_per_epoch),
-                       runner.num_steps)
+    evaluate = is_time(done, runner.eval_every_steps, runner.num_steps)
     if log or ckpt or evaluate or done % tc.sync_every_steps == 0:
       _raise_if_nonfinite(sums, checkpointer)
     if log:
@@ -151,9 +148,12 @@ def _raise_if_nonfinite(sums: dict, checkpointer) -> None:
   first_bad = float(jax.device_get(sums['first_nonfinite_step']))
   if np.isfinite(first_bad):
     checkpointer.manager.wait_until_finished()
+    latest = checkpointer.latest_step()
+    kept = ('no checkpoint was written yet' if latest is None else
+            f'the last checkpoint (step {latest}) is kept')
     raise NonFiniteLossError(
         f'the loss is not finite at step {int(first_bad)} (0-based optimizer step); training '
-        f'stopped, the last checkpoint (step {checkpointer.latest_step()}) is kept')
+        f'stopped, {kept}')
 
 
 class Progress:

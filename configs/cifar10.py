@@ -7,11 +7,13 @@ once with network access, see `adanet_jax/tfds_pipeline.py`):
   python -m adanet_jax.main --config=configs/cifar10.py --workdir=workdirs/cifar10_aig110_t07
   python -m adanet_jax.main --config=configs/cifar10.py:gated=false \
       --workdir=workdirs/cifar10_resnet110          # the gates-off baseline
-  python -m adanet_jax.summary --config=configs/cifar10.py       # params, MACs per block
+  python -m adanet_jax.tools.summary --config=configs/cifar10.py       # params, MACs per block
 
 Argument string (all optional): depth (6n+2, default 110), width (widening
 factor, default 1), gated (default true), target (t, default 0.7), epochs
-(default 350; the LR steps stay at 3/7 and 5/7 of it: 150 and 250 of 350).
+(default 350). The LR drops at 3/7 and 5/7 of the training (epochs 150
+and 250 of 350), fractions derived in code, so `--config.train.num_epochs`
+moves them too.
 
 Recipe (reference train.py): SGD, momentum 0.9, no Nesterov, LR 0.1 at batch
 256 (scaled linearly if train.batch_size changes), x0.1 at epochs 150 and 250,
@@ -34,12 +36,12 @@ GFLOPs (2 x MACs) with 82% of the layers executed; ConvNet-AIG 110* (expected
 mode) 5.14%; ResNet-110 6.61%. Users of the reference code reported 6.68%.
 """
 
-from adanet_jax import config_base
+from adanet_jax import config_lib
 
 
 def get_config(arg=None):
-  args = config_base.parse_arg(arg, depth=110, width=1, gated=True, target=0.7, epochs=350.0)
-  config = config_base.get_base_config()
+  args = config_lib.parse_arg(arg, depth=110, width=1, gated=True, target=0.7, epochs=350.0)
+  config = config_lib.get_base_config()
   config.model.name = 'cifar_resnet'
   config.model.depth = args.depth
   config.model.width = args.width
@@ -48,7 +50,6 @@ def get_config(arg=None):
   config.data.name = 'cifar10'
   config.data.image_size = 32
   config.data.channels = 3
-  config.data.data_dir = ''   # tfds data_dir; '' = $TFDS_DATA_DIR or ~/tensorflow_datasets
   config.gates.eval_modes = ('deterministic', 'expected')
   config.loss.target = args.target
   config.loss.weight = 2.0
@@ -59,7 +60,7 @@ def get_config(arg=None):
   config.optim.nesterov = False
   config.optim.weight_decay = 5e-4
   config.optim.schedule = 'step'
-  config.optim.decay_epochs = (args.epochs * 3 / 7, args.epochs * 5 / 7)
+  config.optim.decay_fractions = (150 / 350, 250 / 350)   # epochs 150 and 250 of 350
   config.optim.decay_factor = 0.1
   config.train.batch_size = 256
   config.train.num_epochs = args.epochs

@@ -24,12 +24,12 @@ run the `gated=false` baseline beside the gated model and compare the two.
 
 import os
 
-from adanet_jax import config_io
+from adanet_jax import config_lib
 
 
 def get_config(arg=None):
-  config = config_io.load_config_file(os.path.join(os.path.dirname(__file__), 'cifar10.py'),
-                                      arg or '')
+  config = config_lib.load_config(os.path.join(os.path.dirname(__file__), 'cifar10.py') +
+                                  f':{arg or ""}')
   config.data.name = 'cifar100'
   config.model.num_classes = 100
   return config

@@ -12,12 +12,12 @@ Expected on a 2-core CPU: test accuracy >= 97% with deterministic gates and a
 mean execution rate of the gated blocks within 0.05 of the target.
 """
 
-from adanet_jax import config_base
+from adanet_jax import config_lib
 
 
 def get_config(arg=None):
-  args = config_base.parse_arg(arg, depth=20, gated=True, target=0.6, epochs=100.0)
-  config = config_base.get_base_config()
+  args = config_lib.parse_arg(arg, depth=20, gated=True, target=0.6, epochs=100.0)
+  config = config_lib.get_base_config()
   config.model.name = 'cifar_resnet'
   config.model.depth = args.depth
   config.model.gated = args.gated
@@ -43,14 +43,15 @@ def get_config(arg=None):
 
 
 def get_sweeps():
-  """Sweeps of this config (python -m adanet_jax.sweep --config=configs/digits.py ...).
+  """Sweeps of this config (python -m adanet_jax.tools.sweep --config=configs/digits.py ...).
 
   targets: the accuracy/compute trade-off: t in {0.3, 0.5, 0.7, 1.0 (every
     block fixed on)} and the gates-off baseline.
   smoke: three targets, for a quick check of the sweep machinery.
   """
-  targets = config_base.grid(**{'loss.target': [0.3, 0.5, 0.7, 1.0], 'seed': [0]})
+  from adanet_jax.tools.sweep import grid  # pylint: disable=import-outside-toplevel
+  targets = grid(**{'loss.target': [0.3, 0.5, 0.7, 1.0], 'seed': [0]})
   return {
       'targets': targets + [{'model.gated': False, 'seed': 0}],
-      'smoke': config_base.grid(**{'loss.target': [0.3, 0.5, 0.7], 'seed': [0]}),
+      'smoke': grid(**{'loss.target': [0.3, 0.5, 0.7], 'seed': [0]}),
   }

@@ -4,7 +4,8 @@ and the reference code's recipe.
 Argument string: the architecture first (resnet50 default, resnet101,
 resnet152), then optional t (the target of the non-fixed blocks; default 0.6
 for ResNet-50, 0.5 for ResNet-101/152), gated (true/false) and epochs
-(default 100; LR x0.1 every 30 epochs).
+(default 100; LR x0.1 at 30%, 60% and 90% of the training: every 30 epochs
+of 100).
 
 Runbook. Data: tfds `imagenet2012` needs a manual download: put
 ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar into
@@ -22,7 +23,7 @@ command each:
       --workdir=workdirs/imagenet_resnet50       # gates-off baselines
   python -m adanet_jax.main --config=configs/imagenet.py:resnet101,gated=false \
       --workdir=workdirs/imagenet_resnet101
-  python -m adanet_jax.summary --config=configs/imagenet.py:resnet101,t=0.3
+  python -m adanet_jax.tools.summary --config=configs/imagenet.py:resnet101,t=0.3
 
 Recipe (reference train_img.py): SGD, momentum 0.9, LR 0.1 at batch 256
 (scaled linearly with train.batch_size), x0.1 every 30 epochs, 100 epochs
@@ -61,22 +62,24 @@ paper's convention). Users of the reference code reported 24.6-25.3% for
 ConvNet-AIG 50 at t = 0.7.
 """
 
-from adanet_jax import config_base
+from adanet_jax import config_lib
+from adanet_jax.errors import ConfigError
 
 _ARCHS = {'resnet50': (50, 'resnet50_reference', 0.6),
           'resnet101': (101, 'resnet101_reference', 0.5),
           'resnet152': (152, 'uniform', 0.5)}
-DECAY_EVERY_EPOCHS = 30
+# x0.1 every 30 epochs of 100: at 30%, 60% and 90% of the training, whatever its length.
+DECAY_FRACTIONS = (0.3, 0.6, 0.9)
 
 
 def get_config(arg=None):
-  args = config_base.parse_arg(arg, positional='arch', arch='resnet50', t=-1.0, gated=True,
+  args = config_lib.parse_arg(arg, positional='arch', arch='resnet50', t=-1.0, gated=True,
                                epochs=100.0)
   if args.arch not in _ARCHS:
-    raise config_base.ConfigError(f'config argument arch={args.arch!r} is unknown; allowed: '
+    raise ConfigError(f'config argument arch={args.arch!r} is unknown; allowed: '
                      f'{", ".join(_ARCHS)}')
   depth, schedule, default_t = _ARCHS[args.arch]
-  config = config_base.get_base_config()
+  config = config_lib.get_base_config()
   config.model.name = 'imagenet_resnet'
   config.model.depth = depth
   config.model.gated = args.gated
@@ -84,7 +87,6 @@ def get_config(arg=None):
   config.data.name = 'imagenet2012'
   config.data.image_size = 224
   config.data.channels = 3
-  config.data.data_dir = ''   # tfds data_dir; '' = $TFDS_DATA_DIR or ~/tensorflow_datasets
   config.loss.target = default_t if args.t < 0 else args.t
   config.loss.target_schedule = schedule
   config.loss.weight = 1.0
@@ -95,8 +97,7 @@ def get_config(arg=None):
   config.optim.nesterov = False
   config.optim.weight_decay = 1e-4
   config.optim.schedule = 'step'
-  config.optim.decay_epochs = tuple(
-      float(e) for e in range(DECAY_EVERY_EPOCHS, int(args.epochs), DECAY_EVERY_EPOCHS))
+  config.optim.decay_fractions = DECAY_FRACTIONS
   config.optim.decay_factor = 0.1
   config.train.batch_size = 256
   config.train.num_epochs = args.epochs

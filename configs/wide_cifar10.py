@@ -37,23 +37,23 @@ no dropout); run the `gated=false` baseline beside the gated model.
 
 import os
 
-from adanet_jax import config_base, config_io
+from adanet_jax import config_lib
 
 LR_STEPS = (0.3, 0.6, 0.8)   # fractions of the training epochs
 
 
 def get_config(arg=None):
-  args = config_base.parse_arg(arg, depth=28, width=10, gated=True, target=0.7, epochs=200.0)
+  args = config_lib.parse_arg(arg, depth=28, width=10, gated=True, target=0.7, epochs=200.0)
   # The CIFAR-10 ConvNet-AIG config (data, gates, loss), with the WRN backbone and optimiser.
-  config = config_io.load_config_file(
-      os.path.join(os.path.dirname(__file__), 'cifar10.py'),
-      f'gated={args.gated},target={args.target},epochs={args.epochs}')
+  config = config_lib.load_config(
+      os.path.join(os.path.dirname(__file__), 'cifar10.py') +
+      f':gated={args.gated},target={args.target},epochs={args.epochs}')
   config.model.name = 'wide_resnet'
   config.model.depth = args.depth
   config.model.width = args.width
   config.optim.base_batch_size = 128
   config.optim.nesterov = True
-  config.optim.decay_epochs = tuple(args.epochs * f for f in LR_STEPS)
+  config.optim.decay_fractions = LR_STEPS
   config.optim.decay_factor = 0.2
   config.train.batch_size = 128
   return config

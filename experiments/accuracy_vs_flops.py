@@ -13,7 +13,7 @@ Writes `accuracy_vs_flops.png` and `accuracy_vs_flops.csv/.md`.
 
 import sys
 
-from adanet_jax import inference
+from adanet_jax import rundir
 from experiments import common
 
 FLAGS = common.new_flags(predicts=False)
@@ -21,7 +21,7 @@ FLAGS = common.new_flags(predicts=False)
 
 def table_row(workdir: str, gate_mode: str) -> dict:
   """One run: model, target, accuracy and compute of its last evaluation."""
-  config = inference.load_config(workdir)
+  config = rundir.read_config(workdir)
   final = common.final_eval(workdir, gate_mode)
   return {'run': common.run_name(workdir), 'gated': config.model.gated,
           'depth': config.model.depth, 'target': config.loss.target if config.model.gated

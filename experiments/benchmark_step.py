@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 from ml_collections import config_flags
 
-from adanet_jax import accounting, jax_setup, models, steps
+from adanet_jax import accounting, jax_setup, models, optim, steps
 
 _CONFIG = config_flags.DEFINE_config_file('config', 'configs/cifar10.py', 'Config file.',
                                           lock_config=True)
@@ -32,7 +32,8 @@ def benchmark(config, batch_size: int, num_steps: int) -> dict:
   """Times one config; returns the figures as a dict."""
   model = models.create_model(config)
   shape = (config.data.image_size, config.data.image_size, config.data.channels)
-  state = steps.create_train_state(config, model, steps_per_epoch=100, key=jax.random.key(0))
+  tx, _ = optim.create_optimizer(config, steps_per_epoch=100)
+  state = steps.create_train_state(config, model, tx, jax.random.key(0))
   batch = {'image': jax.random.normal(jax.random.key(1), (batch_size, *shape)),
            'label': jnp.arange(batch_size) % config.model.num_classes}
   step = jax.jit(steps.make_train_step(config), donate_argnums=0)

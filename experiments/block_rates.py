@@ -11,7 +11,7 @@ always run) and `block_rates.csv/.md` (one row per run and block).
 
 import sys
 
-from adanet_jax import inference, models
+from adanet_jax import inference, models, rundir
 from experiments import common
 
 FLAGS = common.new_flags(predicts=False)
@@ -19,7 +19,7 @@ FLAGS = common.new_flags(predicts=False)
 
 def table_rows(workdir: str, gate_mode: str) -> list[dict]:
   """One row per block: rate, target, whether it downsamples or always runs."""
-  config = inference.load_config(workdir)
+  config = rundir.read_config(workdir)
   rates = common.final_eval(workdir, gate_mode)['gate_rates']
   targets = models.block_targets(config)
   down, fixed = inference.downsampling_blocks(config), models.fixed_blocks(config)

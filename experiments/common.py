@@ -9,12 +9,13 @@ render headless with the Agg renderer.
 """
 
 import csv
-import json
 import os
 import sys
 
 from absl import flags
 from matplotlib.figure import Figure
+
+from adanet_jax import rundir
 
 DEFAULT_OUT = 'experiments/results'
 
@@ -65,29 +66,14 @@ def run_name(workdir: str) -> str:
   return os.path.basename(os.path.normpath(workdir))
 
 
-def read_metrics(workdir: str) -> list[dict]:
-  """The records of `workdir/metrics.jsonl`, in order."""
-  path = os.path.join(workdir, 'metrics.jsonl')
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f'{path} does not exist: is {workdir!r} a trained workdir?')
-  with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
-
-
 def final_eval(workdir: str, gate_mode: str) -> dict:
-  """The last evaluation of `gate_mode` in metrics.jsonl, keys without prefix.
-
-  Returns:
-    e.g. {'step': 1100, 'accuracy': ..., 'gate_rates': [...], ...}.
-  """
-  prefix = f'eval/{gate_mode}/'
-  records = [r for r in read_metrics(workdir) if prefix + 'accuracy' in r]
-  if not records:
+  """The last evaluation of `gate_mode` (`rundir.last_eval`), or an error
+  naming the run and the mode."""
+  last = rundir.last_eval(workdir, gate_mode)
+  if last is None:
     raise ValueError(f'{workdir} has no evaluation in gate mode {gate_mode!r} '
                      '(see gates.eval_modes of its config)')
-  last = records[-1]
-  return {'step': last['step'],
-          **{k[len(prefix):]: v for k, v in last.items() if k.startswith(prefix)}}
+  return last
 
 
 def new_figure(rows: int = 1, cols: int = 1, size=(6.4, 4.0), **kwargs):

@@ -16,7 +16,7 @@ import sys
 
 import numpy as np
 
-from adanet_jax import inference, models
+from adanet_jax import inference, models, rundir
 from experiments import common
 
 FLAGS = common.new_flags(predicts=False, gate_mode=False)
@@ -24,8 +24,8 @@ FLAGS = common.new_flags(predicts=False, gate_mode=False)
 
 def curves(workdir: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """(steps, epochs, rates (log records, blocks)) of a run's training logs."""
-  config = inference.load_config(workdir)
-  records = [r for r in common.read_metrics(workdir) if 'train/gate_rates' in r]
+  config = rundir.read_config(workdir)
+  records = [r for r in rundir.read_metrics(workdir) if 'train/gate_rates' in r]
   if not records:
     raise ValueError(f'{workdir}/metrics.jsonl holds no train/gate_rates records')
   steps = np.array([r['step'] for r in records])
@@ -47,7 +47,7 @@ def plot_curves(workdir: str, ax=None):
   if ax is None:
     _, axes = common.new_figure(size=(7.5, 4.5))
     ax = axes[0, 0]
-  config = inference.load_config(workdir)
+  config = rundir.read_config(workdir)
   _, epochs, rates = curves(workdir)
   colored = highlighted_blocks(config)
   others = [b for b in range(rates.shape[1]) if b not in colored]
@@ -67,7 +67,7 @@ def plot_curves(workdir: str, ax=None):
 
 def table_rows(workdir: str) -> list[dict]:
   """Per block: first and last logged rate, target, downsampling."""
-  config = inference.load_config(workdir)
+  config = rundir.read_config(workdir)
   steps, _, rates = curves(workdir)
   targets, down = models.block_targets(config), inference.downsampling_blocks(config)
   return [{'run': common.run_name(workdir), 'block': b, 'downsampling': b in down,

@@ -12,7 +12,7 @@ import pytest
 
 import adanet_jax
 from adanet_jax import config_io, inference, trainer
-from adanet_jax.config_base import ConfigError
+from adanet_jax.errors import ConfigError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -17,8 +17,9 @@ import jax
 import numpy as np
 import pytest
 
-from adanet_jax import checkpoints, distributed, launch, models, steps
-from adanet_jax.config_base import ConfigError
+from adanet_jax import checkpoints, distributed, models, optim, steps
+from adanet_jax.tools import launch
+from adanet_jax.errors import ConfigError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 4
@@ -49,7 +50,7 @@ def _config(load_config):
 def _launch(workdir, *, processes=2, timeout=400, extra=()):
   """Runs the launcher; returns the CompletedProcess (text output)."""
   return subprocess.run(
-      [sys.executable, '-m', 'adanet_jax.launch', f'--processes={processes}',
+      [sys.executable, '-m', 'adanet_jax.tools.launch', f'--processes={processes}',
        '--devices_per_process=2', f'--timeout={timeout}', '--', *_main_args(workdir), *extra],
       cwd=REPO, capture_output=True, text=True, timeout=timeout + 60)
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from adanet_jax import optim
-from adanet_jax.config_base import ConfigError
+from adanet_jax.errors import ConfigError
 
 
 def test_epochs_to_steps():

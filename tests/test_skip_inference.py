@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from adanet_jax import models, resnet, skip_inference
-from adanet_jax.config_base import ConfigError
+from adanet_jax.errors import ConfigError
 
 
 def _images(batch, size, seed=0):

@@ -11,7 +11,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _summary(config_arg):
-  out = subprocess.run([sys.executable, '-m', 'adanet_jax.summary', f'--config={config_arg}',
+  out = subprocess.run([sys.executable, '-m', 'adanet_jax.tools.summary', f'--config={config_arg}',
                         '--json'], cwd=REPO, capture_output=True, text=True, timeout=300,
                        check=True)
   return json.loads(out.stdout.strip().splitlines()[-1])
@@ -32,11 +32,11 @@ def test_summary_json(config_arg, params, gate_params, gmacs, gated):
 
 
 def test_summary_table_and_bad_config():
-  out = subprocess.run([sys.executable, '-m', 'adanet_jax.summary',
+  out = subprocess.run([sys.executable, '-m', 'adanet_jax.tools.summary',
                         '--config=configs/cifar10.py:depth=20'], cwd=REPO, capture_output=True,
                        text=True, timeout=300, check=True).stdout
   assert 'stage3_block2' in out and '40,818,080 MACs' in out and '277,820 params' in out
-  bad = subprocess.run([sys.executable, '-m', 'adanet_jax.summary',
+  bad = subprocess.run([sys.executable, '-m', 'adanet_jax.tools.summary',
                         '--config=configs/cifar10.py:depth=21'], cwd=REPO, capture_output=True,
                        text=True, timeout=300)
   assert bad.returncode != 0

@@ -16,7 +16,7 @@ TINY = ['--config=configs/digits.py:depth=8', '--sweep=smoke', '--config.train.n
 
 
 def _sweep_command(root, *extra):
-  return [sys.executable, '-m', 'adanet_jax.sweep', f'--root={root}', *TINY, *extra]
+  return [sys.executable, '-m', 'adanet_jax.tools.sweep', f'--root={root}', *TINY, *extra]
 
 
 def _env():

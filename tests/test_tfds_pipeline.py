@@ -15,7 +15,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from adanet_jax import input_pipeline, tfds_pipeline, trainer
-from adanet_jax.config_base import ConfigError
+from adanet_jax.errors import ConfigError
 from adanet_jax.tfds_pipeline import CIFAR_MEAN, CIFAR_STD, IMAGENET_MEAN, IMAGENET_STD
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

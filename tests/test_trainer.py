@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from adanet_jax import checkpoints, input_pipeline, steps, trainer
-from adanet_jax.config_base import ConfigError
+from adanet_jax.errors import ConfigError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -1,55 +1,39 @@
 """Summary of a sweep: one row per point, read from its workdir, a markdown and
 CSV table, and accuracy against GFLOPs with the Pareto front marked.
 
-Figures come from each workdir's files: `sweep_status.json` (overrides,
-status, wall time), `config.json` (the evaluation modes) and the last
-evaluation record of `metrics.jsonl`.
+Figures come from each workdir's files, read through `adanet_jax.rundir`:
+the sweep status (overrides, status, wall time), the run's config (gated or
+not, the evaluation mode) and its last evaluation.
 """
 
 import csv
-import json
 import os
 
-COLUMNS = ('point', 'overrides', 'status', 'eval_mode', 'accuracy', 'gate_rate',
+from adanet_jax import rundir
+from adanet_jax.errors import ConfigError
+
+COLUMNS = ('point', 'overrides', 'status', 'gated', 'eval_mode', 'accuracy', 'gate_rate',
            'gated_block_rate', 'macs_per_image', 'gflops_per_image', 'paper_gflops', 'wall_s')
+METRICS = ('accuracy', 'gate_rate', 'gated_block_rate', 'macs_per_image', 'gflops_per_image',
+           'paper_gflops')
 
 
 def read_point(workdir: str) -> dict | None:
   """The summary row of one point's workdir, or None if it is not a sweep point."""
-  status_path = os.path.join(workdir, 'sweep_status.json')
-  if not os.path.exists(status_path):
+  status = rundir.read_sweep_status(workdir)
+  if not status:
     return None
-  with open(status_path) as f:
-    status = json.load(f)
   row = {'point': os.path.basename(workdir), 'status': status['status'],
          'overrides': ' '.join(f'{k}={v}' for k, v in status['overrides'].items()),
-         'wall_s': round(status.get('wall_s', 0.0), 1)}
-  mode = _eval_mode(workdir)
-  row['eval_mode'] = mode
-  last = _last_eval(os.path.join(workdir, 'metrics.jsonl'), mode)
-  for key in ('accuracy', 'gate_rate', 'gated_block_rate', 'macs_per_image', 'gflops_per_image',
-              'paper_gflops'):
-    row[key] = last.get(f'eval/{mode}/{key}')
-  return row
-
-
-def _eval_mode(workdir: str) -> str:
+         'wall_s': round(status.get('wall_s', 0.0), 1), 'gated': None, 'eval_mode': None}
   try:
-    with open(os.path.join(workdir, 'config.json')) as f:
-      return json.load(f)['gates']['eval_modes'][0]
-  except (OSError, KeyError, IndexError, ValueError):
-    return 'deterministic'
-
-
-def _last_eval(path: str, mode: str) -> dict:
-  last = {}
-  if os.path.exists(path):
-    with open(path) as f:
-      for line in f:
-        record = json.loads(line)
-        if f'eval/{mode}/accuracy' in record:
-          last = record
-  return last
+    config = rundir.read_config(workdir)
+  except ConfigError:  # the point failed before the trainer wrote its config
+    return {**row, **dict.fromkeys(METRICS)}
+  row['gated'] = config.model.gated
+  row['eval_mode'] = config.gates.eval_modes[0]
+  last = rundir.last_eval(workdir, row['eval_mode']) or {}
+  return {**row, **{key: last.get(key) for key in METRICS}}
 
 
 def pareto_front(rows: list[dict]) -> list[dict]:
@@ -103,7 +87,7 @@ def _plot(rows: list[dict], path: str) -> None:
   import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
   done = [r for r in rows if r['accuracy'] is not None]
   fig, ax = plt.subplots(figsize=(7, 4.5))
-  plain = [r for r in done if 'model.gated=False' in r['overrides']]
+  plain = [r for r in done if r['gated'] is False]
   gated = [r for r in done if r not in plain]
   for group, marker, label in ((gated, 'o', 'gated'), (plain, 's', 'gates off')):
     if group:

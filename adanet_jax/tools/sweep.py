@@ -3,11 +3,12 @@
 A config file declares its sweeps next to itself:
 
   def get_sweeps():
-    return {'targets': config_base.grid(**{'loss.target': [0.3, 0.5, 0.7], 'seed': [0]})}
+    from adanet_jax.tools.sweep import grid
+    return {'targets': grid(**{'loss.target': [0.3, 0.5, 0.7], 'seed': [0]})}
 
 Each point is a dict of config overrides. The launcher
 
-  python -m adanet_jax.sweep --config=configs/digits.py[:args] --sweep=targets --root=DIR \
+  python -m adanet_jax.tools.sweep --config=configs/digits.py[:args] --sweep=targets --root=DIR \
       [--parallel=N] [--config.x=y ...]
 
 checks every override of every point against the config before anything runs,
@@ -21,8 +22,7 @@ DIR/summary.md, DIR/summary.csv and DIR/accuracy_vs_gflops.png.
 """
 
 import ctypes
-import functools
-import json
+import itertools
 import os
 import signal
 import subprocess
@@ -31,18 +31,34 @@ import time
 
 from absl import flags
 
-from adanet_jax import config_io, sweep_summary
-from adanet_jax.config_base import ConfigError, run_cli
+from adanet_jax import cli, config_lib, rundir
+from adanet_jax.errors import ConfigError, ExpectedError
+from adanet_jax.tools import sweep_summary
 
-_CONFIG = flags.DEFINE_string('config', None, 'Config file, with optional :arg.')
-_SWEEP = flags.DEFINE_string('sweep', None, 'Name of a sweep the config file defines.')
-_ROOT = flags.DEFINE_string('root', None, 'Directory holding one workdir per point.')
-_PARALLEL = flags.DEFINE_integer('parallel', 1, 'Points run at the same time.')
-_PLAN_ONLY = flags.DEFINE_bool('plan_only', False, 'Print and write the plan, run nothing.')
-_SUMMARY_ONLY = flags.DEFINE_bool('summary_only', False, 'Only summarize the workdirs in --root.')
 
-STATUS_FILE = 'sweep_status.json'
-LOG_FILE = 'log.txt'
+def define_flags() -> dict:
+  return dict(
+      config=flags.DEFINE_string('config', None, 'Config file, with optional :arg.'),
+      sweep=flags.DEFINE_string('sweep', None, 'Name of a sweep the config file defines.'),
+      root=flags.DEFINE_string('root', None, 'Directory holding one workdir per point.'),
+      parallel=flags.DEFINE_integer('parallel', 1, 'Points run at the same time (>= 1).'),
+      plan_only=flags.DEFINE_bool('plan_only', False, 'Print and write the plan, run nothing.'),
+      summary_only=flags.DEFINE_bool('summary_only', False,
+                                     'Only summarize the workdirs in --root.'),
+  )
+
+
+def grid(**axes) -> list[dict]:
+  """Sweep points: every combination of the values of each axis.
+
+  Args:
+    **axes: config path -> values, e.g. `**{'loss.target': [0.3, 0.5], 'seed': [0, 1]}`.
+
+  Returns:
+    A list of override dicts, one per point.
+  """
+  keys = list(axes)
+  return [dict(zip(keys, values)) for values in itertools.product(*axes.values())]
 
 
 def point_name(overrides: dict) -> str:
@@ -52,9 +68,10 @@ def point_name(overrides: dict) -> str:
 
 
 def load_points(config_arg: str, sweep: str, common: dict) -> list[dict]:
-  """The points of `sweep`, each checked against the config with `common` applied."""
-  path = config_arg.rsplit(':', 1)[0] if ':' in os.path.basename(config_arg) else config_arg
-  module = config_io.load_module(path)
+  """The points of `sweep`, each checked against the config with `common`
+  applied (names, types and values, as `adanet_jax.main` checks them)."""
+  path, _ = config_lib.split_path_arg(config_arg)
+  module = config_lib.load_module(path)
   sweeps = module.get_sweeps() if hasattr(module, 'get_sweeps') else {}
   if sweep not in sweeps:
     raise ConfigError(f'--sweep={sweep!r} is not defined by {path}; its sweeps: '
@@ -64,8 +81,10 @@ def load_points(config_arg: str, sweep: str, common: dict) -> list[dict]:
   if len(set(names)) != len(names):
     raise ConfigError(f'sweep {sweep!r} has points with the same overrides: {names}')
   for point in points:
-    config = config_io.load_config_file(config_arg)
-    config_io.apply_overrides(config, {**common, **point})
+    try:
+      config_lib.load_config(config_arg, {**common, **point})
+    except ConfigError as e:
+      raise ConfigError(f'sweep point {point_name(point)}: {e}') from None
   return points
 
 
@@ -82,37 +101,23 @@ def _die_with_parent():
 
 def _start(command, workdir):
   os.makedirs(workdir, exist_ok=True)
-  log = open(os.path.join(workdir, LOG_FILE), 'a')
+  log = open(os.path.join(workdir, rundir.LOG_FILE), 'a')
   return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                           preexec_fn=_die_with_parent), log
 
 
-def _status(workdir: str) -> dict:
-  path = os.path.join(workdir, STATUS_FILE)
-  if not os.path.exists(path):
-    return {}
-  with open(path) as f:
-    return json.load(f)
-
-
-def _write_json(path: str, value: dict) -> None:
-  with open(path, 'w') as f:
-    json.dump(value, f, indent=1, sort_keys=True)
-
-
 def check_root(root: str, manifest: dict) -> None:
   """Refuses a root that holds another sweep; records this one otherwise."""
-  path = os.path.join(root, 'sweep.json')
+  path = os.path.join(root, rundir.SWEEP_MANIFEST_FILE)
   if os.path.exists(path):
-    with open(path) as f:
-      stored = json.load(f)
+    stored = rundir.read_json(path)
     if stored != manifest:
       raise ConfigError(f'--root={root} holds a different sweep ({stored["config"]} '
                         f'--sweep={stored["sweep"]} with other points or overrides); use '
                         'another root')
   else:
     os.makedirs(root, exist_ok=True)
-    _write_json(path, manifest)
+    rundir.write_json(path, manifest)
 
 
 def run_sweep(config_arg: str, sweep: str, root: str, parallel: int, common: dict,
@@ -127,7 +132,7 @@ def run_sweep(config_arg: str, sweep: str, root: str, parallel: int, common: dic
   _print_plan(root, jobs, commands)
   if plan_only:
     return {}
-  todo = [n for n in jobs if _status(jobs[n][1]).get('status') != 'done']
+  todo = [n for n in jobs if rundir.read_sweep_status(jobs[n][1]).get('status') != 'done']
   print(f'{len(jobs) - len(todo)} of {len(jobs)} points already done', flush=True)
   results = {n: 'done' for n in jobs if n not in todo}
   running = {}
@@ -152,7 +157,7 @@ def _print_plan(root, jobs, commands) -> None:
     f.write('#!/bin/sh\n' + '\n'.join(lines) + '\n')
   print(f'sweep plan: {len(jobs)} points under {root} (also in {root}/commands.sh)')
   for name, line in zip(jobs, lines):
-    state = _status(jobs[name][1]).get('status', 'new')
+    state = rundir.read_sweep_status(jobs[name][1]).get('status', 'new')
     print(f'  {name} [{state}]: {line}')
   sys.stdout.flush()
 
@@ -160,52 +165,43 @@ def _print_plan(root, jobs, commands) -> None:
 def _finish(name, job, command, returncode, start) -> str:
   overrides, workdir = job
   status = 'done' if returncode == 0 else 'failed'
-  previous = _status(workdir)
-  _write_json(os.path.join(workdir, STATUS_FILE), {
+  previous = rundir.read_sweep_status(workdir)
+  rundir.write_sweep_status(workdir, {
       'status': status, 'overrides': overrides, 'command': command, 'returncode': returncode,
       'wall_s': previous.get('wall_s', 0.0) + time.time() - start})
   if status == 'failed':
-    with open(os.path.join(workdir, LOG_FILE)) as f:
+    with open(os.path.join(workdir, rundir.LOG_FILE)) as f:
       tail = f.read().splitlines()[-15:]
     print(f'point {name} failed (exit {returncode}); last lines of its log:\n  '
           + '\n  '.join(tail), flush=True)
   return status
 
 
-def split_common_overrides(argv: list[str]) -> tuple[list[str], dict]:
-  """Separates `--config.a.b=v` arguments (applied to every point) from the flags."""
-  rest, common = [], {}
-  for arg in argv:
-    if arg.startswith('--config.'):
-      if '=' not in arg:
-        raise ConfigError(f'{arg!r} needs the form --config.<field>=<value>')
-      key, value = arg[len('--config.'):].split('=', 1)
-      common[key] = value
-    else:
-      rest.append(arg)
-  return rest, common
+class SweepFailed(ExpectedError):
+  """Some points failed; the others ran. Rerunning retries the failed ones."""
+  exit_code = 1
 
 
-def main(argv, common: dict):
-  if len(argv) > 1:
-    raise ConfigError(f'unexpected arguments: {argv[1:]}')
-  if _SUMMARY_ONLY.value:
-    print(sweep_summary.write_summary(os.path.abspath(_ROOT.value)))
+def main(args) -> None:
+  if args.summary_only:
+    cli.require(args, 'root')
+    root = os.path.abspath(args.root)
+    if not os.path.isdir(root):
+      raise ConfigError(f'--root={args.root} is not a directory: nothing to summarize')
+    print(sweep_summary.write_summary(root))
     return
-  for flag in (_CONFIG, _SWEEP, _ROOT):
-    if not flag.value:
-      raise ConfigError(f'--{flag.name} is required')
-  results = run_sweep(_CONFIG.value, _SWEEP.value, _ROOT.value, _PARALLEL.value, common,
-                      _PLAN_ONLY.value)
+  cli.require(args, 'config', 'sweep', 'root')
+  if args.parallel < 1:
+    raise ConfigError(f'--parallel={args.parallel} must be >= 1')
+  if os.path.exists(args.root) and not os.path.isdir(args.root):
+    raise ConfigError(f'--root={args.root} is a file, not a directory')
+  results = run_sweep(args.config, args.sweep, args.root, args.parallel, args.overrides,
+                      args.plan_only)
   failed = sorted(n for n, s in results.items() if s != 'done')
   if failed:
-    sys.exit(f'{len(failed)} point(s) failed: {", ".join(failed)}; re-run the same command to '
-             'retry them')
+    raise SweepFailed(f'{len(failed)} point(s) failed: {", ".join(failed)}; re-run the same '
+                      'command to retry them')
 
 
 if __name__ == '__main__':
-  try:
-    sys.argv, _common = split_common_overrides(sys.argv)
-  except ConfigError as e:
-    sys.exit(f'error: {e}')
-  run_cli(functools.partial(main, common=_common))
+  cli.run(main, define_flags)

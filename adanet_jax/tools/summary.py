@@ -1,23 +1,23 @@
 """Model summary: per-block parameters, MACs and gate status, and totals.
 
-  python -m adanet_jax.summary --config=configs/cifar10.py[:args] [--json]
+  python -m adanet_jax.tools.summary --config=configs/cifar10.py[:args] [--config.a.b=v] [--json]
 
-Nothing is compiled: shapes come from an abstract trace of the model.
+Nothing is compiled: shapes come from an abstract trace of the model. Blocks
+are listed in execution order.
 """
 
 import json
-import sys
 
 from absl import flags
 import jax
 import jax.numpy as jnp
-from ml_collections import config_flags
 
-from adanet_jax import accounting, config_base, models
+from adanet_jax import accounting, cli, config_lib, models
 
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file, with optional :arg.',
-                                          lock_config=True)
-flags.DEFINE_bool('json', False, 'Print one JSON object instead of a table.')
+
+def define_flags() -> dict:
+  return dict(config=flags.DEFINE_string('config', None, 'Config file, with optional :arg.'),
+              json=flags.DEFINE_bool('json', False, 'Print one JSON object instead of a table.'))
 
 
 def summarize(config) -> dict:
@@ -29,7 +29,7 @@ def summarize(config) -> dict:
   costs = accounting.cost_table(model, shape)
   fixed = set(models.fixed_blocks(config))
   blocks = []
-  for i, name in enumerate(n for n in params if n.startswith('stage')):
+  for i, name in enumerate(costs.blocks):
     block_params = _count(params[name])
     status = 'plain' if not config.model.gated else 'fixed' if i in fixed else 'gated'
     blocks.append(dict(index=i, name=name, status=status, params=block_params,
@@ -67,12 +67,12 @@ def _count(tree) -> int:
   return int(sum(x.size for x in jax.tree.leaves(tree)))
 
 
-def main(argv):
-  del argv
-  summary = summarize(_CONFIG.value)
-  print(json.dumps(summary) if flags.FLAGS.json else format_table(summary))
+def main(args) -> None:
+  cli.require(args, 'config')
+  jax.config.update('jax_platforms', 'cpu')  # shapes only: no accelerator needed
+  summary = summarize(config_lib.load_config(args.config, args.overrides))
+  print(json.dumps(summary) if args.json else format_table(summary))
 
 
 if __name__ == '__main__':
-  jax.config.update('jax_platforms', 'cpu')
-  config_base.run_cli(main)
+  cli.run(main, define_flags)

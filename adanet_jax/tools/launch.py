@@ -2,7 +2,7 @@
 machine, joined by `jax.distributed` over localhost, to run and test the
 multi-host code path on CPU.
 
-  python -m adanet_jax.launch --processes 2 [--devices_per_process 2] \
+  python -m adanet_jax.tools.launch --processes 2 [--devices_per_process 2] \
       [--timeout 600] -- --config=configs/digits.py --workdir=DIR [...]
 
 Everything after `--` goes to every process unchanged. Process i gets
@@ -28,13 +28,19 @@ import sys
 import threading
 import time
 
-from absl import app, flags
+from absl import flags
 
-_PROCESSES = flags.DEFINE_integer('processes', 2, 'Number of processes to start.', lower_bound=1)
-_DEVICES = flags.DEFINE_integer('devices_per_process', 1, 'Virtual CPU devices per process.',
-                                lower_bound=1)
-_TIMEOUT = flags.DEFINE_float('timeout', 600.0,
-                              'Seconds before every process is killed (exit status 124).')
+from adanet_jax import cli
+
+
+def define_flags() -> dict:
+  return dict(
+      processes=flags.DEFINE_integer('processes', 2, 'Number of processes to start.',
+                                     lower_bound=1),
+      devices_per_process=flags.DEFINE_integer('devices_per_process', 1,
+                                               'Virtual CPU devices per process.', lower_bound=1),
+      timeout=flags.DEFINE_float('timeout', 600.0,
+                                 'Seconds before every process is killed (exit status 124).'))
 
 MODULE = 'adanet_jax.main'
 TIMEOUT_STATUS = 124  # as coreutils `timeout`
@@ -172,10 +178,10 @@ def _raise_on_sigterm(signum, frame):
   raise SystemExit(128 + signum)
 
 
-def main(argv):
+def main(args) -> int:
   signal.signal(signal.SIGTERM, _raise_on_sigterm)  # so that `launch` kills the workers
-  return launch(argv[1:], _PROCESSES.value, _DEVICES.value, _TIMEOUT.value)
+  return launch(args.rest, args.processes, args.devices_per_process, args.timeout)
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main, define_flags, overrides=False, passthrough=True)

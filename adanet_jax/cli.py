@@ -1,0 +1,84 @@
+"""What every command-line entry point shares: its own flags, defined only
+when it runs, `--config.a.b=value` overrides, and one place that turns an
+expected failure into one line.
+
+An entry point module defines `define_flags()` (returning its flag holders)
+and `main(args)`, and ends with
+
+  if __name__ == '__main__':
+    cli.run(main, define_flags)
+
+Importing an entry point module defines no flag, so any number of them can be
+imported into one process (a notebook, the tests).
+"""
+
+import sys
+import types
+from typing import Callable
+
+from absl import app, flags
+
+from adanet_jax import config_lib
+from adanet_jax.errors import ConfigError, ExpectedError
+
+
+def fail(message: str, exit_code: int = 2):
+  """Ends the process with `error: <message>` on stderr, no traceback."""
+  print(f'error: {message}', file=sys.stderr, flush=True)
+  sys.exit(exit_code)
+
+
+def run(main: Callable[[types.SimpleNamespace], int | None], define_flags: Callable[[], dict],
+        overrides: bool = True, passthrough: bool = False) -> None:
+  """Defines the entry point's flags, parses the command line and runs `main`.
+
+  Args:
+    main: called with a namespace of the flag values (by flag name), plus
+      `overrides` ({'a.b': 'value'} from `--config.a.b=value`, if accepted) and
+      `rest` (arguments after `--`, if `passthrough`).
+    define_flags: defines the flags (absl DEFINE_*) and returns
+      {name: FlagHolder}.
+    overrides: whether `--config.a.b=value` arguments are accepted.
+    passthrough: whether arguments after `--` are accepted (and passed on
+      untouched in `rest`).
+  """
+  holders = define_flags()
+  parsed = {}
+
+  def parse(argv):
+    try:
+      head, rest = _split_passthrough(argv) if passthrough else (argv, [])
+      head, found = config_lib.split_overrides(head) if overrides else (head, {})
+      positional = flags.FLAGS(head)[1:]
+    except flags.Error as e:
+      fail(str(e))
+    except ExpectedError as e:
+      fail(str(e), e.exit_code)
+    if positional:
+      fail(f'unexpected arguments: {" ".join(positional)}')
+    parsed.update(overrides=found, rest=rest)
+    return argv[:1]
+
+  def guarded(argv):
+    del argv
+    args = types.SimpleNamespace(**{name: h.value for name, h in holders.items()}, **parsed)
+    try:
+      return main(args)
+    except ExpectedError as e:
+      fail(str(e), e.exit_code)
+
+  app.run(guarded, flags_parser=parse)
+
+
+def _split_passthrough(argv: list[str]) -> tuple[list[str], list[str]]:
+  if '--' in argv:
+    i = argv.index('--')
+    return argv[:i], argv[i + 1:]
+  return argv, []
+
+
+def require(args: types.SimpleNamespace, *names: str) -> None:
+  """Refuses a run whose required flags are missing, naming them."""
+  missing = [f'--{n}' for n in names if getattr(args, n) in (None, '')]
+  if missing:
+    raise ConfigError(f'{", ".join(missing)} is required')

@@ -1,0 +1,316 @@
+"""Configs: the fields every config shares, config files with their argument
+strings, command-line overrides, the values derived from other values, and
+the checks every entry point (training, sweeps, notebooks) runs before
+anything is created or compiled.
+
+A config file defines `get_config(arg=None)`; `arg` is a small typed string
+(`configs/cifar10.py:depth=56,target=0.5`, parsed by `parse_arg`). Overrides
+(`--config.a.b=value` on a command line, `{'a.b': value}` in code) are
+applied by `apply_overrides` alone, for every entry point, so they are
+checked the same way everywhere: the field must exist (configs are locked)
+and the value must have its type.
+"""
+
+import ast
+import importlib.util
+import os
+from typing import Any
+
+import ml_collections
+
+from adanet_jax import models, optim
+from adanet_jax.errors import ConfigError
+
+OVERRIDE_PREFIX = '--config.'
+
+
+def get_base_config() -> ml_collections.ConfigDict:
+  """Defaults shared by all configs; each config file changes what it needs."""
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.model = ml_collections.ConfigDict(dict(
+      name='cifar_resnet',  # cifar_resnet | wide_resnet | imagenet_resnet
+      depth=110,            # 6n+2 | 6n+4 | 50, 101, 152
+      width=1,              # widening factor (channels x width)
+      num_classes=10,
+      gated=True,           # False: the plain ResNet with the same backbone
+      dtype='float32',      # compute dtype: float32 | bfloat16
+  ))
+  c.gates = ml_collections.ConfigDict(dict(
+      hidden=16,
+      temperature=1.0,
+      train_mode='sample',              # sample | deterministic | expected
+      eval_modes=('deterministic',),    # each evaluation runs in all of these
+      fix_target_one=True,              # blocks with target 1 always execute
+  ))
+  c.loss = ml_collections.ConfigDict(dict(
+      target=0.7,                  # t: target execution rate
+      target_schedule='uniform',   # uniform | resnet50_reference | resnet101_reference
+      targets=(),                  # explicit per-block targets; overrides the schedule
+      weight=2.0,                  # lambda of the target-rate loss
+      reduction='mean',            # mean over blocks (reference code) | sum (paper)
+  ))
+  c.data = ml_collections.ConfigDict(dict(
+      name='cifar10',
+      image_size=32,
+      channels=3,
+      data_dir='',   # tfds data_dir; '' = $TFDS_DATA_DIR or ~/tensorflow_datasets
+  ))
+  c.optim = ml_collections.ConfigDict(dict(
+      base_learning_rate=0.1,   # at base_batch_size; scaled linearly with train.batch_size
+      base_batch_size=256,
+      momentum=0.9,
+      nesterov=False,
+      weight_decay=5e-4,        # coupled L2 on every parameter, as the reference
+      schedule='step',          # step | cosine | constant
+      # 'step': x decay_factor at these fractions of train.num_epochs, so the
+      # drops follow an override of the epochs.
+      decay_fractions=(3 / 7, 5 / 7),
+      decay_factor=0.1,
+      warmup_epochs=0.0,
+  ))
+  c.train = ml_collections.ConfigDict(dict(
+      batch_size=256,           # global batch, over all devices and processes
+      num_epochs=350.0,
+      log_every_steps=100,
+      eval_every_epochs=10.0,   # and always after the last step
+      sync_every_steps=10,      # wait for results at least this often (CPU: <= 10)
+  ))
+  c.eval = ml_collections.ConfigDict(dict(
+      batch_size=500,           # global; the last batch is padded and masked
+  ))
+  c.checkpoint = ml_collections.ConfigDict(dict(
+      every_steps=1000,         # and always after the last step
+      keep=3,
+  ))
+  c.init_from = ''              # workdir or checkpoint dir to start from (params only)
+  return c
+
+
+def parse_arg(arg: str | None, positional: str | None = None, **defaults: Any) -> ml_collections.ConfigDict:
+  """Parses `key=value,key=value` against typed defaults.
+
+  Args:
+    arg: the string after the ':' of `--config=file.py:arg`, or None.
+    positional: name of the key that a bare token (no '=') sets, if any, e.g.
+      `imagenet.py:resnet101` sets `arch`.
+    **defaults: every allowed key with its default; the default's type is the
+      type of the value (bool accepts true/false/1/0).
+
+  Returns:
+    A locked ConfigDict of the parsed values.
+  """
+  values = dict(defaults)
+  for token in filter(None, (arg or '').split(',')):
+    key, sep, raw = token.partition('=')
+    if not sep:
+      if positional is None:
+        raise ConfigError(f'config argument {token!r} needs the form key=value; keys: '
+                          f'{", ".join(defaults)}')
+      key, raw = positional, token
+    key = key.strip()
+    if key not in defaults:
+      raise ConfigError(f'config argument {key!r} is unknown; allowed: {", ".join(defaults)}')
+    values[key] = _cast_arg(key, raw.strip(), defaults[key])
+  parsed = ml_collections.ConfigDict(values)
+  parsed.lock()
+  return parsed
+
+
+def _cast_arg(key: str, raw: str, default: Any) -> Any:
+  if isinstance(default, bool):
+    if raw.lower() in ('true', '1', 'yes'):
+      return True
+    if raw.lower() in ('false', '0', 'no'):
+      return False
+    raise ConfigError(f'config argument {key}={raw!r} must be true or false')
+  try:
+    return type(default)(raw)
+  except ValueError:
+    raise ConfigError(f'config argument {key}={raw!r} must be of type '
+                      f'{type(default).__name__}') from None
+
+
+def load_module(path: str):
+  """Imports a config file as a module (for `get_config`, `get_sweeps`)."""
+  if os.path.isdir(path) or not os.path.exists(path):
+    raise ConfigError(f'config file {path!r} does not exist')
+  spec = importlib.util.spec_from_file_location(
+      'adanet_jax_config_' + os.path.splitext(os.path.basename(path))[0], path)
+  module = importlib.util.module_from_spec(spec)
+  try:
+    spec.loader.exec_module(module)
+  except SyntaxError as e:
+    raise ConfigError(f'config file {path!r} has a syntax error at line {e.lineno}: '
+                      f'{e.msg}') from None
+  if not hasattr(module, 'get_config'):
+    raise ConfigError(f'config file {path!r} defines no get_config(arg=None)')
+  return module
+
+
+def split_path_arg(config_arg: str) -> tuple[str, str | None]:
+  """`configs/x.py:depth=8` -> ('configs/x.py', 'depth=8'); no ':' -> (path, None)."""
+  if ':' in os.path.basename(config_arg):
+    path, arg = config_arg.rsplit(':', 1)
+    return path, arg
+  return config_arg, None
+
+
+def load_config(config_arg: str, overrides: dict | None = None,
+                check: bool = True) -> ml_collections.ConfigDict:
+  """The config a command line describes: file, argument string, overrides.
+
+  Args:
+    config_arg: `path.py` or `path.py:arg`, as `--config=` takes it.
+    overrides: `{'a.b': value}`; string values are parsed as the command line
+      parses them.
+    check: run `validate`; False for a caller that validates itself (the
+      trainer checks every config it gets, before it creates anything).
+
+  Returns:
+    The locked config.
+  """
+  path, arg = split_path_arg(config_arg)
+  module = load_module(path)
+  config = module.get_config(arg) if arg is not None else module.get_config()
+  apply_overrides(config, overrides or {})
+  if check:
+    validate(config)
+  return config
+
+
+def split_overrides(argv: list[str]) -> tuple[list[str], dict]:
+  """Separates `--config.a.b=v` arguments from the other flags.
+
+  Returns:
+    (the other arguments, {'a.b': 'v'} in command-line order).
+  """
+  rest, overrides = [], {}
+  for arg in argv:
+    if arg.startswith(OVERRIDE_PREFIX):
+      key, sep, value = arg[len(OVERRIDE_PREFIX):].partition('=')
+      if not sep or not key:
+        raise ConfigError(f'{arg!r} needs the form --config.<field>=<value>')
+      overrides[key] = value
+    else:
+      rest.append(arg)
+  return rest, overrides
+
+
+def apply_overrides(config: ml_collections.ConfigDict, overrides: dict) -> None:
+  """Sets `{'a.b': value}` overrides in place.
+
+  String values are parsed as the command line parses them: Python literals
+  for numbers, tuples and quoted strings; `true`/`false` for booleans; a
+  bare word for a string field. Raises ConfigError naming a field that does
+  not exist or a value of the wrong type.
+  """
+  for key, value in overrides.items():
+    *parents, leaf = key.split('.')
+    holder = config
+    try:
+      for parent in parents:
+        holder = holder[parent]
+      current = holder[leaf]
+    except (KeyError, AttributeError, TypeError):
+      raise ConfigError(f'--config.{key} names no field of the config; configs are locked: '
+                        'override only fields the config file defines') from None
+    if isinstance(current, ml_collections.ConfigDict):
+      raise ConfigError(f'--config.{key} names a group of fields; override one of: '
+                        f'{", ".join(sorted(current.keys()))}')
+    if isinstance(value, str):
+      value = _parse_value(key, value, current)
+    try:
+      holder[leaf] = value
+    except TypeError:
+      raise ConfigError(f'--config.{key}={value!r} has the wrong type: the field holds a '
+                        f'{type(current).__name__}') from None
+
+
+def _parse_value(key: str, raw: str, current):
+  if isinstance(current, bool):
+    if raw.lower() in ('true', 'false', '1', '0'):
+      return raw.lower() in ('true', '1')
+    raise ConfigError(f'--config.{key}={raw}: must be true or false')
+  try:
+    value = ast.literal_eval(raw)
+  except (ValueError, SyntaxError):
+    if isinstance(current, str):
+      return raw
+    if isinstance(current, tuple):  # a,b,c without brackets
+      return tuple(_parse_value(key, part, current[0] if current else '')
+                   for part in raw.split(','))
+    raise ConfigError(f'--config.{key}={raw}: not a valid {type(current).__name__}') from None
+  if isinstance(current, str) and not isinstance(value, str):
+    return raw
+  if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
+    return float(value)
+  if isinstance(current, tuple) and isinstance(value, (list, int, float, str)):
+    return tuple(value) if isinstance(value, list) else (value,)
+  if type(value) is not type(current) and not isinstance(current, tuple):
+    raise ConfigError(f'--config.{key}={raw}: not a valid {type(current).__name__}')
+  return value
+
+
+def from_dict(values: dict) -> ml_collections.ConfigDict:
+  """A locked config from a stored dict (`config.json`), on top of today's
+  defaults, so a run written by an older version (with fewer fields) loads.
+
+  Fields written by older versions and since replaced are converted:
+  `optim.decay_epochs` (absolute epochs) becomes `optim.decay_fractions`.
+  """
+  values = {k: dict(v) if isinstance(v, dict) else v for k, v in values.items()}
+  optim = values.get('optim', {})
+  if 'decay_epochs' in optim:
+    epochs = values.get('train', {}).get('num_epochs') or 1.0
+    optim['decay_fractions'] = [e / epochs for e in optim.pop('decay_epochs')]
+  config = get_base_config()
+  _merge(config, values, '')
+  config.lock()
+  return config
+
+
+def _merge(config: ml_collections.ConfigDict, values: dict, prefix: str) -> None:
+  for key, value in values.items():
+    if key not in config:
+      raise ConfigError(f'stored config has a field {prefix}{key} this version does not know')
+    if isinstance(value, dict):
+      _merge(config[key], value, f'{prefix}{key}.')
+    else:
+      config[key] = tuple(value) if isinstance(value, list) else value
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Every check that needs only the config (not the machine or the data).
+
+  Raises:
+    ConfigError naming the first bad field and what is allowed.
+  """
+  models.validate(config)
+  optim.validate(config)
+  _check_positive(config, 'train.batch_size', 'eval.batch_size', 'train.num_epochs',
+                  'train.sync_every_steps', 'checkpoint.keep', 'model.num_classes',
+                  'data.image_size', 'data.channels', 'gates.hidden')
+  _check_nonnegative(config, 'train.log_every_steps', 'train.eval_every_epochs',
+                     'checkpoint.every_steps')
+
+
+def _get(config, field: str):
+  value = config
+  for key in field.split('.'):
+    value = value[key]
+  return value
+
+
+def _check_positive(config, *fields: str) -> None:
+  for field in fields:
+    value = _get(config, field)
+    if not value > 0:
+      raise ConfigError(f'{field}={value} must be > 0')
+
+
+def _check_nonnegative(config, *fields: str) -> None:
+  for field in fields:
+    value = _get(config, field)
+    if not value >= 0:
+      raise ConfigError(f'{field}={value} must be >= 0 (0 = only after the last step)')

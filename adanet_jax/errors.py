@@ -1,0 +1,23 @@
+"""The errors a user can cause, each reported by the entry points as one line.
+
+Library code raises these and never prints or exits; `adanet_jax.cli` turns
+any `ExpectedError` into one line on stderr and a non-zero exit. Anything
+else is a bug and keeps its traceback.
+"""
+
+
+class ExpectedError(Exception):
+  """A failure the user can act on; its message says what to do."""
+
+  exit_code = 2
+
+
+class ConfigError(ExpectedError, ValueError):
+  """A bad config value, argument or path; the message names the field and
+  what is allowed."""
+
+
+class NonFiniteLossError(ExpectedError, RuntimeError):
+  """The loss became NaN or infinite; training stopped, no batch skipped."""
+
+  exit_code = 1

@@ -1,0 +1,110 @@
+"""The files of a run directory (workdir), their names and their readers.
+
+  <workdir>/config.json        the resolved config of the run (process 0 writes it)
+  <workdir>/metrics.jsonl      one JSON object per log or evaluation step
+  <workdir>/checkpoints/       orbax checkpoints (`adanet_jax.checkpoints`)
+  <workdir>/eval/class_block_rates_<mode>_step<N>.csv   per class x per block rates
+  <workdir>/sweep_status.json  a sweep point's status (`adanet_jax.tools.sweep`)
+  <workdir>/log.txt            a sweep point's console output
+  <sweep root>/sweep.json      what a sweep root holds (config, sweep, points)
+
+Everything that reads or writes one of these goes through this module.
+"""
+
+import json
+import os
+
+import ml_collections
+import numpy as np
+
+from adanet_jax import config_lib
+from adanet_jax.errors import ConfigError
+
+CONFIG_FILE = 'config.json'
+METRICS_FILE = 'metrics.jsonl'
+CHECKPOINTS_DIR = 'checkpoints'
+EVAL_DIR = 'eval'
+SWEEP_STATUS_FILE = 'sweep_status.json'
+LOG_FILE = 'log.txt'
+SWEEP_MANIFEST_FILE = 'sweep.json'
+
+
+def checkpoint_dir(workdir: str) -> str:
+  return os.path.join(os.path.abspath(workdir), CHECKPOINTS_DIR)
+
+
+def write_json(path: str, value) -> None:
+  """Writes `value` as JSON next to `path` and renames it into place, so a
+  reader never sees half a file."""
+  with open(path + '.tmp', 'w') as f:
+    json.dump(value, f, indent=1, sort_keys=True)
+  os.replace(path + '.tmp', path)
+
+
+def read_json(path: str, default=None):
+  """The JSON value in `path`, or `default` if there is no such file."""
+  if not os.path.exists(path):
+    return default
+  with open(path) as f:
+    return json.load(f)
+
+
+def write_config(workdir: str, config: ml_collections.ConfigDict) -> None:
+  write_json(os.path.join(workdir, CONFIG_FILE), json.loads(config.to_json_best_effort()))
+
+
+def read_config(workdir: str) -> ml_collections.ConfigDict:
+  """The resolved config the trainer wrote (locked; older runs' configs are
+  brought up to today's fields by `config_lib.from_dict`)."""
+  stored = read_json(os.path.join(workdir, CONFIG_FILE))
+  if stored is None:
+    raise ConfigError(f'{workdir!r} has no {CONFIG_FILE}: not a workdir written by the trainer '
+                      '(train one with `make train`, or point at another workdir)')
+  return config_lib.from_dict(stored)
+
+
+def read_metrics(workdir: str) -> list[dict]:
+  """The records of `metrics.jsonl`, in order."""
+  path = os.path.join(workdir, METRICS_FILE)
+  if not os.path.isfile(path):
+    raise ConfigError(f'{path} does not exist: is {workdir!r} a trained workdir?')
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+def last_eval(workdir: str, gate_mode: str) -> dict | None:
+  """The last evaluation in `gate_mode`, keys without the `eval/<mode>/`
+  prefix plus 'step'; None if the run has none (yet)."""
+  if not os.path.isfile(os.path.join(workdir, METRICS_FILE)):
+    return None
+  prefix = f'eval/{gate_mode}/'
+  records = [r for r in read_metrics(workdir) if prefix + 'accuracy' in r]
+  if not records:
+    return None
+  last = records[-1]
+  return {'step': last['step'],
+          **{k[len(prefix):]: v for k, v in last.items() if k.startswith(prefix)}}
+
+
+def class_block_rates_path(workdir: str, mode: str, step: int) -> str:
+  return os.path.join(workdir, EVAL_DIR, f'class_block_rates_{mode}_step{step:08d}.csv')
+
+
+def write_class_block_rates(workdir: str, step: int, mode: str, matrix: np.ndarray) -> str:
+  """Writes the per-class x per-block matrix as CSV; returns its path."""
+  path = class_block_rates_path(workdir, mode, step)
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  header = 'class,' + ','.join(f'block{i}' for i in range(matrix.shape[1]))
+  rows = [f'{k},' + ','.join(f'{v:.6f}' for v in row) for k, row in enumerate(matrix)]
+  with open(path, 'w') as f:
+    f.write('\n'.join([header] + rows) + '\n')
+  return path
+
+
+def read_sweep_status(workdir: str) -> dict:
+  """A sweep point's status record ({} if it never ran)."""
+  return read_json(os.path.join(workdir, SWEEP_STATUS_FILE), {})
+
+
+def write_sweep_status(workdir: str, status: dict) -> None:
+  write_json(os.path.join(workdir, SWEEP_STATUS_FILE), status)
