@@ -257,13 +257,15 @@ def from_dict(values: dict) -> ml_collections.ConfigDict:
   defaults, so a run written by an older version (with fewer fields) loads.
 
   Fields written by older versions and since replaced are converted:
-  `optim.decay_epochs` (absolute epochs) becomes `optim.decay_fractions`.
+  `optim.decay_epochs` (absolute epochs) becomes `optim.decay_fractions` of
+  a 'step' schedule (other schedules never read it: the default stays).
   """
   values = {k: dict(v) if isinstance(v, dict) else v for k, v in values.items()}
   optim = values.get('optim', {})
-  if 'decay_epochs' in optim:
-    epochs = values.get('train', {}).get('num_epochs') or 1.0
-    optim['decay_fractions'] = [e / epochs for e in optim.pop('decay_epochs')]
+  decay_epochs = optim.pop('decay_epochs', None)
+  if decay_epochs is not None and optim.get('schedule') == 'step':
+    epochs = values['train']['num_epochs']
+    optim['decay_fractions'] = [e / epochs for e in decay_epochs]
   config = get_base_config()
   _merge(config, values, '')
   config.lock()
@@ -286,13 +288,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
   Raises:
     ConfigError naming the first bad field and what is allowed.
   """
-  models.validate(config)
-  optim.validate(config)
   _check_positive(config, 'train.batch_size', 'eval.batch_size', 'train.num_epochs',
                   'train.sync_every_steps', 'checkpoint.keep', 'model.num_classes',
                   'data.image_size', 'data.channels', 'gates.hidden')
   _check_nonnegative(config, 'train.log_every_steps', 'train.eval_every_epochs',
                      'checkpoint.every_steps')
+  models.validate(config)
+  optim.validate(config)
 
 
 def _get(config, field: str):

@@ -1,6 +1,12 @@
-"""Test set-up: 8 virtual CPU devices, set before JAX starts."""
+"""Test set-up and the helpers several test files share.
 
+8 virtual CPU devices, set before JAX starts. Test files import the plain
+helpers (`from conftest import REPO, ...`); fixtures come by name.
+"""
+
+import json
 import os
+import subprocess
 import sys
 
 os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
@@ -11,14 +17,99 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
+import jax  # noqa: E402
 import pytest  # noqa: E402
 
-from adanet_jax import config_io  # noqa: E402
+from adanet_jax import checkpoints, config_lib, models, optim, steps, trainer  # noqa: E402
+
+
+def load_repo_config(name: str, arg: str | None = None):
+  """`configs/<name>` with an optional argument string (not validated, so a
+  test may change it first)."""
+  path = os.path.join(REPO, 'configs', name)
+  return config_lib.load_config(path if arg is None else f'{path}:{arg}', check=False)
 
 
 @pytest.fixture
 def load_config():
   """Loads `configs/<name>` with an optional argument string."""
-  def load(name, arg=None):
-    return config_io.load_config_file(os.path.join(REPO, 'configs', name), arg)
-  return load
+  return load_repo_config
+
+
+def tiny_config(**overrides):
+  """A depth-8 digits config of 1 epoch at batch 32 (44 steps), blocking on
+  every step (multi-device CPU), logging and checkpointing every 2 steps, with
+  `section__field=value` overrides."""
+  config = load_repo_config('digits.py', 'depth=8,epochs=1')
+  config.train.batch_size = 32
+  config.train.sync_every_steps = 1
+  config.train.log_every_steps = 2
+  config.train.eval_every_epochs = 0.0
+  config.eval.batch_size = 64
+  config.checkpoint.every_steps = 2
+  for key, value in overrides.items():
+    section, field = key.split('__')
+    config[section][field] = value
+  return config
+
+
+def restore_state(config, workdir):
+  """(step, train state) of the latest checkpoint of `workdir`, on this process."""
+  checkpointer = checkpoints.Checkpointer(str(workdir), config)
+  tx, _ = optim.create_optimizer(config, steps_per_epoch=1)
+  abstract = steps.create_train_state(config, models.create_model(config), tx,
+                                      jax.random.key(9))
+  step, state = checkpointer.latest_step(), checkpointer.restore(abstract)
+  checkpointer.close()
+  return step, state
+
+
+def run_module(module: str, *args: str, timeout: float = 300, env=None):
+  """`python -m <module> <args>` from the repository root; the CompletedProcess."""
+  return subprocess.run([sys.executable, '-m', module, *args], cwd=REPO, capture_output=True,
+                        text=True, timeout=timeout, env=env)
+
+
+def train_tiny_run(basetemp, name: str, gated: bool = True) -> str:
+  """Trains a depth-8 digits model for one epoch (22 steps) on all devices.
+
+  Trained once per test session: later calls find `final.json`, the
+  metrics dict `train_and_evaluate` returned.
+
+  Returns:
+    The workdir.
+  """
+  workdir = os.path.join(str(basetemp), name)
+  if os.path.exists(os.path.join(workdir, 'final.json')):
+    return workdir
+  config = load_repo_config('digits.py', f'depth=8,epochs=1,gated={gated}')
+  config.train.batch_size = 64           # 22 steps
+  config.train.sync_every_steps = 1      # block on every step (multi-device CPU)
+  config.train.log_every_steps = 4       # several points of the rate curves
+  config.train.eval_every_epochs = 0.5   # evaluations at steps 11 and 22
+  config.eval.batch_size = 64            # 360 = 5 x 64 + 40: the last batch is padded
+  config.checkpoint.every_steps = 10     # checkpoints 10, 20, 22
+  config.gates.eval_modes = ('deterministic', 'expected')
+  final = trainer.train_and_evaluate(config, workdir)
+  with open(os.path.join(workdir, 'final.json'), 'w') as f:
+    json.dump(final, f)
+  return workdir
+
+
+def final_metrics(workdir: str) -> dict:
+  """The metrics dict `train_and_evaluate` returned for a `train_tiny_run`."""
+  with open(os.path.join(workdir, 'final.json')) as f:
+    return json.load(f)
+
+
+@pytest.fixture(scope='session')
+def gated_run(tmp_path_factory):
+  """The workdir of the gated `train_tiny_run`, trained once per session."""
+  return train_tiny_run(tmp_path_factory.getbasetemp(), 'tiny_gated')
+
+
+@pytest.fixture(scope='session')
+def loaded(gated_run):
+  """`adanet_jax.load` of the gated tiny run."""
+  from adanet_jax import inference  # pylint: disable=import-outside-toplevel
+  return inference.load(gated_run)

@@ -9,7 +9,7 @@ import pytest
 
 from experiments import (accuracy_vs_flops, block_rates, class_heatmap, common, extreme_images,
                          fgsm, rate_curves)
-from test_inference import REPO, final_metrics, train_tiny_run
+from conftest import REPO, final_metrics, train_tiny_run
 
 PNG_MAGIC = b'\x89PNG\r\n\x1a\n'
 
@@ -100,7 +100,7 @@ def test_fgsm(runs, tmp_path):
     assert float(run_rows[0]['accuracy']) == final_metrics(workdir)['eval/deterministic/accuracy']
     assert float(run_rows[1]['accuracy']) < float(run_rows[0]['accuracy'])
   assert float(rows[0]['flipped_gates']) == 0.0 and float(rows[2]['flipped_gates']) == 0.0
-  assert 0.0 <= float(rows[1]['flipped_gates']) <= 1.0
+  assert float(rows[1]['flipped_gates']) > 0.0  # the attack moves some gates
   assert {r['flipped_gates'] for r in rows[4:]} == {''}  # a gates-off run has no gates
 
 

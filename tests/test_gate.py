@@ -21,7 +21,6 @@ def test_fresh_gate_probability_is_sigmoid_1_9(load_config):
   x = jax.random.normal(jax.random.key(0), (16, 32, 32, 3))
   variables = model.init({'params': jax.random.key(1)}, x, train=False)
   _, aux = model.apply(variables, x, train=False, gate_mode='deterministic')
-  assert round(SIGMOID_1_9, 4) == 0.8699
   # fc2 kernel ~ N(0, 1e-3): probabilities stay within 1e-3 of sigmoid(1.9).
   np.testing.assert_allclose(aux['probs'], SIGMOID_1_9, atol=2e-3)
 

@@ -11,55 +11,10 @@ import numpy as np
 import pytest
 
 import adanet_jax
-from adanet_jax import config_io, inference, trainer
+from adanet_jax import inference
 from adanet_jax.errors import ConfigError
+from conftest import REPO, final_metrics
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def train_tiny_run(basetemp, name: str, gated: bool = True) -> str:
-  """Trains a depth-8 digits model for one epoch (22 steps) on all devices.
-
-  Trained once per test session: later calls find `final.json`, the
-  metrics dict `train_and_evaluate` returned.
-
-  Returns:
-    The workdir.
-  """
-  workdir = os.path.join(str(basetemp), name)
-  if os.path.exists(os.path.join(workdir, 'final.json')):
-    return workdir
-  config = config_io.load_config_file(os.path.join(REPO, 'configs', 'digits.py'),
-                                      f'depth=8,epochs=1,gated={gated}')
-  config.train.batch_size = 64           # 22 steps
-  config.train.sync_every_steps = 1      # block on every step (multi-device CPU)
-  config.train.log_every_steps = 4       # several points of the rate curves
-  config.train.eval_every_epochs = 0.5   # evaluations at steps 11 and 22
-  config.eval.batch_size = 64            # 360 = 5 x 64 + 40: the last batch is padded
-  config.checkpoint.every_steps = 10     # checkpoints 10, 20, 22
-  final = trainer.train_and_evaluate(config, workdir)
-  with open(os.path.join(workdir, 'final.json'), 'w') as f:
-    json.dump(final, f)
-  return workdir
-
-
-@pytest.fixture(scope='session')
-def gated_run(tmp_path_factory):
-  return train_tiny_run(tmp_path_factory.getbasetemp(), 'tiny_gated')
-
-
-@pytest.fixture(scope='session')
-def loaded(gated_run):
-  return adanet_jax.load(gated_run)
-
-
-def final_metrics(workdir: str) -> dict:
-  """The metrics dict `train_and_evaluate` returned for a `train_tiny_run`."""
-  with open(os.path.join(workdir, 'final.json')) as f:
-    return json.load(f)
-
-
-@pytest.mark.timeout(300)  # includes training the session's tiny run
 def test_checkpoint_of_eight_devices_loads_on_one(gated_run, loaded):
   assert jax.device_count() == 8  # the trainer's mesh had 8 devices
   assert loaded.step == 22
@@ -143,3 +98,18 @@ def test_import_stays_light():
                        capture_output=True, text=True, timeout=120)
   assert out.stdout.strip() == 'False', out.stderr[-2000:]
   assert adanet_jax.load is inference.load
+
+
+def test_a_workdir_of_the_first_version_loads_and_predicts_the_same():
+  # Written by the code of commit 63e0a62 (the first layout: config.json with
+  # absolute `optim.decay_epochs`), with the logits it predicted then.
+  workdir = os.path.join(REPO, 'tests', 'data', 'workdir_v1_digits8')
+  expected = np.load(os.path.join(workdir, 'expected_predict.npz'))
+  model = inference.load(workdir)
+  assert model.step == 9
+  assert model.config.optim.schedule == 'cosine'   # its decay_epochs were never read
+  assert model.config.optim.decay_fractions == (3 / 7, 5 / 7)
+  out = model.predict(expected['images'])
+  np.testing.assert_allclose(out.logits, expected['logits'], atol=1e-6, rtol=0)
+  np.testing.assert_array_equal(out.gates, expected['gates'])
+  np.testing.assert_array_equal(out.macs, expected['macs'])

@@ -20,8 +20,8 @@ import pytest
 from adanet_jax import checkpoints, distributed, models, optim, steps
 from adanet_jax.tools import launch
 from adanet_jax.errors import ConfigError
+from conftest import REPO, restore_state
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 4
 # The tiny digits job of tests/test_trainer.py: batch 32, 4 steps,
 # checkpoints at steps 2 and 4, blocking on every step (multi-device CPU).
@@ -70,18 +70,8 @@ def reference(tmp_path_factory):
   return workdir
 
 
-def _restore(config, workdir):
-  """(step, state) of the latest checkpoint of `workdir`, on this process."""
-  checkpointer = checkpoints.Checkpointer(str(workdir), config)
-  abstract = steps.create_train_state(config, models.create_model(config), 44,
-                                      jax.random.key(9))
-  step, state = checkpointer.latest_step(), checkpointer.restore(abstract)
-  checkpointer.close()
-  return step, state
-
-
 def _assert_same_state(config, workdir, reference_workdir):
-  (step, state), (ref_step, ref) = (_restore(config, w) for w in (workdir, reference_workdir))
+  (step, state), (ref_step, ref) = (restore_state(config, w) for w in (workdir, reference_workdir))
   assert step == ref_step == STEPS
   for part in ('params', 'batch_stats', 'opt_state'):
     for x, y in zip(jax.tree.leaves(getattr(state, part)), jax.tree.leaves(getattr(ref, part))):

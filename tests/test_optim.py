@@ -35,4 +35,35 @@ def test_unknown_schedule(load_config):
   config.optim.schedule = 'linear'
   with pytest.raises(ConfigError, match="optim.schedule='linear' is unknown; allowed: step, "
                                         'cosine, constant'):
-    optim.create_schedule(config, 10)
+    optim.validate(config)
+
+
+def _drops(config, steps_per_epoch):
+  """The steps at which the learning rate changes."""
+  schedule = optim.create_schedule(config, steps_per_epoch)
+  total = optim.epochs_to_steps(config.train.num_epochs, steps_per_epoch)
+  rates = np.asarray([float(schedule(s)) for s in range(total)])
+  return [int(s) for s in np.nonzero(np.diff(rates))[0] + 1]
+
+
+def test_cifar10_drops_follow_an_epochs_override(load_config):
+  # 195 steps of 256 per epoch (50,000 images). 350 epochs: drops at epochs
+  # 150 and 250; 35 epochs: at the same fractions, 15/35 and 25/35.
+  config = load_config('cifar10.py')
+  assert optim.decay_steps(config, 195) == (29_250, 48_750)
+  config.train.num_epochs = 35.0   # as --config.train.num_epochs=35 sets it
+  assert optim.decay_steps(config, 195) == (2_925, 4_875)
+  assert _drops(config, 195) == [2_925, 4_875]
+  schedule = optim.create_schedule(config, 195)
+  np.testing.assert_allclose([float(schedule(s)) for s in (2_924, 2_925, 4_874, 4_875)],
+                             [0.1, 0.01, 0.01, 0.001], rtol=1e-6)
+
+
+def test_imagenet_drops_every_30_percent(load_config):
+  # 5,004 steps of 256 per epoch (1,281,167 images). 100 epochs: drops at 30,
+  # 60, 90; 10 epochs: at epochs 3, 6, 9.
+  config = load_config('imagenet.py')
+  assert optim.decay_steps(config, 5_004) == (150_120, 300_240, 450_360)
+  config.train.num_epochs = 10.0
+  assert optim.decay_steps(config, 5_004) == (15_012, 30_024, 45_036)
+  assert _drops(config, 100) == [300, 600, 900]

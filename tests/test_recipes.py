@@ -11,8 +11,8 @@ import pytest
 import tensorflow_datasets as tfds
 
 from adanet_jax import input_pipeline, models, optim, tfds_pipeline, trainer
+from conftest import REPO
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_FILES = sorted(os.path.basename(p) for p in glob.glob(os.path.join(REPO, 'configs', '*.py')))
 MOCK_EXAMPLES = 20   # per split: 2 steps of 8 per epoch, evaluation 16 + 4 real (12 padding)
 # Compile time on 2 CPU cores: the step-and-evaluate test runs each config's
@@ -36,16 +36,14 @@ def test_cifar10_recipe_is_the_reference(load_config):
   assert (c.data.name, c.model.num_classes) == ('cifar10', 10)
   assert models.block_targets(c) == (0.7,) * 54
   assert (c.loss.weight, c.loss.reduction) == (2.0, 'mean')
-  assert (c.train.batch_size, c.train.num_epochs, c.optim.decay_epochs) == (256, 350.0,
-                                                                            (150.0, 250.0))
+  assert (c.train.batch_size, c.train.num_epochs) == (256, 350.0)
+  assert c.optim.decay_fractions == (150 / 350, 250 / 350)
   assert (c.optim.momentum, c.optim.nesterov, c.optim.weight_decay) == (0.9, False, 5e-4)
   assert optim.learning_rate(c) == 0.1
   np.testing.assert_allclose(_lr_at_epochs(c, [0, 149.99, 150, 249.99, 250, 349.99]),
                              [0.1, 0.1, 0.01, 0.01, 0.001, 0.001], rtol=1e-6)
   c.train.batch_size = 512  # the LR follows the batch
   assert optim.learning_rate(c) == 0.2
-  short = load_config('cifar10.py', 'epochs=35')  # LR steps follow the epochs
-  assert short.optim.decay_epochs == pytest.approx((15.0, 25.0))
   plain = load_config('cifar10.py', 'gated=false')
   assert not plain.model.gated and models.block_targets(plain) == (1.0,) * 54
 
@@ -73,8 +71,8 @@ def test_imagenet_recipes_are_the_reference(load_config, arch, t, targets):
   assert (c.model.name, c.model.num_classes, c.data.name, c.data.image_size) == (
       'imagenet_resnet', 1000, 'imagenet2012', 224)
   assert (c.loss.weight, c.loss.reduction) == (1.0, 'mean')
-  assert (c.train.batch_size, c.train.num_epochs, c.optim.decay_epochs) == (256, 100.0,
-                                                                            (30.0, 60.0, 90.0))
+  assert (c.train.batch_size, c.train.num_epochs) == (256, 100.0)
+  assert c.optim.decay_fractions == (0.3, 0.6, 0.9)
   assert (c.optim.momentum, c.optim.nesterov, c.optim.weight_decay) == (0.9, False, 1e-4)
   np.testing.assert_allclose(_lr_at_epochs(c, [0, 29.99, 30, 60, 90, 99.99]),
                              [0.1, 0.1, 0.01, 0.001, 1e-4, 1e-4], rtol=1e-6)
@@ -88,8 +86,8 @@ def test_wide_recipe(load_config):
   assert (c.model.name, c.model.depth, c.model.width, c.data.name) == ('wide_resnet', 28, 10,
                                                                        'cifar10')
   assert models.num_blocks(c.model) == 12 and models.block_targets(c) == (0.7,) * 12
-  assert (c.train.batch_size, c.train.num_epochs, c.optim.decay_epochs) == (128, 200.0,
-                                                                            (60.0, 120.0, 160.0))
+  assert (c.train.batch_size, c.train.num_epochs) == (128, 200.0)
+  assert c.optim.decay_fractions == (0.3, 0.6, 0.8)
   assert (c.optim.nesterov, c.optim.decay_factor, c.optim.weight_decay) == (True, 0.2, 5e-4)
   assert optim.learning_rate(c) == 0.1
   # WRN-28-10 without gates has the Wide ResNet paper's 36,479,194 parameters.

@@ -7,7 +7,9 @@ import sys
 
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from adanet_jax.tools import summary
+from conftest import REPO
+
 
 
 def _summary(config_arg):
@@ -42,3 +44,19 @@ def test_summary_table_and_bad_config():
   assert bad.returncode != 0
   assert 'model.depth=21 is not allowed for cifar_resnet: depth must be 6n+2' in bad.stderr
   assert 'Traceback' not in bad.stderr
+
+
+def test_rows_come_in_execution_order_with_fixed_block_on_its_row(load_config):
+  config = load_config('cifar10.py')   # ResNet-110: 54 blocks, 18 per stage
+  targets = [0.7] * 54
+  targets[10] = 1.0                    # stage 1, block 10
+  config.loss.targets = tuple(targets)
+  s = summary.summarize(config)
+  names = [b['name'] for b in s['per_block']]
+  assert names == [f'stage{stage}_block{i}' for stage in (1, 2, 3) for i in range(18)]
+  assert [b['index'] for b in s['per_block']] == list(range(54))
+  assert [b['name'] for b in s['per_block'] if b['status'] == 'fixed'] == ['stage1_block10']
+  assert s['fixed_blocks'] == [10]
+  # The projection shortcut (and its MACs) is on the first block of stages 2 and 3.
+  assert [b['name'] for b in s['per_block'] if b['shortcut_macs']] == ['stage2_block0',
+                                                                       'stage3_block0']

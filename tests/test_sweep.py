@@ -10,7 +10,8 @@ import time
 
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from conftest import REPO
+
 TINY = ['--config=configs/digits.py:depth=8', '--sweep=smoke', '--config.train.num_epochs=0.2',
         '--config.train.batch_size=64', '--config.eval.batch_size=120']
 

@@ -1,0 +1,54 @@
+"""Tests of `adanet_jax.evaluation`: the summary of the summed eval outputs,
+MACs from the branches that ran (all of them in `expected` mode), and the
+per-class x per-block matrix."""
+
+import numpy as np
+import pytest
+
+from adanet_jax import accounting, evaluation
+from adanet_jax.tools import summary
+from conftest import final_metrics
+
+COSTS = accounting.CostTable(blocks=('b0', 'b1', 'b2'), outside=100, branch=(10, 20, 40),
+                             shortcut=(0, 5, 0), gate=(1, 1, 0), gate_pool_adds=(4, 4, 4))
+
+
+def test_summary_by_hand():
+  sums = {'count': 4.0, 'correct': 3.0, 'ce': 2.0,
+          'gates': np.array([2.0, 1.0, 4.0]), 'executed': np.array([2.0, 1.0, 4.0]),
+          'class_count': np.array([1.0, 3.0]),
+          'class_gates': np.array([[1.0, 0.0, 1.0], [1.0, 1.0, 3.0]])}
+  s = evaluation.summarize(sums, COSTS, fixed_blocks=(2,), gated=True)
+  assert (s['count'], s['accuracy'], s['loss']) == (4, 0.75, 0.5)
+  assert s['gate_rates'] == [0.5, 0.25, 1.0]
+  assert s['gate_rate'] == pytest.approx(1.75 / 3)
+  assert s['gated_block_rate'] == pytest.approx(0.375)   # blocks 0 and 1; block 2 is fixed
+  # always = 100 + 5 + 2 = 107; branches 0.5 x 10 + 0.25 x 20 + 1 x 40 = 50.
+  assert s['macs_per_image'] == 157.0
+  assert s['gflops_per_image'] == 2 * 157.0 / 1e9
+  assert s['paper_gflops'] == pytest.approx(2 * (177 - 2) * (1.75 / 3) / 1e9)  # baseline x rate
+  np.testing.assert_allclose(evaluation.class_block_rates(sums),
+                             [[1.0, 0.0, 1.0], [1 / 3, 1 / 3, 1.0]])
+
+
+def test_expected_mode_costs_every_branch():
+  # Probabilities as gate values, every branch computed.
+  sums = {'count': 2.0, 'correct': 2.0, 'ce': 0.0, 'gates': np.array([1.2, 0.4, 2.0]),
+          'executed': np.array([2.0, 2.0, 2.0])}
+  s = evaluation.summarize(sums, COSTS, fixed_blocks=(2,), gated=True)
+  assert s['gate_rates'] == [0.6, 0.2, 1.0]
+  assert s['macs_per_image'] == COSTS.dense == 177
+
+
+@pytest.mark.timeout(300)
+def test_trainer_macs_equal_predict_and_summary(gated_run, loaded):
+  final = final_metrics(gated_run)
+  dense = summary.summarize(loaded.config)['macs']
+  assert dense == loaded.costs.dense
+  assert final['eval/expected/macs_per_image'] == dense
+  images, _ = loaded.eval_split()
+  expected = loaded.predict(images, gate_mode='expected')
+  assert np.all(expected.macs == dense)
+  deterministic = loaded.predict(images)
+  assert final['eval/deterministic/macs_per_image'] == pytest.approx(deterministic.macs.mean(),
+                                                                     rel=1e-12)
