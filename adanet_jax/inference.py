@@ -21,8 +21,8 @@ import jax
 import ml_collections
 import numpy as np
 
-from adanet_jax import (accounting, batches, checkpoints, evaluation, input_pipeline, models,
-                        optim, rundir, skip_inference, steps)
+from adanet_jax import (accounting, batches, checkpoints, config_lib, evaluation, input_pipeline,
+                        models, optim, rundir, skip_inference, steps)
 from adanet_jax.errors import ConfigError
 
 
@@ -205,6 +205,7 @@ def load(path: str, device: jax.Device | None = None) -> LoadedModel:
   """
   workdir, step = _resolve(path)
   config = rundir.read_config(workdir)
+  config_lib.validate(config)
   model = models.create_model(config)
   abstract = _abstract_state(config, model, device or jax.local_devices()[0])
   state = _restore(workdir, abstract, step)

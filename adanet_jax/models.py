@@ -95,7 +95,7 @@ def fixed_blocks(config: ml_collections.ConfigDict) -> tuple[int, ...]:
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
-  """Raises ValueError naming the field for every bad value we can see early."""
+  """Raises ConfigError naming the field of a bad model, gate or loss value."""
   stage_sizes(config.model)
   block_targets(config)
   if config.model.dtype not in DTYPES:
@@ -118,8 +118,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
 
 
 def create_model(config: ml_collections.ConfigDict) -> resnet.ResNet:
-  """The ResNet that `config` describes (validated first)."""
-  validate(config)
+  """The ResNet that `config` describes; `config_lib.validate` (which runs
+  `validate`) has checked it."""
   m = config.model
   sizes = stage_sizes(m)
   common = dict(num_classes=m.num_classes, gated=m.gated, fixed_blocks=fixed_blocks(config),

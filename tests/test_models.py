@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from adanet_jax import models
+from adanet_jax.errors import ConfigError
 
 
 def _params(config):
@@ -114,15 +115,15 @@ def test_bad_model_config_is_refused_with_field_name(load_config, field, value, 
   config = load_config('cifar10.py')
   section, key = field.split('.')
   config[section][key] = value
-  with pytest.raises(ValueError, match=message):
-    models.create_model(config)
+  with pytest.raises(ConfigError, match=message):
+    models.validate(config)
 
 
 def test_bad_imagenet_depth_is_refused(load_config):
   config = load_config('imagenet.py')
   config.model.depth = 34
-  with pytest.raises(ValueError, match=r'model.depth=34 is not allowed for imagenet_resnet: '
-                                       r'allowed depths are \[50, 101, 152\]'):
-    models.create_model(config)
+  with pytest.raises(ConfigError, match=r'model.depth=34 is not allowed for imagenet_resnet: '
+                                        r'allowed depths are \[50, 101, 152\]'):
+    models.validate(config)
   with pytest.raises(ValueError, match=r"arch='resnet18' is unknown; allowed: resnet50, "):
     load_config('imagenet.py', 'resnet18')
