@@ -53,9 +53,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if any(not 0 < f < 1 for f in fractions) or list(fractions) != sorted(fractions):
     raise ConfigError(f'optim.decay_fractions={fractions} must be increasing fractions of '
                       'the training in (0, 1)')
-  if not 0 <= o.warmup_epochs <= config.train.num_epochs:
-    raise ConfigError(f'optim.warmup_epochs={o.warmup_epochs} must be in [0, '
-                      f'train.num_epochs={config.train.num_epochs}]')
+  if not o.warmup_epochs >= 0:
+    raise ConfigError(f'optim.warmup_epochs={o.warmup_epochs} must be >= 0')
 
 
 def create_schedule(config: ml_collections.ConfigDict, steps_per_epoch: int) -> optax.Schedule:

@@ -74,8 +74,8 @@ def test_sweep_survives_a_kill_resumes_and_summarizes(tmp_path):
 @pytest.mark.parametrize('extra,message', [
     (['--sweep=nope'], "--sweep='nope' is not defined by configs/digits.py; its sweeps: smoke, "
                        'targets'),
-    (['--config.loss.targt=0.5'], 'override loss.targt=\'0.5\' names no field of the config'),
-    (['--config.train.batch_size=many'], "override train.batch_size='many' is not a valid int"),
+    (['--config.loss.targt=0.5'], 'error: sweep point target-0.3_seed-0: --config.loss.targt names no field of the config'),
+    (['--config.train.batch_size=many'], "error: sweep point target-0.3_seed-0: --config.train.batch_size=many: not a valid int"),
 ])
 def test_bad_sweep_input_starts_nothing(tmp_path, extra, message):
   root = tmp_path / 'sweep'
