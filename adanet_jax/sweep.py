@@ -24,6 +24,7 @@ import ctypes
 import functools
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -40,9 +41,21 @@ _ROOT = flags.DEFINE_string('root', None, 'Directory holding one workdir per poi
 _PARALLEL = flags.DEFINE_integer('parallel', 1, 'Points run at the same time.')
 _PLAN_ONLY = flags.DEFINE_bool('plan_only', False, 'Print and write the plan, run nothing.')
 _SUMMARY_ONLY = flags.DEFINE_bool('summary_only', False, 'Only summarize the workdirs in --root.')
+_LAUNCHER = flags.DEFINE_enum('launcher', 'local', ['local', 'slurm'],
+                              'local: child processes, --parallel at a time; slurm: one SLURM '
+                              'job per point through submitit (all submitted at once unless '
+                              '--parallel is given).')
+_SLURM_PARTITION = flags.DEFINE_string('slurm.partition', None,
+                                       'SLURM partition of the points (default: the cluster\'s).')
+_SLURM_TIME = flags.DEFINE_integer('slurm.time', 240, 'Time limit of each point, minutes.')
+_SLURM_GPUS = flags.DEFINE_integer('slurm.gpus_per_task', None, 'GPUs of each point.')
+_SLURM_CPUS = flags.DEFINE_integer('slurm.cpus_per_task', None, 'CPUs of each point.')
+_SLURM_MEM = flags.DEFINE_string('slurm.mem', None, 'Memory of each point, e.g. 16G.')
 
 STATUS_FILE = 'sweep_status.json'
 LOG_FILE = 'log.txt'
+STOP_GRACE_S = 20.0  # seconds a stopped point gets between SIGTERM and SIGKILL
+POLL_S = 0.5
 
 
 def point_name(overrides: dict) -> str:
@@ -80,11 +93,59 @@ def _die_with_parent():
   ctypes.CDLL('libc.so.6', use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
-def _start(command, workdir):
-  os.makedirs(workdir, exist_ok=True)
-  log = open(os.path.join(workdir, LOG_FILE), 'a')
-  return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                          preexec_fn=_die_with_parent), log
+class LocalJob:
+  """One point running as a child process of the sweep."""
+
+  def __init__(self, command: list[str], workdir: str):
+    os.makedirs(workdir, exist_ok=True)
+    self.log = open(os.path.join(workdir, LOG_FILE), 'a')
+    # Its own session: a Ctrl-C at the terminal reaches only the sweep, which
+    # then stops the points itself (`stop`), so none prints a traceback.
+    self.proc = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT,
+                                 stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent,
+                                 start_new_session=True)
+
+  def poll(self) -> int | None:
+    """The exit status once the point ended, else None."""
+    code = self.proc.poll()
+    if code is not None:
+      self.log.close()
+    return code
+
+  def stop(self, grace_s: float = STOP_GRACE_S) -> None:
+    """SIGTERM, then SIGKILL after `grace_s`, to the point's process group."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+      if self.proc.poll() is not None:
+        break
+      try:
+        os.killpg(self.proc.pid, sig)
+      except ProcessLookupError:
+        break
+      try:
+        self.proc.wait(timeout=grace_s)
+      except subprocess.TimeoutExpired:
+        pass
+    self.proc.wait()
+    self.log.close()
+
+
+class LocalLauncher:
+  """Runs points on this machine. A launcher has `start(name, command,
+  workdir)` returning a job with `poll()` and `stop()`, and `describe(job)`;
+  see also `adanet_jax.tools.slurm_launcher.SlurmLauncher`."""
+
+  name = 'local'
+
+  def start(self, name: str, command: list[str], workdir: str) -> LocalJob:
+    del name
+    return LocalJob(command, workdir)
+
+  def describe(self, job: LocalJob) -> str:
+    return f'pid {job.proc.pid}'
+
+
+class SweepInterrupted(Exception):
+  """Ctrl-C (or SIGTERM) stopped the sweep; the running points were stopped."""
 
 
 def _status(workdir: str) -> dict:
@@ -116,8 +177,21 @@ def check_root(root: str, manifest: dict) -> None:
 
 
 def run_sweep(config_arg: str, sweep: str, root: str, parallel: int, common: dict,
-              plan_only: bool = False) -> dict:
-  """Plans and runs (or resumes) a sweep; returns {point name: status}."""
+              plan_only: bool = False, launcher=None) -> dict:
+  """Plans and runs (or resumes) a sweep.
+
+  Args:
+    config_arg, sweep, root, parallel, common, plan_only: as the flags.
+    launcher: starts the points (default `LocalLauncher()`); a callable
+      taking the absolute root is called first (the SLURM launcher keeps its
+      files there).
+
+  Returns:
+    {point name: status}.
+
+  Raises:
+    SweepInterrupted: on Ctrl-C or SIGTERM, after the running points stopped.
+  """
   points = load_points(config_arg, sweep, common)  # all checks before anything starts
   root = os.path.abspath(root)
   jobs = {point_name(p): (p, os.path.join(root, point_name(p))) for p in points}
@@ -127,21 +201,30 @@ def run_sweep(config_arg: str, sweep: str, root: str, parallel: int, common: dic
   _print_plan(root, jobs, commands)
   if plan_only:
     return {}
+  launcher = launcher(root) if callable(launcher) else (launcher or LocalLauncher())
   todo = [n for n in jobs if _status(jobs[n][1]).get('status') != 'done']
   print(f'{len(jobs) - len(todo)} of {len(jobs)} points already done', flush=True)
   results = {n: 'done' for n in jobs if n not in todo}
   running = {}
-  while todo or running:
-    while todo and len(running) < parallel:
-      name = todo.pop(0)
-      running[name] = (*_start(commands[name], jobs[name][1]), time.time())
-    time.sleep(0.5)
-    for name in [n for n, (proc, _, _) in running.items() if proc.poll() is not None]:
-      proc, log, start = running.pop(name)
-      log.close()
-      results[name] = _finish(name, jobs[name], commands[name], proc.returncode, start)
-      print(f'[{len(results)}/{len(jobs)}] {name}: {results[name]} '
-            f'({time.time() - start:.0f} s)', flush=True)
+  try:
+    while todo or running:
+      while todo and len(running) < parallel:
+        name = todo.pop(0)
+        running[name] = (launcher.start(name, commands[name], jobs[name][1]), time.time())
+        print(f'started {name} ({launcher.describe(running[name][0])})', flush=True)
+      time.sleep(POLL_S)
+      for name in list(running):
+        code = running[name][0].poll()
+        if code is None:
+          continue
+        start = running.pop(name)[1]
+        results[name] = _finish(name, jobs[name], commands[name], code, start)
+        print(f'[{len(results)}/{len(jobs)}] {name}: {results[name]} '
+              f'({time.time() - start:.0f} s)', flush=True)
+  except KeyboardInterrupt:
+    for job, _ in running.values():
+      job.stop()
+    raise SweepInterrupted(f'{len(running)} running point(s) stopped') from None
   sweep_summary.write_summary(root)
   return results
 
@@ -186,17 +269,54 @@ def split_common_overrides(argv: list[str]) -> tuple[list[str], dict]:
   return rest, common
 
 
-def main(argv, common: dict):
+def _launcher():
+  """The launcher the flags ask for: an object, or a callable of the root."""
+  if _LAUNCHER.value == 'local':
+    return LocalLauncher()
+  for flag in (_SLURM_TIME, _SLURM_GPUS, _SLURM_CPUS):
+    if flag.value is not None and flag.value < (0 if flag is _SLURM_GPUS else 1):
+      raise ConfigError(f'--{flag.name}={flag.value} must be positive')
+  from adanet_jax.tools import slurm_launcher  # pylint: disable=import-outside-toplevel
+  options = slurm_launcher.SlurmOptions(_SLURM_PARTITION.value, _SLURM_TIME.value,
+                                        _SLURM_GPUS.value, _SLURM_CPUS.value, _SLURM_MEM.value)
+  return functools.partial(slurm_launcher.SlurmLauncher, options=options)
+
+
+def _print_outputs(root: str) -> None:
+  root = os.path.abspath(root)
+  for name in sweep_summary.OUTPUT_FILES:
+    print(f'wrote {os.path.join(root, name)}')
+  sys.stdout.flush()
+
+
+def _raise_keyboard_interrupt(signum, frame):
+  del signum, frame
+  raise KeyboardInterrupt
+
+
+def main(argv, common: dict, command_line: list[str]):
   if len(argv) > 1:
     raise ConfigError(f'unexpected arguments: {argv[1:]}')
   if _SUMMARY_ONLY.value:
     print(sweep_summary.write_summary(os.path.abspath(_ROOT.value)))
+    _print_outputs(_ROOT.value)
     return
   for flag in (_CONFIG, _SWEEP, _ROOT):
     if not flag.value:
       raise ConfigError(f'--{flag.name} is required')
-  results = run_sweep(_CONFIG.value, _SWEEP.value, _ROOT.value, _PARALLEL.value, common,
-                      _PLAN_ONLY.value)
+  parallel = _PARALLEL.value
+  if _LAUNCHER.value == 'slurm' and not _PARALLEL.present:
+    parallel = sys.maxsize  # SLURM's scheduler decides what runs when
+  launcher = _launcher()
+  signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)  # stop the points as on Ctrl-C
+  try:
+    results = run_sweep(_CONFIG.value, _SWEEP.value, _ROOT.value, parallel, common,
+                        _PLAN_ONLY.value, launcher)
+  except (SweepInterrupted, KeyboardInterrupt) as e:
+    stopped = f' ({e})' if str(e) else ''
+    sys.exit(f'sweep interrupted{stopped}; rerun to resume: {shlex.join(command_line)}')
+  if results:
+    _print_outputs(_ROOT.value)
   failed = sorted(n for n, s in results.items() if s != 'done')
   if failed:
     sys.exit(f'{len(failed)} point(s) failed: {", ".join(failed)}; re-run the same command to '
@@ -204,8 +324,9 @@ def main(argv, common: dict):
 
 
 if __name__ == '__main__':
+  _command_line = ['python', '-m', 'adanet_jax.sweep', *sys.argv[1:]]
   try:
     sys.argv, _common = split_common_overrides(sys.argv)
   except ConfigError as e:
     sys.exit(f'error: {e}')
-  run_cli(functools.partial(main, common=_common))
+  run_cli(functools.partial(main, common=_common, command_line=_command_line))

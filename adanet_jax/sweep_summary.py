@@ -10,6 +10,7 @@ import csv
 import json
 import os
 
+OUTPUT_FILES = ('summary.md', 'summary.csv', 'accuracy_vs_gflops.png')
 COLUMNS = ('point', 'overrides', 'status', 'eval_mode', 'accuracy', 'gate_rate',
            'gated_block_rate', 'macs_per_image', 'gflops_per_image', 'paper_gflops', 'wall_s')
 
@@ -24,8 +25,10 @@ def read_point(workdir: str) -> dict | None:
   row = {'point': os.path.basename(workdir), 'status': status['status'],
          'overrides': ' '.join(f'{k}={v}' for k, v in status['overrides'].items()),
          'wall_s': round(status.get('wall_s', 0.0), 1)}
-  mode = _eval_mode(workdir)
+  config = _config(workdir)
+  mode = _eval_mode(config)
   row['eval_mode'] = mode
+  row['gated'] = bool(config.get('model', {}).get('gated', True))
   last = _last_eval(os.path.join(workdir, 'metrics.jsonl'), mode)
   for key in ('accuracy', 'gate_rate', 'gated_block_rate', 'macs_per_image', 'gflops_per_image',
               'paper_gflops'):
@@ -33,11 +36,19 @@ def read_point(workdir: str) -> dict | None:
   return row
 
 
-def _eval_mode(workdir: str) -> str:
+def _config(workdir: str) -> dict:
+  """The point's resolved config (config.json), {} before its run wrote it."""
   try:
     with open(os.path.join(workdir, 'config.json')) as f:
-      return json.load(f)['gates']['eval_modes'][0]
-  except (OSError, KeyError, IndexError, ValueError):
+      return json.load(f)
+  except (OSError, ValueError):
+    return {}
+
+
+def _eval_mode(config: dict) -> str:
+  try:
+    return config['gates']['eval_modes'][0]
+  except (KeyError, IndexError, TypeError):
     return 'deterministic'
 
 
@@ -71,14 +82,24 @@ def write_summary(root: str) -> str:
   rows = [r for r in (read_point(os.path.join(root, d)) for d in sorted(os.listdir(root))
                       if os.path.isdir(os.path.join(root, d))) if r is not None]
   with open(os.path.join(root, 'summary.csv'), 'w', newline='') as f:
-    writer = csv.DictWriter(f, fieldnames=COLUMNS)
+    writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction='ignore')
     writer.writeheader()
     writer.writerows(rows)
   table = _markdown(rows)
   with open(os.path.join(root, 'summary.md'), 'w') as f:
     f.write(table + '\n')
-  _plot(rows, os.path.join(root, 'accuracy_vs_gflops.png'))
+  _plot(rows, os.path.join(root, 'accuracy_vs_gflops.png'), _sweep_title(root))
   return table
+
+
+def _sweep_title(root: str) -> str:
+  """`<config> --sweep=<name>` from the root's sweep.json, else the root's name."""
+  try:
+    with open(os.path.join(root, 'sweep.json')) as f:
+      manifest = json.load(f)
+    return f'{os.path.basename(manifest["config"])} --sweep={manifest["sweep"]}'
+  except (OSError, KeyError, ValueError):
+    return os.path.basename(os.path.normpath(root))
 
 
 def _fmt(value) -> str:
@@ -97,28 +118,134 @@ def _markdown(rows: list[dict]) -> str:
   return '\n'.join(lines)
 
 
-def _plot(rows: list[dict], path: str) -> None:
+def _plot(rows: list[dict], path: str, title: str) -> None:
   import matplotlib  # pylint: disable=import-outside-toplevel
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
   done = [r for r in rows if r['accuracy'] is not None]
-  fig, ax = plt.subplots(figsize=(7, 4.5))
-  plain = [r for r in done if 'model.gated=False' in r['overrides']]
-  gated = [r for r in done if r not in plain]
-  for group, marker, label in ((gated, 'o', 'gated'), (plain, 's', 'gates off')):
-    if group:
-      ax.scatter([1e3 * r['gflops_per_image'] for r in group],
-                 [100 * r['accuracy'] for r in group], marker=marker, label=label, zorder=3)
-  for r in done:
-    ax.annotate(r['point'], (1e3 * r['gflops_per_image'], 100 * r['accuracy']), fontsize=7,
-                xytext=(3, 3), textcoords='offset points')
+  fig, ax = plt.subplots(figsize=(8, 5))
+  xy = {r['point']: (1e3 * r['gflops_per_image'], 100 * r['accuracy']) for r in done}
+  shifts = coincident_shifts([xy[r['point']] for r in done], _spans(list(xy.values())))
+  styles = {True: dict(marker='o', color='tab:blue', label='gated'),
+            False: dict(marker='s', color='tab:orange', label='gates off (model.gated=false)')}
+  labelled = set()
+  for r, (dx, dy) in zip(done, shifts):
+    style = dict(styles[r['gated']])
+    if r['gated'] in labelled:
+      style.pop('label')
+    labelled.add(r['gated'])
+    # Coinciding points are drawn a few screen points apart, so each shows.
+    ax.scatter(*xy[r['point']], s=36, zorder=3, transform=_offset(ax, fig, dx, dy), edgecolors='black',
+               linewidths=0.5, **style)
   front = pareto_front(done)
-  ax.plot([1e3 * r['gflops_per_image'] for r in front], [100 * r['accuracy'] for r in front],
-          'r--', marker='*', markersize=14, label='Pareto front', zorder=4)
+  ax.plot([xy[r['point']][0] for r in front], [xy[r['point']][1] for r in front], 'r--',
+          marker='*', markersize=13, markerfacecolor='none', label='Pareto front', zorder=2)
+  _margins(ax, list(xy.values()))
+  _place_labels(fig, ax, [(r['point'], xy[r['point']], s) for r, s in zip(done, shifts)])
   ax.set_xlabel('compute per image (MFLOPs = 2 x MACs / 1e6)')
   ax.set_ylabel('evaluation accuracy (%)')
-  ax.set_title('Accuracy against compute')
-  ax.legend()
+  modes = sorted({r['eval_mode'] for r in done}) or ['deterministic']
+  ax.set_title(f'Accuracy against compute: {title}\n(evaluated with {", ".join(modes)} gates)',
+               fontsize=10)
+  ax.legend(loc='lower right', fontsize=8)
+  ax.grid(alpha=0.3)
   fig.tight_layout()
   fig.savefig(path, dpi=120)
   plt.close(fig)
+
+
+def _spans(points: list[tuple]) -> tuple[float, float]:
+  xs, ys = [p[0] for p in points] or [0.0], [p[1] for p in points] or [0.0]
+  return (max(xs) - min(xs)) or 1.0, (max(ys) - min(ys)) or 1.0
+
+
+def _margins(ax, points: list[tuple]) -> None:
+  """Room around the points for their labels."""
+  if not points:
+    return
+  (w, h), xs, ys = _spans(points), [p[0] for p in points], [p[1] for p in points]
+  ax.set_xlim(min(xs) - 0.25 * w, max(xs) + 0.25 * w)
+  ax.set_ylim(min(ys) - 0.3 * h, max(ys) + 0.3 * h)
+
+
+def coincident_shifts(points: list[tuple], spans: tuple[float, float],
+                      tolerance: float = 0.01, step: float = 7.0) -> list[tuple[float, float]]:
+  """Screen offsets (in points) that spread points which coincide.
+
+  Args:
+    points: (x, y) data coordinates.
+    spans: the data ranges of x and y; points closer than `tolerance` of them
+      in both coordinates coincide.
+    tolerance: fraction of the spans.
+    step: distance in points between coinciding markers.
+
+  Returns:
+    One (dx, dy) per point: (0, 0) for the first of a group, then to the
+    right, left, up, down, ... of it.
+  """
+  pattern = [(0, 0), (1, 0), (-1, 0), (0, 1), (0, -1), (1, 1), (-1, -1), (1, -1), (-1, 1)]
+  anchors, shifts = [], []
+  for x, y in points:
+    group = [i for i, (ax_, ay) in enumerate(anchors)
+             if abs(ax_ - x) <= tolerance * spans[0] and abs(ay - y) <= tolerance * spans[1]]
+    anchors.append((x, y))
+    k = len(group)
+    ring, (px, py) = k // len(pattern) + 1, pattern[k % len(pattern)]
+    shifts.append((step * ring * px, step * ring * py))
+  return shifts
+
+
+def _place_labels(fig, ax, labels: list[tuple]) -> None:
+  """Writes each label next to its point where it overlaps no other label or
+  marker: candidate positions around the point at growing distances, the
+  first free one wins (greedy), with a thin line back to the point."""
+  fig.canvas.draw()
+  renderer = fig.canvas.get_renderer()
+  to_px = ax.transData.transform
+  scale = fig.dpi / 72.0
+  markers = []
+  for _, xy, (dx, dy) in labels:
+    px, py = to_px(xy)
+    px, py = px + dx * scale, py + dy * scale
+    markers.append((px - 5 * scale, py - 5 * scale, px + 5 * scale, py + 5 * scale))
+  axes_box = ax.get_window_extent(renderer)
+  placed = list(markers)
+  for text, xy, (dx, dy) in labels:
+    probe = ax.text(0, 0, text, fontsize=7)
+    box = probe.get_window_extent(renderer)
+    probe.remove()
+    w, h = box.width, box.height
+    px, py = to_px(xy)
+    px, py = px + dx * scale, py + dy * scale
+    best = None
+    for radius in (8, 16, 26, 38, 52, 70, 90):
+      r = radius * scale
+      for cx, cy in ((r, r), (r, -r), (-r, r), (-r, -r), (r, 0), (-r, 0), (0, r), (0, -r)):
+        x0 = px + cx if cx > 0 else (px + cx - w if cx < 0 else px - w / 2)
+        y0 = py + cy if cy > 0 else (py + cy - h if cy < 0 else py - h / 2)
+        cand = (x0, y0, x0 + w, y0 + h)
+        inside = (cand[0] >= axes_box.x0 and cand[2] <= axes_box.x1 and
+                  cand[1] >= axes_box.y0 and cand[3] <= axes_box.y1)
+        if inside and not any(_overlap(cand, other) for other in placed):
+          best = cand
+          break
+      if best:
+        break
+    if best is None:  # crowded: the least-covered spot right of the point
+      best = (px + 8 * scale, py, px + 8 * scale + w, py + h)
+    placed.append(best)
+    anchor = ax.transData.inverted().transform((best[0], best[1]))
+    ax.annotate(text, xy=xy, xytext=anchor, textcoords='data', fontsize=7, ha='left',
+                va='bottom', xycoords=_offset(ax, fig, dx, dy),
+                arrowprops=dict(arrowstyle='-', lw=0.5, color='gray', shrinkA=0, shrinkB=3),
+                bbox=dict(boxstyle='square,pad=0.1', fc='white', ec='none', alpha=0.8), zorder=5)
+
+
+def _offset(ax, fig, dx: float, dy: float):
+  """Data coordinates shifted by (dx, dy) points on the screen."""
+  import matplotlib.transforms  # pylint: disable=import-outside-toplevel
+  return matplotlib.transforms.offset_copy(ax.transData, fig, x=dx, y=dy, units='points')
+
+
+def _overlap(a: tuple, b: tuple) -> bool:
+  return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]

@@ -108,7 +108,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, dataset=
   if jax.process_index() == 0:
     with open(os.path.join(workdir, 'config.json'), 'w') as f:
       f.write(config.to_json_best_effort(indent=1, sort_keys=True))
-  logger = metrics.MetricLogger(workdir)
+  logger = metrics.MetricLogger(workdir, runner.num_steps, runner.steps_per_epoch)
   try:
     final = _train_loop(config, workdir, dataset, runner, state, checkpointer, logger)
   finally:  # also on errors: finish pending checkpoint writes
