@@ -72,17 +72,22 @@ class SlurmJob:
 
   def poll(self) -> int | None:
     """The point's exit status once its job ended, else None."""
-    if self.job.done():
+    # The result file, written atomically when the job returns, is the
+    # answer; submitit's own `done()` would also ask `sacct`, which clusters
+    # without accounting refuse (and submitit then warns on every call).
+    if self._finished():
       try:
         return int(self.job.result())
       except Exception:  # pylint: disable=broad-except
-        # The job itself failed (its traceback is in <root>/slurm/).
-        return LOST_JOB_STATUS
+        return LOST_JOB_STATUS  # the job itself failed: see <root>/slurm/<job id>/
     if time.monotonic() >= self.next_squeue:
       self.next_squeue = time.monotonic() + SQUEUE_EVERY_S
-      if not self._in_queue() and not self.job.done():
+      if not self._in_queue() and not self._finished():
         return LOST_JOB_STATUS
     return None
+
+  def _finished(self) -> bool:
+    return self.job.paths.result_pickle.exists()
 
   def _in_queue(self) -> bool:
     out = subprocess.run(['squeue', '-h', '-j', str(self.job_id), '-o', '%T'],

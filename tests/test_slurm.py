@@ -1,0 +1,126 @@
+"""Training and sweeps on a real SLURM cluster (the `slurm_cluster` fixture:
+slurmctld and slurmd on localhost): `srun -n 2 python -m adanet_jax.main`
+forms one jax.distributed job from SLURM's environment and ends with the
+parameters of one process with two devices; a sweep submitted through
+submitit (`--launcher=slurm`) finishes, resumes without resubmitting finished
+points, and summarises.
+"""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from adanet_jax import checkpoints, launch, models, steps
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+STEPS = 4
+OVERRIDES = {'train.batch_size': 32, 'train.num_epochs': STEPS * 32 / 1437,
+             'train.sync_every_steps': 1, 'train.log_every_steps': 2,
+             'train.eval_every_epochs': 0.0, 'eval.batch_size': 64,
+             'checkpoint.every_steps': 2}
+CONFIG_ARG = 'configs/digits.py:depth=8'
+SWEEP = ['--config=configs/digits.py:depth=8', '--sweep=smoke', '--config.train.num_epochs=0.2',
+         '--config.train.batch_size=64', '--config.eval.batch_size=120']
+POINTS = ['target-0.3_seed-0', 'target-0.5_seed-0', 'target-0.7_seed-0']
+
+
+def _main_args(workdir):
+  return ([f'--config={CONFIG_ARG}', f'--workdir={workdir}'] +
+          [f'--config.{k}={v!r}' for k, v in OVERRIDES.items()])
+
+
+def _restore(workdir):
+  config = models_config()
+  checkpointer = checkpoints.Checkpointer(str(workdir), config)
+  abstract = steps.create_train_state(config, models.create_model(config), 44,
+                                      jax.random.key(9))
+  step, state = checkpointer.latest_step(), checkpointer.restore(abstract)
+  checkpointer.close()
+  return step, state
+
+
+def models_config():
+  from adanet_jax import config_io  # pylint: disable=import-outside-toplevel
+  config = config_io.load_config_file(os.path.join(REPO, 'configs', 'digits.py'), 'depth=8')
+  for key, value in OVERRIDES.items():
+    section, field = key.split('.')
+    config[section][field] = value
+  return config
+
+
+@pytest.mark.timeout(600)
+def test_srun_two_tasks_equal_one_process_with_two_devices(slurm_cluster, tmp_path):
+  reference = tmp_path / 'one_process'
+  out = subprocess.run([sys.executable, '-m', 'adanet_jax.main', *_main_args(reference)],
+                       cwd=REPO, env=launch.cpu_devices_env(os.environ, 2),
+                       capture_output=True, text=True, timeout=300)
+  assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+
+  workdir = tmp_path / 'srun'
+  env = launch.cpu_devices_env(slurm_cluster, 1)  # each task: one CPU device
+  out = subprocess.run(['srun', '-n', '2', '--cpus-per-task=1', '--time=10', '--kill-on-bad-exit=1',
+                        sys.executable, '-m', 'adanet_jax.main', *_main_args(workdir)],
+                       cwd=REPO, env=env, capture_output=True, text=True, timeout=500)
+  log = out.stdout + out.stderr
+  assert out.returncode == 0, log[-5000:]
+  assert 'JAX 0.10.2 on 2 cpu device(s), 2 process(es) (cluster environment SlurmCluster)' in log
+  assert '[Gloo]' not in log
+  (step, state), (ref_step, ref) = _restore(workdir), _restore(reference)
+  assert step == ref_step == STEPS
+  for part in ('params', 'batch_stats', 'opt_state'):
+    for x, y in zip(jax.tree.leaves(getattr(state, part)), jax.tree.leaves(getattr(ref, part))):
+      np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=1e-5, rtol=0)
+
+
+def _sweep(root, env):
+  command = [sys.executable, '-m', 'adanet_jax.sweep', f'--root={root}', *SWEEP,
+             '--launcher=slurm', '--slurm.time=10', '--slurm.cpus_per_task=1']
+  out = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=500)
+  assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
+  return out
+
+
+def _slurm_jobs(root):
+  return sorted(n for n in os.listdir(root / 'slurm') if n.isdigit())  # one folder per job
+
+
+@pytest.mark.timeout(900)
+def test_sweep_through_slurm_finishes_resumes_and_summarises(slurm_cluster, tmp_path):
+  env = dict(slurm_cluster)
+  env.pop('XLA_FLAGS', None)  # one device per point, as on a user's machine
+  root = tmp_path / 'sweep'
+  first = _sweep(root, env)
+  assert first.stdout.count('started ') == 3
+  assert sorted(l.split(': ')[0].split('] ')[1] for l in first.stdout.splitlines()
+                if l.startswith('[') and l.endswith(' s)')) == POINTS
+  jobs = _slurm_jobs(root)
+  assert len(jobs) == 3
+  for name in POINTS:
+    assert json.loads((root / name / 'sweep_status.json').read_text())['status'] == 'done'
+  for path in ('summary.md', 'summary.csv', 'accuracy_vs_gflops.png'):
+    assert f'wrote {root / path}' in first.stdout
+  assert 'sacct' not in first.stderr  # no accounting here: submitit's sacct is not used
+
+  # A point whose status was lost is submitted again and resumes from its last
+  # checkpoint; the finished ones are not resubmitted.
+  (root / POINTS[1] / 'sweep_status.json').unlink()
+  logs = {n: (root / n / 'log.txt').read_text() for n in POINTS}
+  second = _sweep(root, env)
+  assert '2 of 3 points already done' in second.stdout
+  assert second.stdout.count('started ') == 1 and f'started {POINTS[1]} (SLURM job ' in second.stdout
+  assert len(_slurm_jobs(root)) == 4
+  for name in (POINTS[0], POINTS[2]):
+    assert (root / name / 'log.txt').read_text() == logs[name]
+  resumed = (root / POINTS[1] / 'log.txt').read_text()[len(logs[POINTS[1]]):]
+  assert '| loss ' not in resumed  # resumed at its last step: no training step ran again
+  assert 'eval/deterministic/accuracy:' in resumed
+  rows = list(csv.DictReader(open(root / 'summary.csv')))
+  assert [r['point'] for r in rows] == POINTS
+  assert [r['status'] for r in rows] == ['done'] * 3
+  assert all(float(r['accuracy']) > 0 for r in rows)
