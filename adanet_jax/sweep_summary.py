@@ -88,7 +88,7 @@ def write_summary(root: str) -> str:
   table = _markdown(rows)
   with open(os.path.join(root, 'summary.md'), 'w') as f:
     f.write(table + '\n')
-  _plot(rows, os.path.join(root, 'accuracy_vs_gflops.png'), _sweep_title(root))
+  plot_pareto(rows, os.path.join(root, 'accuracy_vs_gflops.png'), _sweep_title(root))
   return table
 
 
@@ -118,12 +118,23 @@ def _markdown(rows: list[dict]) -> str:
   return '\n'.join(lines)
 
 
-def _plot(rows: list[dict], path: str, title: str) -> None:
+def plot_pareto(rows: list[dict], path: str, title: str) -> list[tuple]:
+  """Draws accuracy against compute, the Pareto front, a label per point.
+
+  Args:
+    rows: summary rows (`read_point`); `gated` picks the marker.
+    path: the PNG to write.
+    title: names the sweep.
+
+  Returns:
+    The labels' boxes (x0, y0, x1, y1) in pixels, in the order of the rows
+    with an accuracy, for tests.
+  """
   import matplotlib  # pylint: disable=import-outside-toplevel
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
   done = [r for r in rows if r['accuracy'] is not None]
-  fig, ax = plt.subplots(figsize=(8, 5))
+  fig, ax = plt.subplots(figsize=(10, 5.5))
   xy = {r['point']: (1e3 * r['gflops_per_image'], 100 * r['accuracy']) for r in done}
   shifts = coincident_shifts([xy[r['point']] for r in done], _spans(list(xy.values())))
   styles = {True: dict(marker='o', color='tab:blue', label='gated'),
@@ -135,23 +146,26 @@ def _plot(rows: list[dict], path: str, title: str) -> None:
       style.pop('label')
     labelled.add(r['gated'])
     # Coinciding points are drawn a few screen points apart, so each shows.
-    ax.scatter(*xy[r['point']], s=36, zorder=3, transform=_offset(ax, fig, dx, dy), edgecolors='black',
-               linewidths=0.5, **style)
+    ax.scatter(*xy[r['point']], s=36, zorder=3, transform=_offset(ax, fig, dx, dy),
+               edgecolors='black', linewidths=0.5, **style)
   front = pareto_front(done)
   ax.plot([xy[r['point']][0] for r in front], [xy[r['point']][1] for r in front], 'r--',
           marker='*', markersize=13, markerfacecolor='none', label='Pareto front', zorder=2)
   _margins(ax, list(xy.values()))
-  _place_labels(fig, ax, [(r['point'], xy[r['point']], s) for r, s in zip(done, shifts)])
   ax.set_xlabel('compute per image (MFLOPs = 2 x MACs / 1e6)')
   ax.set_ylabel('evaluation accuracy (%)')
   modes = sorted({r['eval_mode'] for r in done}) or ['deterministic']
   ax.set_title(f'Accuracy against compute: {title}\n(evaluated with {", ".join(modes)} gates)',
                fontsize=10)
-  ax.legend(loc='lower right', fontsize=8)
+  # Outside the axes, so that it hides no point or label.
+  ax.legend(loc='upper left', bbox_to_anchor=(1.01, 1.0), fontsize=8, borderaxespad=0)
   ax.grid(alpha=0.3)
   fig.tight_layout()
+  # Last: the labels are placed in the final pixel layout.
+  boxes = _place_labels(fig, ax, [(r['point'], xy[r['point']], s) for r, s in zip(done, shifts)])
   fig.savefig(path, dpi=120)
   plt.close(fig)
+  return boxes
 
 
 def _spans(points: list[tuple]) -> tuple[float, float]:
@@ -175,27 +189,33 @@ def coincident_shifts(points: list[tuple], spans: tuple[float, float],
   Args:
     points: (x, y) data coordinates.
     spans: the data ranges of x and y; points closer than `tolerance` of them
-      in both coordinates coincide.
+      in both coordinates coincide (with the first point of their group).
     tolerance: fraction of the spans.
-    step: distance in points between coinciding markers.
+    step: distance in points between two coinciding markers.
 
   Returns:
-    One (dx, dy) per point: (0, 0) for the first of a group, then to the
-    right, left, up, down, ... of it.
+    One (dx, dy) per point: (0, 0) alone; in a group, left, right, up, down,
+    ... of the common place, so the first two sit side by side.
   """
-  pattern = [(0, 0), (1, 0), (-1, 0), (0, 1), (0, -1), (1, 1), (-1, -1), (1, -1), (-1, 1)]
-  anchors, shifts = [], []
-  for x, y in points:
-    group = [i for i, (ax_, ay) in enumerate(anchors)
-             if abs(ax_ - x) <= tolerance * spans[0] and abs(ay - y) <= tolerance * spans[1]]
-    anchors.append((x, y))
-    k = len(group)
-    ring, (px, py) = k // len(pattern) + 1, pattern[k % len(pattern)]
-    shifts.append((step * ring * px, step * ring * py))
+  pattern = [(-1, 0), (1, 0), (0, 1), (0, -1), (-1, 1), (1, -1), (1, 1), (-1, -1)]
+  groups = []  # [anchor, member indices]
+  for i, (x, y) in enumerate(points):
+    for anchor, members in groups:
+      if abs(anchor[0] - x) <= tolerance * spans[0] and abs(anchor[1] - y) <= tolerance * spans[1]:
+        members.append(i)
+        break
+    else:
+      groups.append(((x, y), [i]))
+  shifts = [(0.0, 0.0)] * len(points)
+  for _, members in groups:
+    if len(members) > 1:
+      for k, i in enumerate(members):
+        ring, (px, py) = k // len(pattern) + 1, pattern[k % len(pattern)]
+        shifts[i] = (step / 2 * ring * px, step / 2 * ring * py)
   return shifts
 
 
-def _place_labels(fig, ax, labels: list[tuple]) -> None:
+def _place_labels(fig, ax, labels: list[tuple]) -> list[tuple]:
   """Writes each label next to its point where it overlaps no other label or
   marker: candidate positions around the point at growing distances, the
   first free one wins (greedy), with a thin line back to the point."""
@@ -220,7 +240,10 @@ def _place_labels(fig, ax, labels: list[tuple]) -> None:
     best = None
     for radius in (8, 16, 26, 38, 52, 70, 90):
       r = radius * scale
-      for cx, cy in ((r, r), (r, -r), (-r, r), (-r, -r), (r, 0), (-r, 0), (0, r), (0, -r)):
+      around = [(r, r), (r, -r), (-r, r), (-r, -r), (r, 0), (-r, 0), (0, r), (0, -r)]
+      # A marker moved aside from a coinciding one gets its label on its side.
+      around.sort(key=lambda c, dx=dx: dx < 0 and c[0] >= 0)
+      for cx, cy in around:
         x0 = px + cx if cx > 0 else (px + cx - w if cx < 0 else px - w / 2)
         y0 = py + cy if cy > 0 else (py + cy - h if cy < 0 else py - h / 2)
         cand = (x0, y0, x0 + w, y0 + h)
@@ -239,6 +262,7 @@ def _place_labels(fig, ax, labels: list[tuple]) -> None:
                 va='bottom', xycoords=_offset(ax, fig, dx, dy),
                 arrowprops=dict(arrowstyle='-', lw=0.5, color='gray', shrinkA=0, shrinkB=3),
                 bbox=dict(boxstyle='square,pad=0.1', fc='white', ec='none', alpha=0.8), zorder=5)
+  return placed[len(markers):]
 
 
 def _offset(ax, fig, dx: float, dy: float):
