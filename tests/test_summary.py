@@ -42,3 +42,11 @@ def test_summary_table_and_bad_config():
   assert bad.returncode != 0
   assert 'model.depth=21 is not allowed for cifar_resnet: depth must be 6n+2' in bad.stderr
   assert 'Traceback' not in bad.stderr
+
+
+def test_summary_per_block_target():
+  s = _summary('configs/imagenet.py:resnet50,t=0.6')
+  assert [b['target'] for b in s['per_block']] == [
+      1.0, 1.0, 0.8, 1.0, 0.6, 0.6, 0.6, 1.0, 0.6, 0.6, 0.6, 0.6, 0.6, 1.0, 0.7, 1.0]
+  plain = _summary('configs/cifar10.py:depth=20,gated=false')
+  assert {b['target'] for b in plain['per_block']} == {1.0}
