@@ -9,8 +9,10 @@ points, and summarises.
 import csv
 import json
 import os
+import re
 import subprocess
 import sys
+import time
 
 import jax
 import numpy as np
@@ -78,10 +80,14 @@ def test_srun_two_tasks_equal_one_process_with_two_devices(slurm_cluster, tmp_pa
       np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=1e-5, rtol=0)
 
 
+def _sweep_command(root):
+  return [sys.executable, '-m', 'adanet_jax.sweep', f'--root={root}', *SWEEP,
+          '--launcher=slurm', '--slurm.time=10', '--slurm.cpus_per_task=1']
+
+
 def _sweep(root, env):
-  command = [sys.executable, '-m', 'adanet_jax.sweep', f'--root={root}', *SWEEP,
-             '--launcher=slurm', '--slurm.time=10', '--slurm.cpus_per_task=1']
-  out = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=500)
+  out = subprocess.run(_sweep_command(root), cwd=REPO, env=env, capture_output=True, text=True,
+                       timeout=500)
   assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
   return out
 
@@ -90,17 +96,35 @@ def _slurm_jobs(root):
   return sorted(n for n in os.listdir(root / 'slurm') if n.isdigit())  # one folder per job
 
 
+def _started(stdout):
+  """{point: SLURM job id} of the `started NAME (SLURM job ID)` lines."""
+  found = re.findall(r'^started (\S+) \(SLURM job (\d+)\)$', stdout, re.MULTILINE)
+  return dict(found)
+
+
 @pytest.mark.timeout(900)
 def test_sweep_through_slurm_finishes_resumes_and_summarises(slurm_cluster, tmp_path):
   env = dict(slurm_cluster)
   env.pop('XLA_FLAGS', None)  # one device per point, as on a user's machine
   root = tmp_path / 'sweep'
+  # The sweep dies (a closed login session) once its three jobs are submitted.
+  with open(tmp_path / 'first.txt', 'w') as out:
+    launcher = subprocess.Popen(_sweep_command(root), cwd=REPO, env=env, stdout=out,
+                                stderr=subprocess.STDOUT)
+    deadline = time.time() + 200
+    while time.time() < deadline and launcher.poll() is None and len(
+        _started((tmp_path / 'first.txt').read_text())) < 3:
+      time.sleep(0.2)
+    launcher.kill()
+    launcher.wait()
+  submitted = _started((tmp_path / 'first.txt').read_text())
+  assert sorted(submitted) == POINTS
+
+  # The rerun follows the three jobs (queued, running or finished since): none
+  # is submitted again.
   first = _sweep(root, env)
-  assert first.stdout.count('started ') == 3
-  assert sorted(l.split(': ')[0].split('] ')[1] for l in first.stdout.splitlines()
-                if l.startswith('[') and l.endswith(' s)')) == POINTS
-  jobs = _slurm_jobs(root)
-  assert len(jobs) == 3
+  assert _started(first.stdout) == submitted
+  assert _slurm_jobs(root) == sorted(submitted.values())
   for name in POINTS:
     assert json.loads((root / name / 'sweep_status.json').read_text())['status'] == 'done'
   for path in ('summary.md', 'summary.csv', 'accuracy_vs_gflops.png'):
@@ -113,7 +137,7 @@ def test_sweep_through_slurm_finishes_resumes_and_summarises(slurm_cluster, tmp_
   logs = {n: (root / n / 'log.txt').read_text() for n in POINTS}
   second = _sweep(root, env)
   assert '2 of 3 points already done' in second.stdout
-  assert second.stdout.count('started ') == 1 and f'started {POINTS[1]} (SLURM job ' in second.stdout
+  assert list(_started(second.stdout)) == [POINTS[1]]
   assert len(_slurm_jobs(root)) == 4
   for name in (POINTS[0], POINTS[2]):
     assert (root / name / 'log.txt').read_text() == logs[name]

@@ -14,12 +14,17 @@ files (the pickled call, its stdout/stderr) go to `<root>/slurm/`.
 """
 
 import dataclasses
+import json
 import os
 import subprocess
 import time
 
 # What the sweep writes to a point's log and reads back on failure.
 LOG_FILE = 'log.txt'
+# The point's current SLURM job, so that a rerun of the sweep whose launcher
+# died (a closed login session) follows a job still queued or running instead
+# of submitting a second one into the same workdir.
+JOB_FILE = 'slurm_job.json'
 # How often a job that has not written its result is looked up in `squeue`:
 # without SLURM accounting (`sacct`) submitit cannot see a job that died
 # before returning (cancelled, node failure, out of memory).
@@ -60,10 +65,16 @@ def run_point(command: list[str], workdir: str, cwd: str) -> int:
 
 
 class SlurmJob:
-  """One submitted point: polled by the sweep, cancelled on Ctrl-C."""
+  """One submitted point: polled by the sweep, cancelled on Ctrl-C.
 
-  def __init__(self, job):
-    self.job = job
+  Args:
+    job: the submitit job.
+    job_file: the point's JOB_FILE, marked collected once the sweep has the
+      job's exit status.
+  """
+
+  def __init__(self, job, job_file: str):
+    self.job, self.job_file = job, job_file
     self.next_squeue = time.monotonic() + SQUEUE_EVERY_S
 
   @property
@@ -72,6 +83,12 @@ class SlurmJob:
 
   def poll(self) -> int | None:
     """The point's exit status once its job ended, else None."""
+    code = self._exit_status()
+    if code is not None:
+      _write_job_file(self.job_file, self.job_id, collected=True)
+    return code
+
+  def _exit_status(self) -> int | None:
     # The result file, written atomically when the job returns, is the
     # answer; submitit's own `done()` would also ask `sacct`, which clusters
     # without accounting refuse (and submitit then warns on every call).
@@ -120,7 +137,8 @@ class SlurmLauncher:
     self.executor.update_parameters(**params)
 
   def start(self, name: str, command: list[str], workdir: str) -> SlurmJob:
-    """Submits one point.
+    """Submits one point, or follows its job of an earlier launch while that
+    is still in SLURM's queue.
 
     Args:
       name: the point's name (the SLURM job name).
@@ -128,10 +146,28 @@ class SlurmLauncher:
       workdir: its workdir.
 
     Returns:
-      The submitted job.
+      The job.
     """
+    import submitit  # pylint: disable=import-outside-toplevel
+    path = os.path.join(workdir, JOB_FILE)
+    if os.path.exists(path):
+      with open(path) as f:
+        recorded = json.load(f)
+      earlier = SlurmJob(submitit.SlurmJob(folder=os.path.join(self.folder, '%j'),
+                                           job_id=recorded['job_id']), path)
+      # pylint: disable-next=protected-access
+      if not recorded['collected'] and (earlier._finished() or earlier._in_queue()):
+        return earlier
     self.executor.update_parameters(job_name=name)
-    return SlurmJob(self.executor.submit(run_point, command, workdir, os.getcwd()))
+    job = self.executor.submit(run_point, command, workdir, os.getcwd())
+    _write_job_file(path, job.job_id, collected=False)
+    return SlurmJob(job, path)
 
   def describe(self, job: SlurmJob) -> str:
     return f'SLURM job {job.job_id}'
+
+
+def _write_job_file(path: str, job_id: str, collected: bool) -> None:
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with open(path, 'w') as f:
+    json.dump({'job_id': job_id, 'collected': collected}, f)
