@@ -8,7 +8,8 @@ A config file declares its sweeps next to itself:
 Each point is a dict of config overrides. The launcher
 
   python -m adanet_jax.sweep --config=configs/digits.py[:args] --sweep=targets --root=DIR \
-      [--parallel=N] [--config.x=y ...]
+      [--parallel=N] [--config.x=y ...] \
+      [--launcher=slurm --slurm.partition=P --slurm.time=MIN --slurm.gpus_per_task=G]
 
 checks every override of every point against the config before anything runs,
 prints the plan (the ordinary `adanet_jax.main` command of each point, also
@@ -17,7 +18,13 @@ point (DIR/<name from its overrides>). Re-running the same command resumes:
 finished points are skipped, interrupted ones resume from their checkpoints,
 failed ones are retried; failures are reported with the tail of their log and
 the other points go on. `--summary_only` (and the end of every launch) writes
-DIR/summary.md, DIR/summary.csv and DIR/accuracy_vs_gflops.png.
+DIR/summary.md, DIR/summary.csv and DIR/accuracy_vs_gflops.png and prints
+their paths. Ctrl-C (or SIGTERM) stops the running points (SIGTERM, then
+SIGKILL after STOP_GRACE_S) and prints the command that resumes.
+
+Points run as child processes (`LocalLauncher`, the default) or as one
+SLURM job each (`--launcher=slurm`, `adanet_jax/tools/slurm_launcher.py`);
+everything else is the same for both.
 """
 
 import ctypes
@@ -136,6 +143,9 @@ class LocalLauncher:
 
   name = 'local'
 
+  def __init__(self, root: str | None = None):
+    del root  # the points' files are all in their workdirs
+
   def start(self, name: str, command: list[str], workdir: str) -> LocalJob:
     del name
     return LocalJob(command, workdir)
@@ -177,14 +187,13 @@ def check_root(root: str, manifest: dict) -> None:
 
 
 def run_sweep(config_arg: str, sweep: str, root: str, parallel: int, common: dict,
-              plan_only: bool = False, launcher=None) -> dict:
+              plan_only: bool = False, make_launcher=None) -> dict:
   """Plans and runs (or resumes) a sweep.
 
   Args:
     config_arg, sweep, root, parallel, common, plan_only: as the flags.
-    launcher: starts the points (default `LocalLauncher()`); a callable
-      taking the absolute root is called first (the SLURM launcher keeps its
-      files there).
+    make_launcher: makes the launcher of the points from the absolute root
+      (default `LocalLauncher`; the SLURM launcher keeps its files there).
 
   Returns:
     {point name: status}.
@@ -201,7 +210,7 @@ def run_sweep(config_arg: str, sweep: str, root: str, parallel: int, common: dic
   _print_plan(root, jobs, commands)
   if plan_only:
     return {}
-  launcher = launcher(root) if callable(launcher) else (launcher or LocalLauncher())
+  launcher = (make_launcher or LocalLauncher)(root)
   todo = [n for n in jobs if _status(jobs[n][1]).get('status') != 'done']
   print(f'{len(jobs) - len(todo)} of {len(jobs)} points already done', flush=True)
   results = {n: 'done' for n in jobs if n not in todo}
@@ -269,10 +278,10 @@ def split_common_overrides(argv: list[str]) -> tuple[list[str], dict]:
   return rest, common
 
 
-def _launcher():
-  """The launcher the flags ask for: an object, or a callable of the root."""
+def _launcher_factory():
+  """Makes the launcher the flags ask for, from the sweep's root."""
   if _LAUNCHER.value == 'local':
-    return LocalLauncher()
+    return LocalLauncher
   for flag in (_SLURM_TIME, _SLURM_GPUS, _SLURM_CPUS):
     if flag.value is not None and flag.value < (0 if flag is _SLURM_GPUS else 1):
       raise ConfigError(f'--{flag.name}={flag.value} must be positive')
@@ -307,11 +316,11 @@ def main(argv, common: dict, command_line: list[str]):
   parallel = _PARALLEL.value
   if _LAUNCHER.value == 'slurm' and not _PARALLEL.present:
     parallel = sys.maxsize  # SLURM's scheduler decides what runs when
-  launcher = _launcher()
+  make_launcher = _launcher_factory()
   signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)  # stop the points as on Ctrl-C
   try:
     results = run_sweep(_CONFIG.value, _SWEEP.value, _ROOT.value, parallel, common,
-                        _PLAN_ONLY.value, launcher)
+                        _PLAN_ONLY.value, make_launcher)
   except (SweepInterrupted, KeyboardInterrupt) as e:
     stopped = f' ({e})' if str(e) else ''
     sys.exit(f'sweep interrupted{stopped}; rerun to resume: {shlex.join(command_line)}')
