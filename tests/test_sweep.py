@@ -71,8 +71,8 @@ def test_sweep_survives_a_kill_resumes_and_summarizes(tmp_path):
 
 
 @pytest.mark.parametrize('extra,message', [
-    (['--sweep=nope'], "--sweep='nope' is not defined by configs/digits.py; its sweeps: smoke, "
-                       'targets'),
+    (['--sweep=nope'], "--sweep='nope' is not defined by configs/digits.py; its sweeps: pareto, "
+                       'smoke, targets'),
     (['--config.loss.targt=0.5'], 'override loss.targt=\'0.5\' names no field of the config'),
     (['--config.train.batch_size=many'], "override train.batch_size='many' is not a valid int"),
 ])
