@@ -101,7 +101,7 @@ def progress_line(step: int, num_steps: int, steps_per_epoch: int, scalars: dict
 
   Returns:
     e.g. `step 44/440 | epoch 1.0/10.0 | 312 img/s | loss 1.9741 |
-    exec 0.848 | eta 0:00:14`.
+    exec rate 0.848 | eta 0:00:14`.
   """
   width = len(str(num_steps))
   parts = [f'step {step:>{width}d}/{num_steps}',
@@ -111,7 +111,7 @@ def progress_line(step: int, num_steps: int, steps_per_epoch: int, scalars: dict
   if 'train/loss' in scalars:
     parts.append(f'loss {scalars["train/loss"]:.4f}')
   if 'train/gate_rate' in scalars:
-    parts.append(f'exec {scalars["train/gate_rate"]:.3f}')
+    parts.append(f'exec rate {scalars["train/gate_rate"]:.3f}')
   if 'train/eta_s' in scalars:
     parts.append(f'eta {format_duration(scalars["train/eta_s"])}')
   line = ' | '.join(parts)
@@ -130,7 +130,7 @@ def eval_lines(step: int, scalars: dict) -> list[str]:
     if get('loss') is not None:
       parts.append(f'loss {get("loss"):.4f}')
     if get('gate_rate') is not None:
-      parts.append(f'exec {get("gate_rate"):.3f}')
+      parts.append(f'exec rate {get("gate_rate"):.3f}')
     if get('gflops_per_image') is not None:
       parts.append(f'{1e3 * get("gflops_per_image"):.3f} MFLOPs/image')
     lines.append(' | '.join(parts))

@@ -30,7 +30,7 @@ SCALARS = {'train/loss': 1.97413, 'train/gate_rate': 0.847775, 'train/images_per
 
 def test_progress_line_plain_and_with_bar():
   assert console.progress_line(44, 440, 11, SCALARS) == (
-      'step  44/440 | epoch 4.0/40.0 | 1,235 img/s | loss 1.9741 | exec 0.848 | eta 1:02:05')
+      'step  44/440 | epoch 4.0/40.0 | 1,235 img/s | loss 1.9741 | exec rate 0.848 | eta 1:02:05')
   assert console.progress_line(110, 440, 11, {'train/loss': 0.5}, bar=True) == (
       '[#####---------------] step 110/440 | epoch 10.0/40.0 | loss 0.5000')
 
@@ -40,7 +40,7 @@ def test_eval_lines_one_per_mode():
             'eval/deterministic/gate_rate': 0.6125, 'eval/deterministic/gflops_per_image': 0.0012,
             'eval/sample/accuracy': 0.5}
   assert console.eval_lines(440, record) == [
-      'eval at step 440 (deterministic gates) | accuracy 97.50% | loss 0.1000 | exec 0.613 | '
+      'eval at step 440 (deterministic gates) | accuracy 97.50% | loss 0.1000 | exec rate 0.613 | '
       '1.200 MFLOPs/image',
       'eval at step 440 (sample gates) | accuracy 50.00%']
 
