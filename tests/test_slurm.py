@@ -14,50 +14,21 @@ import subprocess
 import sys
 import time
 
-import jax
-import numpy as np
 import pytest
 
-from adanet_jax import checkpoints, launch, models, steps
+from adanet_jax import launch
+# The tiny digits job (4 steps) of the multi-process tests and their check
+# that two runs end in the same state; the tiny 3-point sweep of the sweep tests.
+# pylint: disable=wrong-import-order
+from test_multihost import _assert_same_state, _config, _main_args
+from test_sweep import TINY as SWEEP
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-STEPS = 4
-OVERRIDES = {'train.batch_size': 32, 'train.num_epochs': STEPS * 32 / 1437,
-             'train.sync_every_steps': 1, 'train.log_every_steps': 2,
-             'train.eval_every_epochs': 0.0, 'eval.batch_size': 64,
-             'checkpoint.every_steps': 2}
-CONFIG_ARG = 'configs/digits.py:depth=8'
-SWEEP = ['--config=configs/digits.py:depth=8', '--sweep=smoke', '--config.train.num_epochs=0.2',
-         '--config.train.batch_size=64', '--config.eval.batch_size=120']
 POINTS = ['target-0.3_seed-0', 'target-0.5_seed-0', 'target-0.7_seed-0']
 
 
-def _main_args(workdir):
-  return ([f'--config={CONFIG_ARG}', f'--workdir={workdir}'] +
-          [f'--config.{k}={v!r}' for k, v in OVERRIDES.items()])
-
-
-def _restore(workdir):
-  config = models_config()
-  checkpointer = checkpoints.Checkpointer(str(workdir), config)
-  abstract = steps.create_train_state(config, models.create_model(config), 44,
-                                      jax.random.key(9))
-  step, state = checkpointer.latest_step(), checkpointer.restore(abstract)
-  checkpointer.close()
-  return step, state
-
-
-def models_config():
-  from adanet_jax import config_io  # pylint: disable=import-outside-toplevel
-  config = config_io.load_config_file(os.path.join(REPO, 'configs', 'digits.py'), 'depth=8')
-  for key, value in OVERRIDES.items():
-    section, field = key.split('.')
-    config[section][field] = value
-  return config
-
-
 @pytest.mark.timeout(600)
-def test_srun_two_tasks_equal_one_process_with_two_devices(slurm_cluster, tmp_path):
+def test_srun_two_tasks_equal_one_process_with_two_devices(slurm_cluster, load_config, tmp_path):
   reference = tmp_path / 'one_process'
   out = subprocess.run([sys.executable, '-m', 'adanet_jax.main', *_main_args(reference)],
                        cwd=REPO, env=launch.cpu_devices_env(os.environ, 2),
@@ -66,18 +37,15 @@ def test_srun_two_tasks_equal_one_process_with_two_devices(slurm_cluster, tmp_pa
 
   workdir = tmp_path / 'srun'
   env = launch.cpu_devices_env(slurm_cluster, 1)  # each task: one CPU device
-  out = subprocess.run(['srun', '-n', '2', '--cpus-per-task=1', '--time=10', '--kill-on-bad-exit=1',
-                        sys.executable, '-m', 'adanet_jax.main', *_main_args(workdir)],
+  out = subprocess.run(['srun', '-n', '2', '--cpus-per-task=1', '--time=10',
+                        '--kill-on-bad-exit=1', sys.executable, '-m', 'adanet_jax.main',
+                        *_main_args(workdir)],
                        cwd=REPO, env=env, capture_output=True, text=True, timeout=500)
   log = out.stdout + out.stderr
   assert out.returncode == 0, log[-5000:]
   assert 'JAX 0.10.2 on 2 cpu device(s), 2 process(es) (cluster environment SlurmCluster)' in log
   assert '[Gloo]' not in log
-  (step, state), (ref_step, ref) = _restore(workdir), _restore(reference)
-  assert step == ref_step == STEPS
-  for part in ('params', 'batch_stats', 'opt_state'):
-    for x, y in zip(jax.tree.leaves(getattr(state, part)), jax.tree.leaves(getattr(ref, part))):
-      np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=1e-5, rtol=0)
+  _assert_same_state(_config(load_config), workdir, reference)
 
 
 def _sweep_command(root):
