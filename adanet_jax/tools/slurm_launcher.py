@@ -16,8 +16,11 @@ files (the pickled call, its stdout/stderr) go to `<root>/slurm/`.
 import dataclasses
 import json
 import os
+import shutil
 import subprocess
 import time
+
+from adanet_jax.config_base import ConfigError
 
 # What the sweep writes to a point's log and reads back on failure.
 LOG_FILE = 'log.txt'
@@ -126,6 +129,10 @@ class SlurmLauncher:
   name = 'slurm'
 
   def __init__(self, root: str, options: SlurmOptions):
+    missing = [c for c in ('sbatch', 'squeue', 'scancel') if shutil.which(c) is None]
+    if missing:
+      raise ConfigError(f'--launcher=slurm needs SLURM\'s commands; not found on PATH: '
+                        f'{", ".join(missing)}')
     import submitit  # pylint: disable=import-outside-toplevel
     self.folder = os.path.join(root, 'slurm')
     self.options = options
@@ -159,7 +166,12 @@ class SlurmLauncher:
       if not recorded['collected'] and (earlier._finished() or earlier._in_queue()):
         return earlier
     self.executor.update_parameters(job_name=name)
-    job = self.executor.submit(run_point, command, workdir, os.getcwd())
+    try:
+      job = self.executor.submit(run_point, command, workdir, os.getcwd())
+    except submitit.core.utils.FailedJobError as e:
+      # sbatch refused (no controller, a bad partition or time): its last line says why.
+      reason = str(e).strip().splitlines()[-1] if str(e).strip() else 'no reason given'
+      raise ConfigError(f'sbatch refused point {name}: {reason}') from None
     _write_job_file(path, job.job_id, collected=False)
     return SlurmJob(job, path)
 
