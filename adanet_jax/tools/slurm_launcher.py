@@ -119,8 +119,13 @@ class SlurmJob:
     return bool(out.stdout.strip())
 
   def stop(self) -> None:
-    """Cancels the job (SLURM sends SIGTERM to the point, then SIGKILL)."""
+    """Cancels the job (SLURM sends SIGTERM to the point, then SIGKILL).
+
+    Its result, if it writes one while stopping, is not wanted: the next
+    launch submits the point again (to resume from its checkpoint).
+    """
     subprocess.run(['scancel', str(self.job_id)], capture_output=True, check=False)
+    _write_job_file(self.job_file, self.job_id, collected=True)
 
 
 class SlurmLauncher:
