@@ -4,7 +4,7 @@ PYTHON ?= python3.11
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: setup train test summary
+.PHONY: setup train test summary slurm
 
 $(STAMP): requirements.lock setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,5 +17,12 @@ setup: $(STAMP)
 train: $(STAMP)
 	$(VENV)/bin/python -m adanet_jax.main --config=configs/digits.py --workdir=workdirs/digits
 
-test: $(STAMP)
+# The SLURM tests start a one-node cluster from Debian's slurm-wlm and munge
+# (tests/slurm/cluster.sh); installed here when missing (needs root, as CI).
+slurm:
+	@command -v srun >/dev/null || { [ "$$(id -u)" = 0 ] && \
+	  apt-get update -q && apt-get install -y -q --no-install-recommends slurm-wlm munge; } || \
+	  echo "make slurm: slurm-wlm and munge not installed (not root?); the SLURM tests will skip"
+
+test: $(STAMP) slurm
 	$(VENV)/bin/python -m pytest

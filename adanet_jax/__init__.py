@@ -4,6 +4,11 @@
 It is imported on first use, so `import adanet_jax.<module>` stays light.
 """
 
+from adanet_jax import console as _console
+
+# Before anything loads TensorFlow or gRPC, which read it once (see console).
+_console.quiet_native_logs()
+
 
 def __getattr__(name):
   if name == 'load':

@@ -141,10 +141,18 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
   return f'cluster environment {cluster}'
 
 
-def _join(*args, **kwargs) -> None:
-  """`jax.distributed.initialize(*args, **kwargs)`, then `connect_collectives`."""
-  jax.distributed.initialize(*args, **kwargs)
-  connect_collectives()
+def _join(coordinator_address=None, num_processes=None, process_id=None, **kwargs) -> None:
+  """`jax.distributed.initialize(...)`, then `connect_collectives`; says first
+  what it waits for, and keeps gloo's connection lines off the console
+  unless something fails."""
+  logging.info('joining the jax.distributed job: waiting until %s connected to the '
+               'coordinator %s', f'all {num_processes} processes have' if num_processes
+               else 'all processes of the cluster job have',
+               coordinator_address or '(detected from the cluster environment)')
+  from adanet_jax import console  # pylint: disable=import-outside-toplevel
+  with console.native_output_filtered(drop_prefixes=('[Gloo]',)):
+    jax.distributed.initialize(coordinator_address, num_processes, process_id, **kwargs)
+    connect_collectives()
 
 
 def connect_collectives() -> None:

@@ -11,7 +11,7 @@ from clu import metric_writers
 import jax
 import numpy as np
 
-from adanet_jax import rundir
+from adanet_jax import console, rundir
 
 # Keys of the step metrics combined by minimum instead of sum.
 MIN_KEYS = ('first_nonfinite_step',)
@@ -43,13 +43,14 @@ def summarize_train(sums: dict) -> dict:
 
 
 class MetricLogger:
-  """Writes metric dicts to the console (CLU LoggingWriter, scalars only),
-  TensorBoard (CLU SummaryWriter; a per-block list becomes `name/block07`
-  scalars) and metrics.jsonl (everything, lists kept)."""
+  """Writes metric dicts to the console (`console.ConsoleWriter`: a progress
+  line per log step, a line per evaluation mode), TensorBoard (CLU
+  SummaryWriter; a per-block list becomes `name/block07` scalars) and
+  metrics.jsonl (everything, lists kept)."""
 
-  def __init__(self, workdir: str):
+  def __init__(self, workdir: str, num_steps: int = 0, steps_per_epoch: int = 1):
     self.chief = jax.process_index() == 0
-    self.console = metric_writers.LoggingWriter()
+    self.console = console.ConsoleWriter(max(num_steps, 1), steps_per_epoch)
     self.tensorboard = metric_writers.SummaryWriter(workdir) if self.chief else None
     self.jsonl = open(os.path.join(workdir, rundir.METRICS_FILE), 'a') if self.chief else None
 
@@ -62,7 +63,7 @@ class MetricLogger:
         scalars[key] = value
     if not self.chief:
       return
-    self.console.write_scalars(step, scalars)
+    self.console.write(step, scalars)
     self.tensorboard.write_scalars(step, {**scalars, **per_block})
     self.jsonl.write(json.dumps({'step': step, **metrics}) + '\n')
     self.jsonl.flush()

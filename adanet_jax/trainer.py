@@ -106,7 +106,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, dataset=
   state = checkpoints.restore_or_init(checkpointer, runner.init_state(), config.init_from)
   if jax.process_index() == 0:
     rundir.write_config(workdir, config)
-  logger = metrics.MetricLogger(workdir)
+  logger = metrics.MetricLogger(workdir, runner.num_steps, runner.steps_per_epoch)
   try:
     final = _train_loop(config, workdir, dataset, runner, state, checkpointer, logger)
   finally:  # also on errors: finish pending checkpoint writes

@@ -48,10 +48,14 @@ def get_sweeps():
   targets: the accuracy/compute trade-off: t in {0.3, 0.5, 0.7, 1.0 (every
     block fixed on)} and the gates-off baseline.
   smoke: three targets, for a quick check of the sweep machinery.
+  pareto: six points for the accuracy/compute figure: t in {0.3, 0.4, 0.5,
+    0.7, 1.0} and the gates-off baseline (which t = 1.0 meets).
   """
   from adanet_jax.tools.sweep import grid  # pylint: disable=import-outside-toplevel
   targets = grid(**{'loss.target': [0.3, 0.5, 0.7, 1.0], 'seed': [0]})
   return {
       'targets': targets + [{'model.gated': False, 'seed': 0}],
       'smoke': grid(**{'loss.target': [0.3, 0.5, 0.7], 'seed': [0]}),
+      'pareto': grid(**{'loss.target': [0.3, 0.4, 0.5, 0.7, 1.0], 'seed': [0]})
+                + [{'model.gated': False, 'seed': 0}],
   }

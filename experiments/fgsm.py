@@ -120,7 +120,8 @@ def plot(rows: list[dict], quality: int):
         axes[0, 1].plot(eps, [100 * r['flipped_gates'] for r in group], ls, color=color,
                         marker='o', label=f'{name}, {label}')
   xlabel = 'FGSM epsilon (pixel scale [0, 1])'
-  axes[0, 0].set(title='Test accuracy under FGSM', xlabel=xlabel, ylabel='accuracy (%)')
+  axes[0, 0].set(title='Test accuracy under FGSM (deterministic gates)', xlabel=xlabel,
+                 ylabel='accuracy (%)')
   axes[0, 1].set(title='Gate decisions flipped by the attack', xlabel=xlabel,
                  ylabel='flipped decisions (% of image x gated block)')
   for ax in axes[0]:

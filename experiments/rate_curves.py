@@ -58,7 +58,8 @@ def plot_curves(workdir: str, ax=None):
             label='other blocks' if block == others[0] else None)
   for t in sorted({t for t in models.block_targets(config) if t < 1}):
     ax.axhline(t, ls='--', color='k', lw=1, label=f'target {t:g}')
-  ax.set(title=f'{common.run_name(workdir)}: execution rate per block during training',
+  ax.set(title=f'{common.run_name(workdir)}: execution rate per block during training\n'
+               f'({config.gates.train_mode} gates, training batches)',
          xlabel='epoch', ylabel='fraction of training images executing the block',
          ylim=(0, 1.05))
   ax.legend(fontsize='small', loc='lower left')

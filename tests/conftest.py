@@ -1,11 +1,13 @@
 """Test set-up and the helpers several test files share.
 
-8 virtual CPU devices, set before JAX starts. Test files import the plain
-helpers (`from conftest import REPO, ...`); fixtures come by name.
+8 virtual CPU devices, set before JAX starts; a SLURM cluster on localhost
+for the tests that need one. Test files import the plain helpers
+(`from conftest import REPO, ...`); fixtures come by name.
 """
 
 import json
 import os
+import socket
 import subprocess
 import sys
 
@@ -113,3 +115,42 @@ def loaded(gated_run):
   """`adanet_jax.load` of the gated tiny run."""
   from adanet_jax import inference  # pylint: disable=import-outside-toplevel
   return inference.load(gated_run)
+
+
+SLURM_CLUSTER_SCRIPT = os.path.join(REPO, 'tests', 'slurm', 'cluster.sh')
+
+
+def _free_port() -> int:
+  with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+    s.bind(('127.0.0.1', 0))
+    return s.getsockname()[1]
+
+
+@pytest.fixture(scope='session')
+def slurm_cluster(tmp_path_factory):
+  """A single-node SLURM cluster on localhost (munged, slurmctld, slurmd from
+  tests/slurm/cluster.sh), stopped after the session.
+
+  Yields the environment for its clients (`SLURM_CONF` set). Where it cannot
+  start (no slurm-wlm / munge, not root), the test is skipped with the reason
+  in one line; on CI (CI=true) it fails instead.
+  """
+  directory = tmp_path_factory.mktemp('slurm')
+  env = dict(os.environ, SLURM_TEST_CTLD_PORT=str(_free_port()),
+             SLURM_TEST_SLURMD_PORT=str(_free_port()))
+  try:
+    out = subprocess.run(['bash', SLURM_CLUSTER_SCRIPT, 'start', str(directory)], env=env,
+                         capture_output=True, text=True, timeout=120)
+    reason = (out.stderr.strip().splitlines() or [f'exit status {out.returncode}'])[-1]
+  except (OSError, subprocess.TimeoutExpired) as e:
+    out, reason = None, str(e)
+  if out is None or out.returncode != 0:
+    subprocess.run(['bash', SLURM_CLUSTER_SCRIPT, 'stop', str(directory)], check=False)
+    message = f'no SLURM cluster: {reason}'
+    if os.environ.get('CI') == 'true':
+      pytest.fail(message)
+    pytest.skip(message)
+  try:
+    yield dict(os.environ, SLURM_CONF=str(directory / 'slurm.conf'))
+  finally:
+    subprocess.run(['bash', SLURM_CLUSTER_SCRIPT, 'stop', str(directory)], check=False)

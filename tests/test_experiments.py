@@ -132,3 +132,17 @@ def test_notebook_executes(runs, monkeypatch):
   images = [o for o in outputs if 'image/png' in o.get('data', {})]
   assert len(images) == 2  # the heatmap and the rate curves
   assert any('accuracy' in o.get('text', '') for o in outputs)
+
+
+@pytest.mark.timeout(300)
+def test_notebook_without_a_model_says_how_to_get_one(tmp_path, monkeypatch):
+  import nbclient  # pylint: disable=import-outside-toplevel
+  import nbformat  # pylint: disable=import-outside-toplevel
+  monkeypatch.setenv('ADANET_WORKDIR', str(tmp_path / 'nothing'))
+  notebook = nbformat.read(os.path.join(REPO, 'experiments', 'analysis.ipynb'), as_version=4)
+  with pytest.raises(nbclient.exceptions.CellExecutionError) as error:
+    nbclient.NotebookClient(notebook, timeout=240, kernel_name='python3', resources={
+        'metadata': {'path': os.path.join(REPO, 'experiments')}}).execute()
+  assert 'FileNotFoundError' in str(error.value)
+  assert (f"no trained model in {tmp_path / 'nothing'}: run `make train` in {REPO} (about a "
+          'minute), or set ADANET_WORKDIR to a trained workdir') in str(error.value)

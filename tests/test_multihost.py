@@ -92,7 +92,11 @@ def test_two_processes_equal_one_process(load_config, reference, tmp_path):
   assert any(l.startswith('[1] ') for l in lines)  # both processes' output, prefixed
   assert any('4 cpu device(s), 2 process(es) (explicit settings)' in l for l in lines)
   # Only process 0 logs metrics and writes them (once: as many lines as the reference).
-  assert not any(l.startswith('[1] ') and 'train/loss=' in l for l in lines)
+  assert not any(l.startswith('[1] ') and '| loss ' in l for l in lines)
+  assert any(l.startswith('[0] step ') and '| loss ' in l for l in lines)
+  # Start-up says what it waits for; gloo's connection lines stay off the console.
+  assert any('waiting until all 2 processes have connected' in l for l in lines)
+  assert not any('[Gloo]' in l for l in lines)
   ours, ref = _metric_lines(workdir), _metric_lines(reference)
   assert [l['step'] for l in ours] == [l['step'] for l in ref] == [2, 4, 4]
   for a, b in zip(ours, ref):

@@ -60,3 +60,11 @@ def test_rows_come_in_execution_order_with_fixed_block_on_its_row(load_config):
   # The projection shortcut (and its MACs) is on the first block of stages 2 and 3.
   assert [b['name'] for b in s['per_block'] if b['shortcut_macs']] == ['stage2_block0',
                                                                        'stage3_block0']
+
+
+def test_summary_per_block_target(load_config):
+  s = summary.summarize(load_config('imagenet.py', 'resnet50,t=0.6'))
+  assert [b['target'] for b in s['per_block']] == [
+      1.0, 1.0, 0.8, 1.0, 0.6, 0.6, 0.6, 1.0, 0.6, 0.6, 0.6, 0.6, 0.6, 1.0, 0.7, 1.0]
+  plain = summary.summarize(load_config('cifar10.py', 'depth=20,gated=false'))
+  assert {b['target'] for b in plain['per_block']} == {1.0}

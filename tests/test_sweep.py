@@ -72,10 +72,12 @@ def test_sweep_survives_a_kill_resumes_and_summarizes(tmp_path):
 
 
 @pytest.mark.parametrize('extra,message', [
-    (['--sweep=nope'], "--sweep='nope' is not defined by configs/digits.py; its sweeps: smoke, "
-                       'targets'),
-    (['--config.loss.targt=0.5'], 'error: sweep point target-0.3_seed-0: --config.loss.targt names no field of the config'),
-    (['--config.train.batch_size=many'], "error: sweep point target-0.3_seed-0: --config.train.batch_size=many: not a valid int"),
+    (['--sweep=nope'], "--sweep='nope' is not defined by configs/digits.py; its sweeps: pareto, "
+                       'smoke, targets'),
+    (['--config.loss.targt=0.5'], 'error: sweep point target-0.3_seed-0: --config.loss.targt '
+                                  'names no field of the config'),
+    (['--config.train.batch_size=many'], 'error: sweep point target-0.3_seed-0: '
+                                         '--config.train.batch_size=many: not a valid int'),
 ])
 def test_bad_sweep_input_starts_nothing(tmp_path, extra, message):
   root = tmp_path / 'sweep'
@@ -98,3 +100,77 @@ def test_root_of_another_sweep_is_refused(tmp_path):
   assert other.returncode != 0
   assert f'--root={root} holds a different sweep' in other.stderr
   assert sorted(os.listdir(root)) == ['commands.sh', 'sweep.json']
+
+
+def _processes_mentioning(text):
+  """Pids of live processes whose command line contains `text`."""
+  pids = []
+  for pid in filter(str.isdigit, os.listdir('/proc')):
+    try:
+      with open(f'/proc/{pid}/cmdline', 'rb') as f:
+        if text.encode() in f.read():
+          pids.append(int(pid))
+    except OSError:
+      pass
+  return pids
+
+
+@pytest.mark.timeout(300)
+def test_ctrl_c_stops_the_points_and_says_how_to_resume(tmp_path):
+  root = tmp_path / 'sweep'
+  launcher = subprocess.Popen(_sweep_command(root, '--parallel=2'), cwd=REPO, env=_env(),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  logs = [root / name / 'log.txt' for name in ('target-0.3_seed-0', 'target-0.5_seed-0')]
+  deadline = time.time() + 200
+  # Both points are in training set-up (their first log line is out).
+  while time.time() < deadline and launcher.poll() is None and not all(
+      log.exists() and 'JAX ' in log.read_text() for log in logs):
+    time.sleep(0.2)
+  assert len(_processes_mentioning(str(root))) == 3  # the sweep and its two points
+  launcher.send_signal(signal.SIGINT)
+  stdout, stderr = launcher.communicate(timeout=120)
+  assert launcher.returncode == 1, stdout[-2000:] + stderr[-2000:]
+  assert 'Traceback' not in stdout + stderr
+  assert stderr.strip().splitlines() == [
+      f'sweep interrupted (2 running point(s) stopped); rerun to resume: python -m '
+      f'adanet_jax.sweep --root={root} {" ".join(TINY)} --parallel=2']
+  assert _processes_mentioning(str(root)) == []  # no orphaned point
+  for log in logs:  # interrupted, not failed: a rerun resumes them
+    assert not (log.parent / 'sweep_status.json').exists()
+
+
+def test_coinciding_points_are_spread():
+  from adanet_jax import sweep_summary  # pylint: disable=import-outside-toplevel
+  points = [(1.0, 95.0), (2.0, 96.0), (1.0, 95.0), (1.0001, 95.0), (3.0, 97.0)]
+  assert sweep_summary.coincident_shifts(points, (2.0, 2.0)) == [
+      (-3.5, 0.0), (0.0, 0.0), (3.5, 0.0), (0.0, 3.5), (0.0, 0.0)]
+
+
+def test_pareto_figure_labels_do_not_overlap(tmp_path):
+  from adanet_jax import sweep_summary  # pylint: disable=import-outside-toplevel
+  # Twelve points, most within 0.4% accuracy and 10% compute of each other,
+  # the last two on the same spot (t = 1.0 and the gates-off baseline).
+  accuracy = [0.9510, 0.9522, 0.9515, 0.9524, 0.9525, 0.9503, 0.9501, 0.9534, 0.9510, 0.9509,
+              0.9540]
+  rows = [dict(point=f'target-{t}_seed-0', accuracy=a, gflops_per_image=0.0015 * (0.9 + 0.1 * t),
+               gated=True, eval_mode='deterministic')
+          for t, a in zip((0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7, 0.8, 1.0), accuracy)]
+  rows.append(dict(rows[-1], point='gated-False_seed-0', gated=False))
+  boxes = sweep_summary.plot_pareto(rows, str(tmp_path / 'f.png'), 'digits.py --sweep=targets')
+  assert len(boxes) == 12
+  assert [(i, j) for i in range(12) for j in range(i)
+          if sweep_summary._overlap(boxes[i], boxes[j])] == []  # pylint: disable=protected-access
+  assert all(b[0] >= 0 and b[1] >= 0 and b[2] <= 1000 and b[3] <= 550 for b in boxes)  # 10x5.5 in
+
+
+def test_gated_or_plain_comes_from_the_config(tmp_path):
+  from adanet_jax import sweep_summary  # pylint: disable=import-outside-toplevel
+  for name, gated in (('a', False), ('b', True)):
+    workdir = tmp_path / name
+    workdir.mkdir()
+    (workdir / 'sweep_status.json').write_text(json.dumps(
+        {'status': 'done', 'overrides': {'seed': 0}, 'wall_s': 1.0}))
+    (workdir / 'config.json').write_text(json.dumps(
+        {'model': {'gated': gated}, 'gates': {'eval_modes': ['expected']}}))
+    row = sweep_summary.read_point(str(workdir))
+    assert (row['gated'], row['eval_mode'], row['overrides']) == (gated, 'expected', 'seed=0')

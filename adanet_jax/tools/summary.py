@@ -1,4 +1,5 @@
-"""Model summary: per-block parameters, MACs and gate status, and totals.
+"""Model summary: per-block parameters, MACs, gate status and target
+execution rate, and totals.
 
   python -m adanet_jax.tools.summary --config=configs/cifar10.py[:args] [--config.a.b=v] [--json]
 
@@ -28,11 +29,14 @@ def summarize(config) -> dict:
       {'params': jax.random.key(0)}, jnp.zeros((1, *shape)), train=False))['params']
   costs = accounting.cost_table(model, shape)
   fixed = set(models.fixed_blocks(config))
+  targets = models.block_targets(config)
   blocks = []
   for i, name in enumerate(costs.blocks):
     block_params = _count(params[name])
     status = 'plain' if not config.model.gated else 'fixed' if i in fixed else 'gated'
-    blocks.append(dict(index=i, name=name, status=status, params=block_params,
+    # The target rate of the loss; a plain model runs every block (1.0).
+    target = float(targets[i]) if config.model.gated else 1.0
+    blocks.append(dict(index=i, name=name, status=status, target=target, params=block_params,
                        gate_params=_count(params[name].get('gate', {})),
                        branch_macs=costs.branch[i], shortcut_macs=costs.shortcut[i],
                        gate_macs=costs.gate[i], gate_pool_adds=costs.gate_pool_adds[i]))
@@ -48,10 +52,11 @@ def summarize(config) -> dict:
 
 def format_table(summary: dict) -> str:
   lines = [f"{summary['model']}  input {summary['image_shape']}  ({summary['units']})",
-           f"{'#':>3} {'block':<16} {'status':<6} {'params':>11} {'gate params':>11} "
+           f"{'#':>3} {'block':<16} {'status':<6} {'target':>6} {'params':>11} {'gate params':>11} "
            f"{'branch MACs':>13} {'shortcut MACs':>13} {'gate MACs':>9}"]
   for b in summary['per_block']:
-    lines.append(f"{b['index']:>3} {b['name']:<16} {b['status']:<6} {b['params']:>11,} "
+    lines.append(f"{b['index']:>3} {b['name']:<16} {b['status']:<6} {b['target']:>6.2f} "
+                 f"{b['params']:>11,} "
                  f"{b['gate_params']:>11,} {b['branch_macs']:>13,} {b['shortcut_macs']:>13,} "
                  f"{b['gate_macs']:>9,}")
   lines.append(

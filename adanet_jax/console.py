@@ -1,0 +1,157 @@
+"""What a person sees at the console: native libraries kept quiet at start-up,
+and one readable progress line per log step.
+
+`quiet_native_logs` runs when the `adanet_jax` package is imported, that is
+before any entry point, script or notebook loads TensorFlow (through CLU,
+TensorBoard or tfds) or gRPC: they read these variables once, when their
+shared libraries load, and print their start-up notices before any Python
+logging exists. Only defaults are set; a variable the user set wins.
+"""
+
+import contextlib
+import math
+import os
+import sys
+import tempfile
+
+# TensorFlow prints "oneDNN custom operations are on ..." from each of its two
+# shared libraries at load time, and the first of those lines makes absl print
+# "All log messages before absl::InitializeLog() is called ...". TensorFlow
+# only runs the input pipeline and writes TensorBoard events here (the model
+# is JAX), so its oneDNN kernels are not needed; off, the notice is not printed.
+NATIVE_LOG_DEFAULTS = {
+    'TF_ENABLE_ONEDNN_OPTS': '0',
+    'TF_CPP_MIN_LOG_LEVEL': '1',   # TensorFlow C++: warnings and errors only
+    'GRPC_VERBOSITY': 'ERROR',     # gRPC (JAX's distributed service client)
+}
+
+
+def quiet_native_logs(environ=None) -> None:
+  """Sets the defaults of NATIVE_LOG_DEFAULTS in `environ` (default os.environ)."""
+  environ = os.environ if environ is None else environ
+  for key, value in NATIVE_LOG_DEFAULTS.items():
+    environ.setdefault(key, value)
+
+
+@contextlib.contextmanager
+def native_output_filtered(drop_prefixes: tuple[str, ...]):
+  """Holds back what native code (and Python) writes to stdout/stderr inside
+  the block; afterwards replays it on stderr without the lines starting with
+  one of `drop_prefixes`, or all of it when the block raised.
+
+  Used around gloo's connection set-up, which prints to the process's file
+  descriptors directly ("[Gloo] Rank 0 is connected to 1 peer ranks ...").
+  """
+  sys.stdout.flush()
+  sys.stderr.flush()
+  saved = [os.dup(1), os.dup(2)]
+  with tempfile.TemporaryFile() as held:
+    os.dup2(held.fileno(), 1)
+    os.dup2(held.fileno(), 2)
+    failed = True
+    try:
+      yield
+      failed = False
+    finally:
+      sys.stdout.flush()
+      sys.stderr.flush()
+      os.dup2(saved[0], 1)
+      os.dup2(saved[1], 2)
+      for fd in saved:
+        os.close(fd)
+      held.seek(0)
+      lines = held.read().decode(errors='replace').splitlines(keepends=True)
+      kept = [l for l in lines if failed or not l.lstrip().startswith(drop_prefixes)]
+      sys.stderr.write(''.join(kept))
+      sys.stderr.flush()
+
+
+def format_duration(seconds: float) -> str:
+  """`h:mm:ss` (hours unbounded), or `-:--:--` when unknown.
+
+  Args:
+    seconds: a duration; NaN or infinite when unknown.
+
+  Returns:
+    The duration rounded to whole seconds, e.g. `1:02:05`.
+  """
+  if not math.isfinite(seconds) or seconds < 0:
+    return '-:--:--'
+  total = int(round(seconds))
+  return f'{total // 3600}:{total // 60 % 60:02d}:{total % 60:02d}'
+
+
+def progress_bar(fraction: float, width: int = 20) -> str:
+  """`[#######-------------]` for `fraction` in [0, 1]."""
+  filled = int(round(width * min(max(fraction, 0.0), 1.0)))
+  return '[' + '#' * filled + '-' * (width - filled) + ']'
+
+
+def progress_line(step: int, num_steps: int, steps_per_epoch: int, scalars: dict,
+                  bar: bool = False) -> str:
+  """One line of training progress.
+
+  Args:
+    step: completed steps.
+    num_steps: steps of the whole run.
+    steps_per_epoch: steps per epoch.
+    scalars: the log record: `train/loss`, `train/gate_rate`,
+      `train/images_per_s`, `train/eta_s` (missing ones are left out).
+    bar: start with a progress bar (for a terminal).
+
+  Returns:
+    e.g. `step 44/440 | epoch 1.0/10.0 | 312 img/s | loss 1.9741 |
+    exec rate 0.848 | eta 0:00:14`.
+  """
+  width = len(str(num_steps))
+  parts = [f'step {step:>{width}d}/{num_steps}',
+           f'epoch {step / steps_per_epoch:.1f}/{num_steps / steps_per_epoch:.1f}']
+  if 'train/images_per_s' in scalars:
+    parts.append(f'{scalars["train/images_per_s"]:,.0f} img/s')
+  if 'train/loss' in scalars:
+    parts.append(f'loss {scalars["train/loss"]:.4f}')
+  if 'train/gate_rate' in scalars:
+    parts.append(f'exec rate {scalars["train/gate_rate"]:.3f}')
+  if 'train/eta_s' in scalars:
+    parts.append(f'eta {format_duration(scalars["train/eta_s"])}')
+  line = ' | '.join(parts)
+  return f'{progress_bar(step / num_steps)} {line}' if bar else line
+
+
+def eval_lines(step: int, scalars: dict) -> list[str]:
+  """One line per gate mode of an evaluation record (`eval/<mode>/<key>`)."""
+  modes = sorted({k.split('/')[1] for k in scalars if k.startswith('eval/') and k.count('/') == 2})
+  lines = []
+  for mode in modes:
+    get = lambda key, mode=mode: scalars.get(f'eval/{mode}/{key}')  # noqa: E731
+    parts = [f'eval at step {step} ({mode} gates)']
+    if get('accuracy') is not None:
+      parts.append(f'accuracy {100 * get("accuracy"):.2f}%')
+    if get('loss') is not None:
+      parts.append(f'loss {get("loss"):.4f}')
+    if get('gate_rate') is not None:
+      parts.append(f'exec rate {get("gate_rate"):.3f}')
+    if get('gflops_per_image') is not None:
+      parts.append(f'{1e3 * get("gflops_per_image"):.3f} MFLOPs/image')
+    lines.append(' | '.join(parts))
+  return lines
+
+
+class ConsoleWriter:
+  """Writes log records as readable lines on stdout: a progress line per
+  training log step (with a bar when stdout is a terminal), a line per gate
+  mode per evaluation, `key value` pairs for anything else."""
+
+  def __init__(self, num_steps: int, steps_per_epoch: int, stream=None):
+    self.num_steps, self.steps_per_epoch = num_steps, steps_per_epoch
+    self.stream = stream or sys.stdout
+    self.bar = bool(getattr(self.stream, 'isatty', lambda: False)())
+
+  def write(self, step: int, scalars: dict) -> None:
+    if 'train/loss' in scalars:
+      lines = [progress_line(step, self.num_steps, self.steps_per_epoch, scalars, self.bar)]
+    else:
+      lines = eval_lines(step, scalars) or [
+          f'step {step}: ' + ', '.join(f'{k} {v:.6g}' for k, v in sorted(scalars.items()))]
+    self.stream.write(''.join(line + '\n' for line in lines))
+    self.stream.flush()
