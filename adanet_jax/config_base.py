@@ -3,6 +3,8 @@ strings such as `depth=110,target=0.7`.
 """
 
 import itertools
+import keyword
+import os
 import re
 import sys
 from typing import Any
@@ -11,25 +13,46 @@ from absl import app, flags
 import ml_collections
 
 
-class ConfigError(ValueError):
+class ExpectedError(Exception):
+  """A failure the user can act on: entry points print it as one line on
+  stderr (`error: <message>`) and exit with `exit_code`, no traceback."""
+  exit_code = 1
+
+
+class ConfigError(ExpectedError, ValueError):
   """A bad config value or argument; the message names the field and what is allowed."""
 
 
 def run_cli(main) -> None:
-  """`absl.app.run(main)`, printing a bad config or override as one line
-  instead of a traceback."""
+  """`absl.app.run(main)`, printing an expected failure (a bad config or
+  override, a workdir in use, a preemption) as one line instead of a traceback."""
   def guarded(argv):
     try:
       return main(argv)
-    except ConfigError as e:
-      sys.exit(f'error: {e}')
+    except ExpectedError as e:
+      print(f'error: {e}', file=sys.stderr, flush=True)
+      sys.exit(e.exit_code)
   app.run(guarded, flags_parser=_parse_flags)
 
 
 def _parse_flags(argv):
+  # Before JAX or the config file run: checks a user can get wrong cheaply.
+  for arg in argv[1:]:
+    path = arg.split('=', 1)[0]
+    if path.startswith('--config.') and any(keyword.iskeyword(p) for p in path.split('.')[1:]):
+      sys.exit(f'error: {path} names no field of the config (no field is called '
+               f'{next(p for p in path.split(".")[1:] if keyword.iskeyword(p))!r}); configs '
+               'are locked: override only fields the config file defines')
+    if arg.startswith('--config=') and not os.path.isfile(arg[len('--config='):].split(':')[0]):
+      sys.exit(f'error: config file {arg[len("--config="):].split(":")[0]!r} does not exist')
   try:
     return flags.FLAGS(argv)
   except flags.Error as e:
+    cause = e.__cause__ or e.__context__
+    if isinstance(cause, ExpectedError):  # e.g. a bad `:arg` of the config file
+      sys.exit(f'error: {cause}')
+    if isinstance(cause, SyntaxError):
+      sys.exit(f'error: config file {cause.filename} line {cause.lineno}: {cause.msg}')
     sys.exit(f'FATAL Flags parsing error: {e}')
   except (AttributeError, KeyError) as e:
     # config_flags reports an override of a field that does not exist so.

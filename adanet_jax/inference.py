@@ -22,8 +22,8 @@ import jax
 import ml_collections
 import numpy as np
 
-from adanet_jax import (accounting, checkpoints, evaluation, input_pipeline, models,
-                        skip_inference, steps)
+from adanet_jax import (accounting, checkpoints, config_checks, evaluation, input_pipeline,
+                        models, skip_inference, steps)
 from adanet_jax.config_base import ConfigError
 
 
@@ -116,7 +116,8 @@ class LoadedModel:
     return np.concatenate(images)[:limit], np.concatenate(labels)[:limit]
 
   def predict(self, images, gate_mode: str = 'deterministic', batch_size: int | None = None,
-              seed: int = 0, skip: bool = False) -> Prediction:
+              seed: int = 0, skip: bool = False,
+              input_scale: float | None = None) -> Prediction:
     """Runs the model on `images` in batches.
 
     Args:
@@ -130,14 +131,23 @@ class LoadedModel:
         so the noise depends on the batch size).
       skip: compute only the blocks that execute (`adanet_jax.skip_inference`;
         deterministic gates only). Same outputs up to float rounding.
+      input_scale: required for integer images (raw pixels, e.g. uint8
+        0..255), refused for float ones: the images are multiplied by it
+        first and must then be preprocessed as the training data. Integer
+        pixels without it are refused, since the model would silently see
+        values far outside what it was trained on.
 
     Returns:
       A `Prediction` with one row per image.
+
+    Raises:
+      ConfigError: bad shape, integer images without `input_scale`,
+        non-finite pixels (the message names the first images), no images,
+        or `batch_size` <= 0.
     """
-    images = np.asarray(images, np.float32)
-    if images.ndim != 4 or images.shape[1:] != self.image_shape:
-      raise ValueError(f'images must have shape (N, {", ".join(map(str, self.image_shape))}), '
-                       f'got {images.shape}')
+    images = _checked_images(images, self.image_shape, input_scale)
+    if batch_size is not None and batch_size <= 0:
+      raise ConfigError(f'batch_size={batch_size} must be >= 1 (or None: eval.batch_size)')
     apply = self._skip_apply(gate_mode) if skip else self._apply_fn(gate_mode, seed)
     size = min(batch_size or self.config.eval.batch_size, len(images))
     logits, (gates, probs) = map_batches(apply, size, images)
@@ -165,6 +175,30 @@ class LoadedModel:
                                               gate_mode=gate_mode)
       return logits, (aux['gates'], aux['probs'])
     return apply
+
+
+def _checked_images(images, image_shape: tuple, input_scale: float | None) -> np.ndarray:
+  """`images` as float32 after the checks of `LoadedModel.predict`."""
+  images = np.asarray(images)
+  if images.ndim != 4 or images.shape[1:] != image_shape:
+    raise ConfigError(f'images must have shape (N, {", ".join(map(str, image_shape))}), '
+                      f'got {images.shape}')
+  if len(images) == 0:
+    raise ConfigError('images holds no image (shape (0, ...)); pass at least one')
+  integer = np.issubdtype(images.dtype, np.integer) or images.dtype == bool
+  if integer and input_scale is None:
+    raise ConfigError(f'images are {images.dtype} (raw pixels?); the model expects them '
+                      'preprocessed as in training: pass input_scale= (e.g. 1/255) or '
+                      'preprocessed float images')
+  if not integer and input_scale is not None:
+    raise ConfigError(f'input_scale={input_scale} is only for integer images; these are '
+                      f'{images.dtype}')
+  images = images.astype(np.float32) * np.float32(1.0 if input_scale is None else input_scale)
+  bad = np.flatnonzero(~np.isfinite(images).reshape(len(images), -1).all(axis=1))
+  if bad.size:
+    raise ConfigError(f'{bad.size} image(s) hold NaN or infinite pixels (indices '
+                      f'{", ".join(map(str, bad[:5]))}{", ..." if bad.size > 5 else ""})')
+  return images
 
 
 def map_batches(fn: Callable, batch_size: int, *arrays: np.ndarray):
@@ -206,6 +240,7 @@ def load(path: str, device: jax.Device | None = None) -> LoadedModel:
   """
   workdir, step = _resolve(path)
   config = load_config(workdir)
+  config_checks.check_values(config)
   model = models.create_model(config)
   abstract = _abstract_state(config, model, device or jax.local_devices()[0])
   state = _restore(workdir, abstract, step)

@@ -1,7 +1,9 @@
 """Training metrics: summing on the device, summarising on the host, and
 writing to CLU writers (TensorBoard + console) and `workdir/metrics.jsonl`.
 
-Only process 0 writes; the others only log.
+Only process 0 writes; the others only log. On a resume, records past the
+restored step (written before an interruption, redone now) are dropped from
+metrics.jsonl, so it holds each step once however often the run resumed.
 """
 
 import json
@@ -40,16 +42,40 @@ def summarize_train(sums: dict) -> dict:
   return summary
 
 
+def drop_records_after(path: str, step: int) -> None:
+  """Rewrites the JSON-lines file `path` without the records past `step`
+  (and without a line cut short by a kill), atomically; unchanged if none."""
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    lines = f.readlines()
+  kept = []
+  for line in lines:
+    try:
+      record = json.loads(line)
+    except ValueError:
+      continue
+    if line.endswith('\n') and record.get('step', 0) <= step:
+      kept.append(line)
+  if kept != lines:
+    with open(path + '.tmp', 'w') as f:
+      f.writelines(kept)
+    os.replace(path + '.tmp', path)
+
+
 class MetricLogger:
   """Writes metric dicts to the console (CLU LoggingWriter, scalars only),
   TensorBoard (CLU SummaryWriter; a per-block list becomes `name/block07`
   scalars) and metrics.jsonl (everything, lists kept)."""
 
-  def __init__(self, workdir: str):
+  def __init__(self, workdir: str, start_step: int = 0):
     self.chief = jax.process_index() == 0
     self.console = metric_writers.LoggingWriter()
     self.tensorboard = metric_writers.SummaryWriter(workdir) if self.chief else None
-    self.jsonl = open(os.path.join(workdir, 'metrics.jsonl'), 'a') if self.chief else None
+    path = os.path.join(workdir, 'metrics.jsonl')
+    if self.chief:
+      drop_records_after(path, start_step)
+    self.jsonl = open(path, 'a') if self.chief else None
 
   def write(self, step: int, metrics: dict) -> None:
     scalars, per_block = {}, {}

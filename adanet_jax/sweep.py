@@ -31,7 +31,7 @@ import time
 
 from absl import flags
 
-from adanet_jax import config_io, sweep_summary
+from adanet_jax import config_checks, config_io, sweep_summary
 from adanet_jax.config_base import ConfigError, run_cli
 
 _CONFIG = flags.DEFINE_string('config', None, 'Config file, with optional :arg.')
@@ -66,6 +66,10 @@ def load_points(config_arg: str, sweep: str, common: dict) -> list[dict]:
   for point in points:
     config = config_io.load_config_file(config_arg)
     config_io.apply_overrides(config, {**common, **point})
+    try:
+      config_checks.check_values(config)
+    except ConfigError as e:
+      raise ConfigError(f'sweep point {point_name(point)}: {e}') from None
   return points
 
 
@@ -102,6 +106,8 @@ def _write_json(path: str, value: dict) -> None:
 
 def check_root(root: str, manifest: dict) -> None:
   """Refuses a root that holds another sweep; records this one otherwise."""
+  if os.path.exists(root) and not os.path.isdir(root):
+    raise ConfigError(f'--root={root} is a file, not a directory')
   path = os.path.join(root, 'sweep.json')
   if os.path.exists(path):
     with open(path) as f:
@@ -190,11 +196,16 @@ def main(argv, common: dict):
   if len(argv) > 1:
     raise ConfigError(f'unexpected arguments: {argv[1:]}')
   if _SUMMARY_ONLY.value:
-    print(sweep_summary.write_summary(os.path.abspath(_ROOT.value)))
+    root = os.path.abspath(_ROOT.value or '')
+    if not _ROOT.value or not os.path.isdir(root):
+      raise ConfigError(f'--summary_only needs --root=<an existing sweep root>, not {_ROOT.value!r}')
+    print(sweep_summary.write_summary(root))
     return
   for flag in (_CONFIG, _SWEEP, _ROOT):
     if not flag.value:
       raise ConfigError(f'--{flag.name} is required')
+  if _PARALLEL.value < 1:
+    raise ConfigError(f'--parallel={_PARALLEL.value} must be >= 1')
   results = run_sweep(_CONFIG.value, _SWEEP.value, _ROOT.value, _PARALLEL.value, common,
                       _PLAN_ONLY.value)
   failed = sorted(n for n, s in results.items() if s != 'done')

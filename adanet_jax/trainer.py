@@ -10,16 +10,17 @@ import os
 import time
 
 import jax
+from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 import ml_collections
 import numpy as np
 
-from adanet_jax import (accounting, checkpoints, evaluation, input_pipeline, metrics, models,
-                        optim, steps)
-from adanet_jax.config_base import ConfigError
+from adanet_jax import (accounting, checkpoints, config_checks, evaluation, input_pipeline,
+                        metrics, models, optim, preemption, steps, workdir_lock)
+from adanet_jax.config_base import ConfigError, ExpectedError
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(ExpectedError, RuntimeError):
   """The loss became NaN or infinite; training stopped without saving."""
 
 
@@ -32,8 +33,11 @@ def is_time(step: int, every: int, last_step: int) -> bool:
 
 
 def check_run_config(config: ml_collections.ConfigDict) -> None:
-  """Checks what depends on the machine, before anything is compiled."""
-  models.validate(config)
+  """Checks the config's values and what depends on the machine, before
+  anything is created or compiled."""
+  config_checks.check_values(config)
+  if config.init_from:  # refused before the workdir is created
+    checkpoints.resolve_checkpoint_dir(config.init_from)
   optim.create_schedule(config, steps_per_epoch=1)  # checks optim.schedule
   n = jax.device_count()
   for field, size in (('train.batch_size', config.train.batch_size),
@@ -99,8 +103,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, dataset=
   """Trains `config` in `workdir`, resuming from its latest checkpoint.
 
   Returns the metrics of the final evaluation.
+
+  Raises:
+    preemption.Preempted: SIGTERM/SIGINT; a checkpoint of the step it stopped at was saved.
+    workdir_lock.WorkdirInUseError: another live run holds `workdir`.
+    checkpoints.CheckpointWriteError: a checkpoint could not be written.
   """
   check_run_config(config)
+  with workdir_lock.acquire(workdir), preemption.StopRequest() as stop:
+    return _train(config, workdir, dataset, stop)
+
+
+def _train(config, workdir, dataset, stop) -> dict:
   dataset = dataset or input_pipeline.create_dataset(config)
   checkpointer = checkpoints.Checkpointer(workdir, config)  # refuses another model's workdir
   runner = Runner(config, dataset)
@@ -108,16 +122,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, dataset=
   if jax.process_index() == 0:
     with open(os.path.join(workdir, 'config.json'), 'w') as f:
       f.write(config.to_json_best_effort(indent=1, sort_keys=True))
-  logger = metrics.MetricLogger(workdir)
+  logger = metrics.MetricLogger(workdir, start_step=int(state.step))
   try:
-    final = _train_loop(config, workdir, dataset, runner, state, checkpointer, logger)
+    final = _train_loop(config, workdir, dataset, runner, state, checkpointer, logger, stop)
   finally:  # also on errors: finish pending checkpoint writes
     checkpointer.close()
     logger.close()
   return final
 
 
-def _train_loop(config, workdir, dataset, runner, state, checkpointer, logger) -> dict:
+def _train_loop(config, workdir, dataset, runner, state, checkpointer, logger, stop) -> dict:
   progress = Progress(runner.num_steps, int(state.step), config.train.batch_size)
   sums, final = None, {}
   tc = config.train
@@ -141,9 +155,22 @@ def _train_loop(config, workdir, dataset, runner, state, checkpointer, logger) -
       logger.write(done, final)
     if ckpt:
       checkpointer.save(done, state)
+    if done < runner.num_steps and stop.should_stop(done):
+      _save_and_stop(done, state, sums, checkpointer, ckpt, stop.message(done, runner.num_steps))
   if not final:  # resumed after the last step: evaluate what is there
     final = runner.evaluate(state, dataset, workdir, runner.num_steps)
   return final
+
+
+def _save_and_stop(step: int, state, sums, checkpointer, saved: bool, message: str) -> None:
+  """Saves `step` (unless just saved, or the loss went non-finite) and raises Preempted."""
+  if sums is not None:
+    _raise_if_nonfinite(sums, checkpointer)
+  if not saved:
+    checkpointer.save(step, state)
+  if jax.process_count() > 1:  # no process exits before every part of the save is written
+    multihost_utils.sync_global_devices('adanet_jax.trainer.preempted')
+  raise preemption.Preempted(message)
 
 
 def _raise_if_nonfinite(sums: dict, checkpointer) -> None:
@@ -151,9 +178,11 @@ def _raise_if_nonfinite(sums: dict, checkpointer) -> None:
   first_bad = float(jax.device_get(sums['first_nonfinite_step']))
   if np.isfinite(first_bad):
     checkpointer.manager.wait_until_finished()
+    last = checkpointer.latest_step()
     raise NonFiniteLossError(
         f'the loss is not finite at step {int(first_bad)} (0-based optimizer step); training '
-        f'stopped, the last checkpoint (step {checkpointer.latest_step()}) is kept')
+        'stopped, ' + ('no checkpoint was written' if last is None else
+                       f'the last checkpoint (step {last}) is kept'))
 
 
 class Progress:
