@@ -122,14 +122,12 @@ def _take(workdir: str) -> int:
     if not os.path.exists(path) or os.stat(path).st_ino != os.fstat(fd).st_ino:
       os.close(fd)
       continue
-    owner = _read(fd)
-    if (owner and owner.get('host') != socket.gethostname()
-        and time.time() - os.fstat(fd).st_mtime < STALE_S):
+    owner, age = _read(fd), time.time() - os.fstat(fd).st_mtime
+    if owner and owner.get('host') != socket.gethostname() and age < STALE_S:
       os.close(fd)
       raise WorkdirInUseError(
-          f'workdir {workdir} is in use by {_describe(owner)} (heartbeat '
-          f'{time.time() - os.fstat(fd).st_mtime:.0f} s ago; taken over after {STALE_S:.0f} s); '
-          'wait for it to end, or use another workdir')
+          f'workdir {workdir} is in use by {_describe(owner)} (heartbeat {age:.0f} s ago; '
+          f'taken over after {STALE_S:.0f} s); wait for it to end, or use another workdir')
     try:
       _write(fd, {'host': socket.gethostname(), 'pid': os.getpid(),
                   'start': datetime.datetime.now().astimezone().isoformat(timespec='seconds')})
