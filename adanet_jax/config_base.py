@@ -47,12 +47,18 @@ def _parse_flags(argv):
       sys.exit(f'error: config file {arg[len("--config="):].split(":")[0]!r} does not exist')
   try:
     return flags.FLAGS(argv)
+  except ExpectedError as e:  # raised by the config file, e.g. a bad `:arg`
+    sys.exit(f'error: {e}')
+  except SyntaxError as e:  # in the config file
+    sys.exit(f'error: config file {e.filename} line {e.lineno}: {e.msg}')
   except flags.Error as e:
-    cause = e.__cause__ or e.__context__
-    if isinstance(cause, ExpectedError):  # e.g. a bad `:arg` of the config file
-      sys.exit(f'error: {cause}')
-    if isinstance(cause, SyntaxError):
-      sys.exit(f'error: config file {cause.filename} line {cause.lineno}: {cause.msg}')
+    # config_flags reports an error inside the config file as a traceback in
+    # the message; its last line names the error.
+    last = [line for line in str(e).splitlines() if line.strip()][-1:] or ['']
+    raised = re.match(r'(?:[\w.]+\.)?(\w+): (.*)$', last[0])
+    if 'Traceback' in str(e) and raised:
+      name, message = raised.groups()
+      sys.exit(f'error: {message}' if name == 'ConfigError' else f'error: {name}: {message}')
     sys.exit(f'FATAL Flags parsing error: {e}')
   except (AttributeError, KeyError) as e:
     # config_flags reports an override of a field that does not exist so.
