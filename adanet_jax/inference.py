@@ -131,11 +131,13 @@ class LoadedModel:
         so the noise depends on the batch size).
       skip: compute only the blocks that execute (`adanet_jax.skip_inference`;
         deterministic gates only). Same outputs up to float rounding.
-      input_scale: required for integer images (raw pixels, e.g. uint8
-        0..255), refused for float ones: the images are multiplied by it
-        first and must then be preprocessed as the training data. Integer
-        pixels without it are refused, since the model would silently see
-        values far outside what it was trained on.
+      input_scale: required for integer images, refused for float ones:
+        integer images are multiplied by it, and the product must be what
+        the model was trained on (e.g. a model trained on pixels/255 takes
+        uint8 images with input_scale=1/255). Integer images without it are
+        refused: raw pixels (0..16, 0..255) silently give wrong answers. The
+        bundled pipelines also normalise by mean and standard deviation, so
+        for them pass float images preprocessed as `eval_split` returns them.
 
     Returns:
       A `Prediction` with one row per image.

@@ -221,7 +221,7 @@ def test_sigterm_saves_the_step_and_the_rerun_resumes_there(reference, tmp_path)
 
 
 @pytest.mark.timeout(900)
-def test_sigterm_on_one_of_two_processes_stops_both_at_one_step(reference, tmp_path):
+def test_sigterm_on_one_of_two_processes_stops_both_at_one_step(tmp_path):
   workdir = tmp_path / 'w'
   command = [sys.executable, '-m', 'adanet_jax.launch', '--processes=2',
              '--devices_per_process=2', '--timeout=500', '--', *_args(workdir)]
