@@ -38,13 +38,14 @@ def run_cli(main) -> None:
 def _parse_flags(argv):
   # Before JAX or the config file run: checks a user can get wrong cheaply.
   for arg in argv[1:]:
-    path = arg.split('=', 1)[0]
-    if path.startswith('--config.') and any(keyword.iskeyword(p) for p in path.split('.')[1:]):
-      sys.exit(f'error: {path} names no field of the config (no field is called '
-               f'{next(p for p in path.split(".")[1:] if keyword.iskeyword(p))!r}); configs '
-               'are locked: override only fields the config file defines')
-    if arg.startswith('--config=') and not os.path.isfile(arg[len('--config='):].split(':')[0]):
-      sys.exit(f'error: config file {arg[len("--config="):].split(":")[0]!r} does not exist')
+    name, _, value = arg.partition('=')
+    keywords = [p for p in name.split('.')[1:] if keyword.iskeyword(p)]
+    if name.startswith('--config.') and keywords:  # config_flags would fail with a traceback
+      sys.exit(f'error: {name} names no field of the config (no field is called '
+               f'{keywords[0]!r}); configs are locked: override only fields the config file '
+               'defines')
+    if name == '--config' and not os.path.isfile(value.split(':')[0]):
+      sys.exit(f'error: config file {value.split(":")[0]!r} does not exist')
   try:
     return flags.FLAGS(argv)
   except ExpectedError as e:  # raised by the config file, e.g. a bad `:arg`

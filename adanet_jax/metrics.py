@@ -68,12 +68,14 @@ class MetricLogger:
   TensorBoard (CLU SummaryWriter; a per-block list becomes `name/block07`
   scalars) and metrics.jsonl (everything, lists kept)."""
 
-  def __init__(self, workdir: str, start_step: int = 0):
+  def __init__(self, workdir: str, start_step: int | None = None):
+    """`start_step`: the step the run (re)starts from; records past it are
+    dropped from metrics.jsonl (None: keep everything)."""
     self.chief = jax.process_index() == 0
     self.console = metric_writers.LoggingWriter()
     self.tensorboard = metric_writers.SummaryWriter(workdir) if self.chief else None
     path = os.path.join(workdir, 'metrics.jsonl')
-    if self.chief:
+    if self.chief and start_step is not None:
       drop_records_after(path, start_step)
     self.jsonl = open(path, 'a') if self.chief else None
 
