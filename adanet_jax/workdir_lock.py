@@ -131,7 +131,9 @@ def _take(workdir: str) -> int:
     try:
       _write(fd, {'host': socket.gethostname(), 'pid': os.getpid(),
                   'start': datetime.datetime.now().astimezone().isoformat(timespec='seconds')})
-    except OSError as e:
+    except OSError as e:  # e.g. a full disk: leave no empty lock file behind
+      with contextlib.suppress(OSError):
+        os.remove(path)
       os.close(fd)
       raise ConfigError(f'cannot write to workdir {workdir}: {e.strerror}') from None
     return fd
