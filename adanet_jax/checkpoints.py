@@ -8,19 +8,36 @@ else the freshly initialised state.
 A workdir remembers the model it was trained with (`model.json` beside the
 checkpoints); a run whose model config differs is refused before anything is
 written.
+
+Damage: resuming restores the newest step that restores completely. A step
+that fails (a truncated or corrupted file, an empty or stray step directory)
+is reported in one warning line and moved aside to
+`workdir/checkpoints_damaged/<step>-<time>` (never deleted; orbax does not
+look there), and the next older step is tried. `restore_from` (`load`,
+`init_from`) falls back the same way without moving anything. A checkpoint
+that cannot be written (full disk, I/O error) stops training at once with
+`CheckpointWriteError`; the earlier checkpoints stay as they were.
 """
 
+import contextlib
+import glob
 import json
+import logging
 import os
+import shutil
+import time
 
+from absl import logging as absl_logging
 import jax
+from jax.experimental import multihost_utils
 import ml_collections
+import numpy as np
 import orbax.checkpoint as ocp
 
 from adanet_jax import rundir
-from adanet_jax.errors import ConfigError
+from adanet_jax.errors import CheckpointWriteError, ConfigError, DamagedCheckpointError
 
-MODEL_FIELDS = ('model', 'gates.hidden', 'data.image_size', 'data.channels')
+_TMP_SUFFIX = '.orbax-checkpoint-tmp'
 
 
 def model_signature(config: ml_collections.ConfigDict) -> dict:
@@ -36,6 +53,61 @@ def model_signature(config: ml_collections.ConfigDict) -> dict:
     else:
       signature[field] = value
   return json.loads(json.dumps(signature))
+
+
+def step_dirs(directory: str) -> list[int]:
+  """Steps of the step directories in `directory`, newest first, including
+  empty or stray ones orbax would skip or trip over."""
+  try:
+    names = os.listdir(directory)
+  except FileNotFoundError:
+    return []
+  return sorted((int(n) for n in names
+                 if n.isdigit() and os.path.isdir(os.path.join(directory, n))), reverse=True)
+
+
+class _DropOrbaxNoise(logging.Filter):
+  """Drops orbax's warnings about read-only managers and its logged tracebacks
+  of a failed save or restore (we report those ourselves, in one line)."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return '/orbax/' not in record.pathname or record.levelno < logging.WARNING
+
+
+@contextlib.contextmanager
+def _quiet_orbax():
+  handler = absl_logging.get_absl_handler()
+  noise = _DropOrbaxNoise()
+  handler.addFilter(noise)
+  logging.getLogger('absl').addFilter(noise)
+  try:
+    yield
+  finally:
+    handler.removeFilter(noise)
+    logging.getLogger('absl').removeFilter(noise)
+
+
+def _first_line(error: BaseException) -> str:
+  """A one-line description of `error` (orbax and TensorStore errors span lines)."""
+  text = next((line.strip() for line in str(error).splitlines() if line.strip()), '')
+  text = text.split(' See full TensorStore details')[0]
+  text = text if len(text) <= 200 else text[:197] + '...'
+  return f'{type(error).__name__}: {text}' if text else type(error).__name__
+
+
+def _restore_step(manager, step: int, state):
+  """Restores `step` into the structure of `state`; None if it fails on any process."""
+  abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
+  try:
+    with _quiet_orbax():
+      restored, error = manager.restore(step, args=ocp.args.StandardRestore(abstract)), None
+  except Exception as e:  # pylint: disable=broad-except  # any damage looks different
+    restored, error = None, e
+  if jax.process_count() > 1:  # a step counts only if it restored everywhere
+    ok = multihost_utils.process_allgather(np.int32(error is None))
+    if not np.all(ok) and error is None:
+      restored, error = None, RuntimeError('failed to restore on another process')
+  return restored, error
 
 
 def check_workdir(workdir: str, config: ml_collections.ConfigDict) -> None:
@@ -58,56 +130,169 @@ class Checkpointer:
 
   def __init__(self, workdir: str, config: ml_collections.ConfigDict):
     check_workdir(workdir, config)
+    self.workdir = os.path.abspath(workdir)
     self.directory = rundir.checkpoint_dir(workdir)
     options = ocp.CheckpointManagerOptions(max_to_keep=config.checkpoint.keep, create=True)
-    self.manager = ocp.CheckpointManager(self.directory, options=options)
+    # One unnamed item, fixed here: else orbax guesses it from the first step
+    # directory it reads, and an empty one makes it guess wrong for good.
+    with _quiet_orbax():  # its warnings about empty or stray step directories
+      self.manager = ocp.CheckpointManager(self.directory, options=options,
+                                           item_handlers=ocp.StandardCheckpointHandler())
     if jax.process_index() == 0:
       # Written aside and renamed: the other processes may be reading it in
       # check_workdir right now, and must never see it half written.
       path = os.path.join(self.directory, 'model.json')
-      with open(path + '.tmp', 'w') as f:
-        json.dump(model_signature(config), f, indent=1, sort_keys=True)
-      os.replace(path + '.tmp', path)
+      try:
+        with open(path + '.tmp', 'w') as f:
+          json.dump(model_signature(config), f, indent=1, sort_keys=True)
+        os.replace(path + '.tmp', path)
+      except OSError as e:
+        with contextlib.suppress(OSError):
+          os.remove(path + '.tmp')  # no empty leftover in the way of a rerun
+        raise CheckpointWriteError(f'cannot write {path}: {e.strerror or e}') from None
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
 
   def save(self, step: int, state) -> None:
-    self.manager.save(step, args=ocp.args.StandardSave(state))
+    """Writes the checkpoint of `step` and waits for it, so that a failed
+    write stops training here, not one checkpoint interval later."""
+    try:
+      with _quiet_orbax():
+        self.manager.save(step, args=ocp.args.StandardSave(state))
+        self.manager.wait_until_finished()
+    except Exception as e:  # pylint: disable=broad-except  # orbax wraps OSError variously
+      self._remove_partial(step)
+      kept = sorted(self.manager.all_steps())
+      raise CheckpointWriteError(
+          f'writing the checkpoint of step {step} to {self.directory}/{step} failed ('
+          f'{_os_error(e)}); training stopped; earlier checkpoints kept: '
+          f'{", ".join(map(str, kept)) or "none"}') from None
+
+  def _remove_partial(self, step: int) -> None:
+    """Removes the unfinished (temporary) directory of a failed save: it is
+    no checkpoint, only in the way of the space a rerun needs."""
+    if jax.process_index() == 0:
+      for path in glob.glob(os.path.join(self.directory, f'{step}{_TMP_SUFFIX}*')):
+        shutil.rmtree(path, ignore_errors=True)
 
   def restore(self, state, step: int | None = None):
     """Restores into the shapes, dtypes and shardings of `state`."""
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
-    return self.manager.restore(self.latest_step() if step is None else step,
-                                args=ocp.args.StandardRestore(abstract))
+    with _quiet_orbax():
+      return self.manager.restore(self.latest_step() if step is None else step,
+                                  args=ocp.args.StandardRestore(abstract))
+
+  def restore_newest_intact(self, state):
+    """Restores the newest step that restores completely, moving newer
+    damaged steps aside (module docstring).
+
+    Args:
+      state: the train state whose structure, dtypes and shardings to restore into.
+
+    Returns:
+      The restored state, or None if the workdir holds no step directory.
+    """
+    damaged = []
+    for step in step_dirs(self.directory):
+      restored, error = _restore_step(self.manager, step, state)
+      if restored is not None:
+        break
+      damaged.append((step, error))
+    else:
+      if damaged:  # every step fails: more likely our fault than the disk's; move nothing
+        raise DamagedCheckpointError(
+            f'no checkpoint in {self.directory} restores (step {damaged[0][0]}: '
+            f'{_first_line(damaged[0][1])}); nothing was moved')
+      return None
+    for bad, error in damaged:
+      self._move_aside(bad, error, restored_step=step)
+    if damaged:
+      if jax.process_count() > 1:
+        multihost_utils.sync_global_devices('adanet_jax.checkpoints.moved_aside')
+      self.manager.reload()
+    return restored
+
+  def _move_aside(self, step: int, error: BaseException, restored_step: int) -> None:
+    target = os.path.join(self.workdir, rundir.DAMAGED_CHECKPOINTS_DIR, f'{step}-{time.strftime("%Y%m%dT%H%M%S")}')
+    if jax.process_index() == 0:
+      os.makedirs(os.path.dirname(target), exist_ok=True)
+      os.rename(os.path.join(self.directory, str(step)), target)
+    absl_logging.warning('checkpoint step %d does not restore (%s); moved to %s, resuming from '
+                         'step %d', step, _first_line(error), target, restored_step)
 
   def close(self) -> None:
     self.manager.wait_until_finished()
     self.manager.close()
 
 
-def restore_from(path: str, state, step: int | None = None):
-  """Restores checkpoint `step` (default the latest) of a workdir or checkpoint
-  directory into the structure of `state`, read-only."""
+def _os_error(error: BaseException) -> str:
+  """The OS error inside an orbax/TensorStore write error, else its first line."""
+  seen = error
+  while seen is not None:
+    if isinstance(seen, OSError) and seen.strerror:
+      return f'{seen.strerror} [errno {seen.errno}]'
+    seen = seen.__cause__ or seen.__context__
+  return _first_line(error)
+
+
+def resolve_checkpoint_dir(path: str) -> str:
+  """The checkpoints directory of a workdir, or `path` itself if it is one.
+
+  Raises ConfigError if neither exists (before anything is created).
+  """
   path = os.path.abspath(path)
   if os.path.isdir(rundir.checkpoint_dir(path)):
     path = rundir.checkpoint_dir(path)
   if not os.path.isdir(path):
     raise ConfigError(f'init_from={path!r} is not a workdir or checkpoint directory')
-  manager = ocp.CheckpointManager(path, options=ocp.CheckpointManagerOptions(read_only=True))
-  step = manager.latest_step() if step is None else step
-  if step is None or step not in manager.all_steps():
-    raise ConfigError(f'{path!r} holds no checkpoint' + ('' if step is None else f' at step {step}'))
-  abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
-  restored = manager.restore(step, args=ocp.args.StandardRestore(abstract))
-  manager.close()
-  return restored
+  return path
+
+
+def restore_from(path: str, state, step: int | None = None):
+  """Restores checkpoint `step` (default the newest that restores) of a
+  workdir or checkpoint directory into the structure of `state`, read-only.
+
+  A damaged newer step is skipped with one warning line; a damaged `step`
+  asked for by number, or no intact step at all, raises DamagedCheckpointError
+  naming the damage and the other steps.
+  """
+  path = resolve_checkpoint_dir(path)
+  options = ocp.CheckpointManagerOptions(read_only=True, create=False, save_interval_steps=0)
+  with _quiet_orbax():  # its "read only" warnings
+    manager = ocp.CheckpointManager(path, options=options,
+                                    item_handlers=ocp.StandardCheckpointHandler())
+  present = step_dirs(path)
+  if step is not None and step not in present:
+    raise ConfigError(f'{path!r} holds no checkpoint at step {step}; steps there: '
+                      f'{", ".join(map(str, sorted(present))) or "none"}')
+  if not present:
+    raise ConfigError(f'{path!r} holds no checkpoint')
+  damaged = []
+  try:
+    for candidate in [step] if step is not None else present:
+      restored, error = _restore_step(manager, candidate, state)
+      if restored is not None:
+        for bad, bad_error in damaged:
+          absl_logging.warning('checkpoint step %d of %s does not restore (%s); loaded step '
+                               '%d instead', bad, path, _first_line(bad_error), candidate)
+        return restored
+      damaged.append((candidate, error))
+  finally:
+    manager.close()
+  others = [s for s in sorted(present) if s not in dict(damaged)]
+  raise DamagedCheckpointError(
+      f'checkpoint step {damaged[0][0]} of {path} is damaged ({_first_line(damaged[0][1])}); '
+      + (f'other steps there: {", ".join(map(str, others))} (load one as {path}/<step>)'
+         if others else 'no other step restores'))
 
 
 def restore_or_init(checkpointer: Checkpointer, state, init_from: str):
-  """The resume order: latest checkpoint, else `init_from`, else `state`."""
-  if checkpointer.latest_step() is not None:
-    return checkpointer.restore(state)
+  """The resume order: latest checkpoint (the newest intact one), else
+  `init_from`, else `state`."""
+  restored = checkpointer.restore_newest_intact(state)
+  if restored is not None:
+    return restored
   if init_from:
     restored = restore_from(init_from, state)
     return state.replace(params=restored.params, batch_stats=restored.batch_stats)

@@ -13,6 +13,7 @@ and the value must have its type.
 
 import ast
 import importlib.util
+import math
 import os
 from typing import Any
 
@@ -282,17 +283,52 @@ def _merge(config: ml_collections.ConfigDict, values: dict, prefix: str) -> None
       config[key] = tuple(value) if isinstance(value, list) else value
 
 
+# (field, test, what is allowed): every value that can be wrong on its own.
+# Written so that NaN fails every test.
+RULES = (
+    ('model.num_classes', lambda v: v > 0, 'must be >= 1'),
+    ('gates.hidden', lambda v: v > 0, 'must be >= 1'),
+    ('gates.temperature', lambda v: v > 0, 'must be > 0'),
+    ('gates.eval_modes', len, 'must name at least one gate mode'),
+    ('loss.weight', lambda v: v >= 0, 'must be >= 0'),
+    ('data.image_size', lambda v: v > 0, 'must be >= 1'),
+    ('data.channels', lambda v: v > 0, 'must be >= 1'),
+    ('optim.base_learning_rate', lambda v: v > 0, 'must be > 0'),
+    ('optim.base_batch_size', lambda v: v > 0, 'must be > 0'),
+    ('optim.momentum', lambda v: 0 <= v < 1, 'must be in [0, 1)'),
+    ('optim.weight_decay', lambda v: v >= 0, 'must be >= 0'),
+    ('optim.decay_factor', lambda v: 0 < v <= 1, 'must be in (0, 1]'),
+    # A warmup as long as the run or longer is allowed: the short test and
+    # smoke runs (a fraction of an epoch) train in warmup only, on purpose.
+    ('optim.warmup_epochs', lambda v: v >= 0, 'must be >= 0'),
+    ('train.batch_size', lambda v: v > 0, 'must be > 0'),
+    ('train.num_epochs', lambda v: v > 0, 'must be > 0'),
+    ('train.log_every_steps', lambda v: v >= 0, 'must be >= 0 (0: only after the last step)'),
+    ('train.eval_every_epochs', lambda v: v >= 0, 'must be >= 0 (0: only after the last step)'),
+    ('train.sync_every_steps', lambda v: v > 0, 'must be >= 1'),
+    ('eval.batch_size', lambda v: v > 0, 'must be > 0'),
+    ('checkpoint.every_steps', lambda v: v >= 0, 'must be >= 0 (0: only after the last step)'),
+    ('checkpoint.keep', lambda v: v > 0, 'must be >= 1 (the checkpoints kept to resume from)'),
+)
+
+
 def validate(config: ml_collections.ConfigDict) -> None:
-  """Every check that needs only the config (not the machine or the data).
+  """Every check that needs only the config (not the machine or the data):
+  the value of each field on its own (RULES), then the model's and the
+  optimizer's own checks. `main`, every sweep point (its plan included) and
+  `adanet_jax.load` run it before anything is created or compiled.
 
   Raises:
     ConfigError naming the first bad field and what is allowed.
   """
-  _check_positive(config, 'train.batch_size', 'eval.batch_size', 'train.num_epochs',
-                  'train.sync_every_steps', 'checkpoint.keep', 'model.num_classes',
-                  'data.image_size', 'data.channels', 'gates.hidden')
-  _check_nonnegative(config, 'train.log_every_steps', 'train.eval_every_epochs',
-                     'checkpoint.every_steps')
+  for field, test, allowed in RULES:
+    value = _get(config, field)
+    try:
+      ok = bool(test(value))
+    except TypeError:
+      ok = False
+    if not ok or (isinstance(value, float) and not math.isfinite(value)):
+      raise ConfigError(f'{field}={value!r} {allowed}')
   models.validate(config)
   optim.validate(config)
 
@@ -302,17 +338,3 @@ def _get(config, field: str):
   for key in field.split('.'):
     value = value[key]
   return value
-
-
-def _check_positive(config, *fields: str) -> None:
-  for field in fields:
-    value = _get(config, field)
-    if not value > 0:
-      raise ConfigError(f'{field}={value} must be > 0')
-
-
-def _check_nonnegative(config, *fields: str) -> None:
-  for field in fields:
-    value = _get(config, field)
-    if not value >= 0:
-      raise ConfigError(f'{field}={value} must be >= 0 (0 = only after the last step)')

@@ -21,3 +21,25 @@ class NonFiniteLossError(ExpectedError, RuntimeError):
   """The loss became NaN or infinite; training stopped, no batch skipped."""
 
   exit_code = 1
+
+
+class CheckpointWriteError(ExpectedError):
+  """A checkpoint could not be written (a full disk, a read-only path);
+  training stopped, the earlier checkpoints are intact."""
+
+  exit_code = 1
+
+
+class DamagedCheckpointError(ConfigError):
+  """No checkpoint step of a directory restores."""
+
+
+class WorkdirInUseError(ConfigError):
+  """Another live run holds the workdir; the message names it."""
+
+
+class Preempted(ExpectedError):
+  """Training stopped on SIGTERM/SIGINT after saving a checkpoint of the step
+  it reached; rerunning the same command resumes there."""
+
+  exit_code = 75  # EX_TEMPFAIL (sysexits.h): a temporary failure, run again

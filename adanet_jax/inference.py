@@ -115,7 +115,8 @@ class LoadedModel:
     return np.concatenate(images)[:limit], np.concatenate(labels)[:limit]
 
   def predict(self, images, gate_mode: str = 'deterministic', batch_size: int | None = None,
-              seed: int = 0, skip: bool = False) -> Prediction:
+              seed: int = 0, skip: bool = False,
+              input_scale: float | None = None) -> Prediction:
     """Runs the model on `images` in batches.
 
     Args:
@@ -130,13 +131,25 @@ class LoadedModel:
       skip: compute only the blocks that execute (`adanet_jax.skip_inference`;
         deterministic gates only). Same outputs up to float rounding.
 
+      input_scale: required for integer images, refused for float ones:
+        integer images are multiplied by it, and the product must be what
+        the model was trained on (e.g. a model trained on pixels/255 takes
+        uint8 images with input_scale=1/255). Integer images without it are
+        refused: raw pixels (0..16, 0..255) silently give wrong answers. The
+        bundled pipelines also normalise by mean and standard deviation, so
+        for them pass float images preprocessed as `eval_split` returns them.
+
     Returns:
       A `Prediction` with one row per image.
+
+    Raises:
+      ConfigError: bad shape, integer images without `input_scale`,
+        non-finite pixels (the message names the first images), no images,
+        or `batch_size` <= 0.
     """
-    images = np.asarray(images, np.float32)
-    if images.ndim != 4 or images.shape[1:] != self.image_shape:
-      raise ValueError(f'images must have shape (N, {", ".join(map(str, self.image_shape))}), '
-                       f'got {images.shape}')
+    images = _checked_images(images, self.image_shape, input_scale)
+    if batch_size is not None and batch_size <= 0:
+      raise ConfigError(f'batch_size={batch_size} must be >= 1 (or None: eval.batch_size)')
     apply = self._skip_apply(gate_mode) if skip else self._apply_fn(gate_mode, seed)
     size = min(batch_size or self.config.eval.batch_size, len(images))
     logits, (gates, probs) = map_batches(apply, size, images)
@@ -164,6 +177,30 @@ class LoadedModel:
                                               gate_mode=gate_mode)
       return logits, (aux['gates'], aux['probs'])
     return apply
+
+
+def _checked_images(images, image_shape: tuple, input_scale: float | None) -> np.ndarray:
+  """`images` as float32 after the checks of `LoadedModel.predict`."""
+  images = np.asarray(images)
+  if images.ndim != 4 or images.shape[1:] != image_shape:
+    raise ConfigError(f'images must have shape (N, {", ".join(map(str, image_shape))}), '
+                      f'got {images.shape}')
+  if len(images) == 0:
+    raise ConfigError('images holds no image (shape (0, ...)); pass at least one')
+  integer = np.issubdtype(images.dtype, np.integer) or images.dtype == bool
+  if integer and input_scale is None:
+    raise ConfigError(f'images are {images.dtype} (raw pixels?); the model expects them '
+                      'preprocessed as in training: pass input_scale= (e.g. 1/255) or '
+                      'preprocessed float images')
+  if not integer and input_scale is not None:
+    raise ConfigError(f'input_scale={input_scale} is only for integer images; these are '
+                      f'{images.dtype}')
+  images = images.astype(np.float32) * np.float32(1.0 if input_scale is None else input_scale)
+  bad = np.flatnonzero(~np.isfinite(images).reshape(len(images), -1).all(axis=1))
+  if bad.size:
+    raise ConfigError(f'{bad.size} image(s) hold NaN or infinite pixels (indices '
+                      f'{", ".join(map(str, bad[:5]))}{", ..." if bad.size > 5 else ""})')
+  return images
 
 
 def map_batches(fn: Callable, batch_size: int, *arrays: np.ndarray):

@@ -1,7 +1,9 @@
 """Training metrics: summing on the device, summarising on the host, and
 writing to CLU writers (TensorBoard + console) and `workdir/metrics.jsonl`.
 
-Only process 0 writes; the others only log.
+Only process 0 writes; the others only log. On a resume, records past the
+restored step (written before an interruption, redone now) are dropped from
+metrics.jsonl, so it holds each step once however often the run resumed.
 """
 
 import json
@@ -48,10 +50,15 @@ class MetricLogger:
   SummaryWriter; a per-block list becomes `name/block07` scalars) and
   metrics.jsonl (everything, lists kept)."""
 
-  def __init__(self, workdir: str, num_steps: int = 0, steps_per_epoch: int = 1):
+  def __init__(self, workdir: str, num_steps: int = 0, steps_per_epoch: int = 1,
+               start_step: int | None = None):
+    """`start_step`: the step the run (re)starts from; records past it are
+    dropped from metrics.jsonl (None: keep everything)."""
     self.chief = jax.process_index() == 0
     self.console = console.ConsoleWriter(max(num_steps, 1), steps_per_epoch)
     self.tensorboard = metric_writers.SummaryWriter(workdir) if self.chief else None
+    if self.chief and start_step is not None:
+      rundir.drop_metrics_after(workdir, start_step)
     self.jsonl = open(os.path.join(workdir, rundir.METRICS_FILE), 'a') if self.chief else None
 
   def write(self, step: int, metrics: dict) -> None:

@@ -3,6 +3,8 @@
   <workdir>/config.json        the resolved config of the run (process 0 writes it)
   <workdir>/metrics.jsonl      one JSON object per log or evaluation step
   <workdir>/checkpoints/       orbax checkpoints (`adanet_jax.checkpoints`)
+  <workdir>/checkpoints_damaged/<step>-<time>   steps that failed to restore, set aside
+  <workdir>/workdir.lock       the live run's lock (`adanet_jax.workdir_lock`)
   <workdir>/eval/class_block_rates_<mode>_step<N>.csv   per class x per block rates
   <workdir>/sweep_status.json  a sweep point's status (`adanet_jax.tools.sweep`)
   <workdir>/log.txt            a sweep point's console output
@@ -23,10 +25,13 @@ from adanet_jax.errors import ConfigError
 CONFIG_FILE = 'config.json'
 METRICS_FILE = 'metrics.jsonl'
 CHECKPOINTS_DIR = 'checkpoints'
+# Checkpoint steps that failed to restore are moved here, never deleted.
+DAMAGED_CHECKPOINTS_DIR = 'checkpoints_damaged'
 EVAL_DIR = 'eval'
 SWEEP_STATUS_FILE = 'sweep_status.json'
 LOG_FILE = 'log.txt'
 SWEEP_MANIFEST_FILE = 'sweep.json'
+LOCK_FILE = 'workdir.lock'
 
 
 def checkpoint_dir(workdir: str) -> str:
@@ -70,6 +75,29 @@ def read_metrics(workdir: str) -> list[dict]:
     raise ConfigError(f'{path} does not exist: is {workdir!r} a trained workdir?')
   with open(path) as f:
     return [json.loads(line) for line in f if line.strip()]
+
+
+def drop_metrics_after(workdir: str, step: int) -> None:
+  """Rewrites metrics.jsonl without the records past `step` (a resumed run
+  logs those steps again) and without a line cut short by a kill,
+  atomically; unchanged if there are none."""
+  path = os.path.join(workdir, METRICS_FILE)
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    lines = f.readlines()
+  kept = []
+  for line in lines:
+    try:
+      record = json.loads(line)
+    except ValueError:
+      continue
+    if line.endswith('\n') and record.get('step', 0) <= step:
+      kept.append(line)
+  if kept != lines:
+    with open(path + '.tmp', 'w') as f:
+      f.writelines(kept)
+    os.replace(path + '.tmp', path)
 
 
 def last_eval(workdir: str, gate_mode: str) -> dict | None:

@@ -9,13 +9,14 @@ replicated and donated, and the result equals the one-device computation.
 import time
 
 import jax
+from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 import ml_collections
 import numpy as np
 
 from adanet_jax import (accounting, checkpoints, config_lib, evaluation, input_pipeline, metrics,
-                        models, optim, rundir, steps)
-from adanet_jax.errors import ConfigError, NonFiniteLossError
+                        models, optim, preemption, rundir, steps, workdir_lock)
+from adanet_jax.errors import ConfigError, NonFiniteLossError, Preempted
 
 
 def is_time(step: int, every: int, last_step: int) -> bool:
@@ -30,6 +31,8 @@ def check_run_config(config: ml_collections.ConfigDict) -> None:
   """Checks the config (`config_lib.validate`) and what depends on the
   machine, before anything is created or compiled."""
   config_lib.validate(config)
+  if config.init_from:  # refused before the workdir is created
+    checkpoints.resolve_checkpoint_dir(config.init_from)
   n = jax.device_count()
   for field, size in (('train.batch_size', config.train.batch_size),
                       ('eval.batch_size', config.eval.batch_size)):
@@ -98,24 +101,35 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, dataset=
   """Trains `config` in `workdir`, resuming from its latest checkpoint.
 
   Returns the metrics of the final evaluation.
+
+  Raises:
+    errors.Preempted: SIGTERM/SIGINT; a checkpoint of the step it stopped at was saved.
+    errors.WorkdirInUseError: another live run holds `workdir`.
+    errors.CheckpointWriteError: a checkpoint could not be written.
   """
   check_run_config(config)
+  with workdir_lock.acquire(workdir), preemption.StopRequest() as stop:
+    return _train(config, workdir, dataset, stop)
+
+
+def _train(config, workdir, dataset, stop) -> dict:
   dataset = dataset or input_pipeline.create_dataset(config)
   checkpointer = checkpoints.Checkpointer(workdir, config)  # refuses another model's workdir
   runner = Runner(config, dataset)
   state = checkpoints.restore_or_init(checkpointer, runner.init_state(), config.init_from)
   if jax.process_index() == 0:
     rundir.write_config(workdir, config)
-  logger = metrics.MetricLogger(workdir, runner.num_steps, runner.steps_per_epoch)
+  logger = metrics.MetricLogger(workdir, runner.num_steps, runner.steps_per_epoch,
+                                start_step=int(state.step))
   try:
-    final = _train_loop(config, workdir, dataset, runner, state, checkpointer, logger)
+    final = _train_loop(config, workdir, dataset, runner, state, checkpointer, logger, stop)
   finally:  # also on errors: finish pending checkpoint writes
     checkpointer.close()
     logger.close()
   return final
 
 
-def _train_loop(config, workdir, dataset, runner, state, checkpointer, logger) -> dict:
+def _train_loop(config, workdir, dataset, runner, state, checkpointer, logger, stop) -> dict:
   progress = Progress(runner.num_steps, int(state.step), config.train.batch_size)
   sums, final = None, {}
   tc = config.train
@@ -138,9 +152,22 @@ def _train_loop(config, workdir, dataset, runner, state, checkpointer, logger) -
       logger.write(done, final)
     if ckpt:
       checkpointer.save(done, state)
+    if done < runner.num_steps and stop.should_stop(done):
+      _save_and_stop(done, state, sums, checkpointer, ckpt, stop.message(done, runner.num_steps))
   if not final:  # resumed after the last step: evaluate what is there
     final = runner.evaluate(state, dataset, workdir, runner.num_steps)
   return final
+
+
+def _save_and_stop(step: int, state, sums, checkpointer, saved: bool, message: str) -> None:
+  """Saves `step` (unless just saved, or the loss went non-finite) and raises Preempted."""
+  if sums is not None:
+    _raise_if_nonfinite(sums, checkpointer)
+  if not saved:
+    checkpointer.save(step, state)
+  if jax.process_count() > 1:  # no process exits before every part of the save is written
+    multihost_utils.sync_global_devices('adanet_jax.trainer.preempted')
+  raise Preempted(message)
 
 
 def _raise_if_nonfinite(sums: dict, checkpointer) -> None:

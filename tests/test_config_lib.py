@@ -50,20 +50,35 @@ def test_bad_overrides_name_the_field(overrides, message):
   assert str(e.value).startswith(message), str(e.value)
 
 
-@pytest.mark.parametrize('field,value,message', [
+BAD = [
     ('optim.base_learning_rate', 0.0, 'optim.base_learning_rate=0.0 must be > 0'),
     ('optim.base_learning_rate', -0.1, 'optim.base_learning_rate=-0.1 must be > 0'),
+    ('optim.base_learning_rate', float('nan'), 'optim.base_learning_rate=nan must be > 0'),
     ('train.num_epochs', 0.0, 'train.num_epochs=0.0 must be > 0'),
-    ('train.num_epochs', -1.0, 'train.num_epochs=-1.0 must be > 0'),
-    ('optim.momentum', -0.5, r'optim.momentum=-0.5 must be in [0, 1)'),
-    ('optim.momentum', 1.0, r'optim.momentum=1.0 must be in [0, 1)'),
-    ('checkpoint.keep', 0, 'checkpoint.keep=0 must be > 0'),
-    ('gates.temperature', 0.0, 'gates.temperature=0.0 must be > 0'),
-    ('loss.target', 1.5, r'loss.target=1.5 is outside (0, 1]'),
-    ('optim.decay_fractions', (0.7, 0.3), 'optim.decay_fractions=(0.7, 0.3) must be increasing'),
+    ('optim.momentum', -0.5, 'optim.momentum=-0.5 must be in [0, 1)'),
+    ('optim.momentum', 1.0, 'optim.momentum=1.0 must be in [0, 1)'),
+    ('optim.weight_decay', -1e-4, 'optim.weight_decay=-0.0001 must be >= 0'),
+    ('optim.decay_factor', 0.0, 'optim.decay_factor=0.0 must be in (0, 1]'),
+    ('optim.decay_factor', 2.0, 'optim.decay_factor=2.0 must be in (0, 1]'),
     ('optim.warmup_epochs', -1.0, 'optim.warmup_epochs=-1.0 must be >= 0'),
-    ('train.log_every_steps', -1, 'train.log_every_steps=-1 must be >= 0'),
-])
+    ('checkpoint.keep', 0, 'checkpoint.keep=0 must be >= 1'),
+    ('checkpoint.every_steps', -1, 'checkpoint.every_steps=-1 must be >= 0'),
+    ('train.log_every_steps', -5, 'train.log_every_steps=-5 must be >= 0'),
+    ('train.sync_every_steps', 0, 'train.sync_every_steps=0 must be >= 1'),
+    ('train.batch_size', 0, 'train.batch_size=0 must be > 0'),
+    ('eval.batch_size', -64, 'eval.batch_size=-64 must be > 0'),
+    ('gates.temperature', 0.0, 'gates.temperature=0.0 must be > 0'),
+    ('gates.eval_modes', (), 'gates.eval_modes=() must name at least one gate mode'),
+    ('loss.weight', -2.0, 'loss.weight=-2.0 must be >= 0'),
+    ('loss.target', 1.5, 'loss.target=1.5 is outside (0, 1]'),
+    ('loss.target', 0.0, 'loss.target=0.0 is outside (0, 1]'),
+    ('optim.schedule', 'linear', "optim.schedule='linear' is unknown"),
+    ('optim.decay_fractions', (0.7, 0.3), 'optim.decay_fractions=(0.7, 0.3) must be increasing'),
+    ('train.num_epochs', -1.0, 'train.num_epochs=-1.0 must be > 0'),
+]
+
+
+@pytest.mark.parametrize('field,value,message', BAD, ids=[f'{f}={v}' for f, v, _ in BAD])
 def test_values_that_cannot_train_are_refused(field, value, message):
   config = load_repo_config('digits.py')
   section, key = field.split('.')

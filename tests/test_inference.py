@@ -81,6 +81,26 @@ def test_bad_inputs_are_refused(loaded, tmp_path):
     inference.load(str(tmp_path))
 
 
+def test_raw_pixels_and_non_finite_pixels_are_refused(loaded):
+  images = loaded.eval_split(limit=4)[0]
+  with pytest.raises(ConfigError, match=r'images are uint8 \(raw pixels\?\); .* pass input_scale='):
+    loaded.predict(np.zeros((2, 8, 8, 1), np.uint8))
+  with pytest.raises(ConfigError, match=r'input_scale=0.5 is only for integer images'):
+    loaded.predict(images, input_scale=0.5)
+  bad = images.copy()
+  bad[1, 0, 0, 0], bad[3, 2, 2, 0] = np.nan, np.inf
+  with pytest.raises(ConfigError, match=r'2 image\(s\) hold NaN or infinite pixels \(indices 1, 3\)'):
+    loaded.predict(bad)
+  with pytest.raises(ConfigError, match=r'batch_size=0 must be >= 1'):
+    loaded.predict(images, batch_size=0)
+  with pytest.raises(ConfigError, match=r'^images holds no image \(shape \(0, \.\.\.\)\); pass at '
+                                        r'least one$'):
+    loaded.predict(images[:0])
+  # Integer pixels with their scale are the float images.
+  scaled = loaded.predict(np.full((2, 8, 8, 1), 4, np.uint8), input_scale=0.25)
+  np.testing.assert_array_equal(scaled.logits, loaded.predict(np.ones((2, 8, 8, 1))).logits)
+
+
 @pytest.mark.timeout(120)
 def test_skip_matches_masked_model(loaded):
   images = loaded.eval_split(limit=16)[0]

@@ -50,3 +50,16 @@ def test_sweep_status(tmp_path):
   assert rundir.read_sweep_status(str(tmp_path)) == {}
   rundir.write_sweep_status(str(tmp_path), {'status': 'done', 'wall_s': 1.5})
   assert rundir.read_sweep_status(str(tmp_path)) == {'status': 'done', 'wall_s': 1.5}
+
+
+def test_metrics_past_the_restored_step_and_a_cut_line_are_dropped(tmp_path):
+  path = tmp_path / 'metrics.jsonl'
+  records = [{'step': s, 'train/loss': 1.0 / s} for s in (2, 4, 6)] + [{'step': 6, 'eval/x': 1}]
+  path.write_text(''.join(json.dumps(r) + '\n' for r in records) + '{"step": 8, "tr')
+  rundir.drop_metrics_after(str(tmp_path), 4)  # killed after step 6's log, resumed from 4
+  assert [json.loads(l) for l in path.read_text().splitlines()] == records[:2]
+  before = path.stat().st_mtime_ns
+  rundir.drop_metrics_after(str(tmp_path), 4)  # nothing to drop: not rewritten
+  assert path.stat().st_mtime_ns == before
+  rundir.drop_metrics_after(str(tmp_path / 'none'), 0)  # no file yet: nothing made
+  assert not (tmp_path / 'none').exists()

@@ -1,0 +1,156 @@
+"""One live run per workdir: the lock file `workdir/workdir.lock`.
+
+The lock file holds the owner (host, pid, start time) as JSON; its mtime is
+the owner's heartbeat, renewed every `HEARTBEAT_S` seconds by a daemon
+thread. The owner also holds an exclusive `flock` on it, which the kernel
+drops when the process dies however it dies (SIGKILL included). So a new run:
+  - is refused (`WorkdirInUseError`, naming the owner) while the flock is
+    held, or while a lock written on another host has a heartbeat younger
+    than `STALE_S` (a flock may not reach across hosts on a network file
+    system);
+  - takes the lock over otherwise: the owner died (same host: the flock is
+    free), or its heartbeat is stale.
+In a multi-process job process 0 takes the lock for the whole job; the
+others learn whether it succeeded and do not touch the file.
+"""
+
+import contextlib
+import datetime
+import fcntl
+import json
+import os
+import socket
+import threading
+import time
+
+import jax
+from jax.experimental import multihost_utils
+import numpy as np
+
+from adanet_jax import rundir
+from adanet_jax.errors import ConfigError, WorkdirInUseError
+
+HEARTBEAT_S = 30.0
+STALE_S = 600.0
+
+
+class WorkdirLock:
+  """The held lock of one workdir (process 0), or a stand-in elsewhere."""
+
+  def __init__(self, workdir: str, fd: int | None):
+    self.path = os.path.join(os.path.abspath(workdir), rundir.LOCK_FILE)
+    self._fd = fd
+    self._stop = threading.Event()
+    if fd is not None:
+      threading.Thread(target=self._beat, daemon=True, name='workdir-lock-heartbeat').start()
+
+  def _beat(self) -> None:
+    while not self._stop.wait(HEARTBEAT_S):
+      with contextlib.suppress(OSError):
+        os.utime(self._fd)
+
+  def release(self) -> None:
+    """Removes the lock file and drops the flock (idempotent)."""
+    self._stop.set()
+    if self._fd is not None:
+      with contextlib.suppress(OSError):
+        os.remove(self.path)  # before unlocking: a waiting run then sees a new file
+      os.close(self._fd)
+      self._fd = None
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    self.release()
+
+
+def acquire(workdir: str) -> WorkdirLock:
+  """Creates `workdir` if needed and takes its lock (module docstring).
+
+  Args:
+    workdir: the run's directory.
+
+  Returns:
+    The held lock; `release()` it (or use it as a context manager) at exit.
+
+  Raises:
+    WorkdirInUseError: another live run holds the workdir.
+    ConfigError: the workdir cannot be created or written.
+  """
+  fd, error = None, None
+  if jax.process_index() == 0:
+    try:
+      fd = _take(os.path.abspath(workdir))
+    except ConfigError as e:
+      error = e
+  if jax.process_count() > 1:
+    ok = multihost_utils.broadcast_one_to_all(np.int32(error is None))
+    if error is None and not ok:
+      error = ConfigError(f'process 0 could not take the lock of workdir {workdir}')
+  if error is not None:
+    raise error
+  return WorkdirLock(workdir, fd)
+
+
+def _take(workdir: str) -> int:
+  path = os.path.join(workdir, rundir.LOCK_FILE)
+  try:
+    os.makedirs(workdir, exist_ok=True)
+  except OSError as e:
+    raise ConfigError(f'cannot create workdir {workdir}: {e.strerror}') from None
+  if not os.path.isdir(workdir):
+    raise ConfigError(f'workdir {workdir} is not a directory')
+  while True:
+    try:
+      fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+      raise ConfigError(f'cannot write to workdir {workdir}: {e.strerror}') from None
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      owner = _read(fd)
+      os.close(fd)
+      raise WorkdirInUseError(f'workdir {workdir} is in use by {_describe(owner)}; wait for it '
+                              f'to end, or use another workdir') from None
+    # The previous owner may have removed the file between our open and our
+    # flock: then we hold a lock on a file nobody else sees; try again.
+    if not os.path.exists(path) or os.stat(path).st_ino != os.fstat(fd).st_ino:
+      os.close(fd)
+      continue
+    owner, age = _read(fd), time.time() - os.fstat(fd).st_mtime
+    if owner and owner.get('host') != socket.gethostname() and age < STALE_S:
+      os.close(fd)
+      raise WorkdirInUseError(
+          f'workdir {workdir} is in use by {_describe(owner)} (heartbeat {age:.0f} s ago; '
+          f'taken over after {STALE_S:.0f} s); wait for it to end, or use another workdir')
+    try:
+      _write(fd, {'host': socket.gethostname(), 'pid': os.getpid(),
+                  'start': datetime.datetime.now().astimezone().isoformat(timespec='seconds')})
+    except OSError as e:  # e.g. a full disk: leave no empty lock file behind
+      with contextlib.suppress(OSError):
+        os.remove(path)
+      os.close(fd)
+      raise ConfigError(f'cannot write to workdir {workdir}: {e.strerror}') from None
+    return fd
+
+
+def _read(fd: int) -> dict:
+  try:
+    os.lseek(fd, 0, os.SEEK_SET)
+    return json.loads(os.read(fd, 4096).decode() or '{}')
+  except (OSError, ValueError):
+    return {}
+
+
+def _write(fd: int, owner: dict) -> None:
+  data = json.dumps(owner).encode()
+  os.ftruncate(fd, 0)
+  os.pwrite(fd, data, 0)
+  os.fsync(fd)
+
+
+def _describe(owner: dict) -> str:
+  if not owner:
+    return 'another run'
+  return f'another run (host {owner.get("host")}, pid {owner.get("pid")}, started {owner.get("start")})'
