@@ -20,6 +20,9 @@ import orbax.checkpoint as ocp
 from adanet_jax.config_base import ConfigError
 
 MODEL_FIELDS = ('model', 'gates.hidden', 'data.image_size', 'data.channels')
+# Model fields that only choose an initialisation: a checkpoint restores over
+# them, so workdirs written before they existed keep loading.
+INIT_ONLY_FIELDS = ('model.bn_gamma_init',)
 
 
 def model_signature(config: ml_collections.ConfigDict) -> dict:
@@ -31,7 +34,8 @@ def model_signature(config: ml_collections.ConfigDict) -> dict:
       value = value[key]
     if isinstance(value, ml_collections.ConfigDict):
       for k, v in value.to_dict().items():
-        signature[f'{field}.{k}'] = v
+        if f'{field}.{k}' not in INIT_ONLY_FIELDS:
+          signature[f'{field}.{k}'] = v
     else:
       signature[field] = value
   return json.loads(json.dumps(signature))
