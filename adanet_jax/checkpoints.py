@@ -2,8 +2,9 @@
 
 Resume order, in one place (`restore_or_init`): the latest checkpoint in
 `workdir/checkpoints`, else the checkpoint `config.init_from` names
-(parameters and BatchNorm statistics only; step and optimizer start fresh),
-else the freshly initialised state.
+(parameters and BatchNorm statistics only; step and optimizer start fresh;
+a `.pth`/`.pt` path is a PyTorch file, read by `adanet_jax.torch_io`), else
+the freshly initialised state.
 
 A workdir remembers the model it was trained with (`model.json` beside the
 checkpoints); a run whose model config differs is refused before anything is
@@ -17,6 +18,7 @@ import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
+from adanet_jax import torch_io
 from adanet_jax.config_base import ConfigError
 
 MODEL_FIELDS = ('model', 'gates.hidden', 'data.image_size', 'data.channels')
@@ -115,6 +117,10 @@ def restore_or_init(checkpointer: Checkpointer, state, init_from: str):
   """The resume order: latest checkpoint, else `init_from`, else `state`."""
   if checkpointer.latest_step() is not None:
     return checkpointer.restore(state)
+  if init_from and torch_io.is_torch_file(init_from):
+    variables = torch_io.restore_variables(
+        init_from, {'params': state.params, 'batch_stats': state.batch_stats})
+    return state.replace(params=variables['params'], batch_stats=variables['batch_stats'])
   if init_from:
     restored = restore_from(init_from, state)
     return state.replace(params=restored.params, batch_stats=restored.batch_stats)

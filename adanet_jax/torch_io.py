@@ -204,7 +204,7 @@ def export_state_dict(variables, num_batches_tracked: int = 0) -> collections.Or
   Returns:
     An OrderedDict of float32 torch tensors (int64 for `num_batches_tracked`).
   """
-  torch = _import_torch()
+  torch = require_torch()
   host = jax.device_get(variables)
   table = key_table(host)
   state_dict = collections.OrderedDict()
@@ -232,7 +232,7 @@ def read_state_dict(path: str) -> dict[str, np.ndarray]:
     ConfigError (one line) if torch is missing or the file is unreadable or
     holds no state_dict.
   """
-  torch = _import_torch()
+  torch = require_torch()
   if not os.path.isfile(path):
     raise ConfigError(f'PyTorch file {path!r} does not exist')
   try:
@@ -292,7 +292,8 @@ def _place_like(value: np.ndarray, template) -> jax.Array:
   return jax.make_array_from_callback(value.shape, sharding, lambda index: value[index])
 
 
-def _import_torch():
+def require_torch():
+  """The torch module; ConfigError (one line) if it is not installed."""
   try:
     import torch  # pylint: disable=import-outside-toplevel
   except ImportError:

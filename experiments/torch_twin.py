@@ -229,3 +229,63 @@ def from_config(config) -> ResNet:
     return ResNet('preact', sizes, (16 * k, 32 * k, 64 * k), 'wrn', 16, **common)
   return ResNet('bottleneck', sizes, tuple(64 * k * 2**i for i in range(4)), 'imagenet', 64,
                 **common)
+
+
+def randomize_(net: ResNet, seed: int = 0) -> ResNet:
+  """Random weights and BatchNorm statistics, in place, for parity checks.
+
+  Convs He-normal, BatchNorm gamma U(0, 1), beta N(0, 0.1^2), running mean
+  N(0, 0.1^2), running variance U(0.5, 1.5); the gates' last layer N(0, 1)
+  with bias N(0, 0.5^2), so that decisions differ between images.
+  """
+  g = torch.Generator().manual_seed(seed)
+
+  def normal(t, std, mean=0.0):
+    t.copy_(torch.randn(t.shape, generator=g, dtype=t.dtype) * std + mean)
+
+  def uniform(t, lo, hi):
+    t.copy_(torch.rand(t.shape, generator=g, dtype=t.dtype) * (hi - lo) + lo)
+
+  with torch.no_grad():
+    for name, module in net.named_modules():
+      if isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)):
+        uniform(module.weight, 0.0, 1.0)
+        normal(module.bias, 0.1)
+        normal(module.running_mean, 0.1)
+        uniform(module.running_var, 0.5, 1.5)
+      elif name.endswith('fc2'):
+        normal(module.weight, 1.0)
+        normal(module.bias, 0.5)
+      elif isinstance(module, (nn.Conv2d, nn.Linear)):
+        fan_in = module.weight[0].numel()
+        normal(module.weight, (2.0 / fan_in) ** 0.5)
+        if module.bias is not None:
+          uniform(module.bias, -fan_in ** -0.5, fan_in ** -0.5)
+  return net
+
+
+def apply_with_noise(model, variables, images, noise, **kwargs):
+  """adanet_jax's `model.apply` in gate mode 'sample' with given Gumbel noise.
+
+  Args:
+    model: an `adanet_jax.resnet.ResNet`.
+    variables: its {'params', 'batch_stats'}.
+    images: NHWC.
+    noise: (B, blocks, 2) the noise of every block, as the twin's `noise`.
+    **kwargs: passed to `model.apply` (train=..., mutable=...).
+
+  Returns:
+    What `model.apply` returns; each gate's `gumbel_noise` gave its block's
+    slice of `noise` instead of drawing.
+  """
+  import flax.linen as flax_nn  # pylint: disable=import-outside-toplevel
+  starts = [sum(model.stage_sizes[:s]) for s in range(len(model.stage_sizes))]
+
+  def interceptor(next_fun, args, kw, context):
+    if context.method_name != 'gumbel_noise':
+      return next_fun(*args, **kw)
+    stage, block = context.module.parent.name[len('stage'):].split('_block')
+    return noise[:, starts[int(stage) - 1] + int(block)]
+
+  with flax_nn.intercept_methods(interceptor):
+    return model.apply(variables, images, gate_mode='sample', **kwargs)

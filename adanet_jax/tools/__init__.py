@@ -1,0 +1,1 @@
+"""Command-line tools other than training: `python -m adanet_jax.tools.<name>`."""
