@@ -156,5 +156,5 @@ def get_base_config() -> ml_collections.ConfigDict:
       every_steps=1000,         # and always after the last step
       keep=3,
   ))
-  c.init_from = ''              # workdir, checkpoint dir or PyTorch .pth/.pt to start from (params only)
+  c.init_from = ''              # workdir, checkpoint dir or PyTorch .pth/.pt (params only)
   return c

@@ -212,7 +212,7 @@ def export_state_dict(variables, num_batches_tracked: int = 0) -> collections.Or
     leaf = host[e.collection]
     for name in e.path:
       leaf = leaf[name]
-    value = np.ascontiguousarray(e.to_ref(np.asarray(leaf, np.float32)))
+    value = np.array(e.to_ref(np.asarray(leaf, np.float32)), order="C")  # a writable copy
     state_dict[e.key] = torch.from_numpy(value)
     if e.key.endswith('.running_var'):
       prefix = e.key[:-len('running_var')]

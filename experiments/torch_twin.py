@@ -23,6 +23,7 @@ always run (z = prob = 1, logits (0, inf)), as adanet_jax's fixed blocks.
 `net.double()` gives the float64 twin.
 """
 
+import numpy as np
 import torch
 from torch import nn
 import torch.nn.functional as F
@@ -202,6 +203,8 @@ class ResNet(nn.Module):
     if gate_mode == 'sample' and noise is None:
       u = torch.rand(x.shape[0], len(blocks), 2, dtype=x.dtype, device=x.device)
       noise = -torch.log(-torch.log(u))
+    if noise is not None:
+      noise = torch.as_tensor(noise).to(x.dtype)
     outs = []
     for index, block in enumerate(blocks):
       block_noise = None if noise is None else noise[:, index]
@@ -229,6 +232,12 @@ def from_config(config) -> ResNet:
     return ResNet('preact', sizes, (16 * k, 32 * k, 64 * k), 'wrn', 16, **common)
   return ResNet('bottleneck', sizes, tuple(64 * k * 2**i for i in range(4)), 'imagenet', 64,
                 **common)
+
+
+def relative_error(a, b) -> float:
+  """max |a - b| / max |b|, in float64: the error measure of the parity checks."""
+  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+  return float(np.abs(a - b).max() / np.abs(b).max())
 
 
 def randomize_(net: ResNet, seed: int = 0) -> ResNet:
@@ -289,3 +298,55 @@ def apply_with_noise(model, variables, images, noise, **kwargs):
 
   with flax_nn.intercept_methods(interceptor):
     return model.apply(variables, images, gate_mode='sample', **kwargs)
+
+
+def twin_train_forward_backward(net: ResNet, images, labels, noise, targets, weight: float):
+  """One training forward and backward pass of the twin (no optimizer step).
+
+  The loss is adanet_jax's with reduction 'mean': cross-entropy + weight x
+  the mean over all blocks of (zbar - t)^2, blocks with target 1 left out of
+  the sum. The twin must be in train mode; gradients accumulate in `.grad`
+  and the BatchNorm running statistics are updated.
+
+  Args:
+    net: the twin, in its dtype.
+    images: NHWC numpy; labels: (B,) ints; noise: (B, blocks, 2) numpy.
+    targets: per-block targets; weight: the target-rate loss weight.
+
+  Returns:
+    (loss as a float, aux of numpy arrays).
+  """
+  dtype = next(net.parameters()).dtype
+  logits, aux = net(torch.from_numpy(images.transpose(0, 3, 1, 2)).to(dtype),
+                    gate_mode='sample', noise=torch.from_numpy(noise).to(dtype))
+  t = torch.tensor(targets, dtype=dtype)
+  rate = torch.where(t < 1, (aux['gates'].mean(0) - t) ** 2, 0).sum() / len(targets)
+  loss = F.cross_entropy(logits, torch.from_numpy(labels)) + weight * rate
+  loss.backward()
+  return float(loss.detach()), {k: v.detach().numpy() for k, v in aux.items()}
+
+
+def our_train_forward_backward(model, variables, images, labels, noise, targets, weight: float):
+  """The same pass in adanet_jax, with the loss of `adanet_jax.losses` ('mean').
+
+  Returns:
+    (loss, aux, new batch_stats, gradients of the params), as numpy; jitted
+    per call (the model is closed over).
+  """
+  import jax  # pylint: disable=import-outside-toplevel
+  from adanet_jax import losses  # pylint: disable=import-outside-toplevel
+
+  images, noise = np.asarray(images, np.float32), np.asarray(noise, np.float32)
+
+  @jax.jit
+  def run(params, batch_stats):
+    def loss_fn(params):
+      (logits, aux), updates = apply_with_noise(
+          model, {'params': params, 'batch_stats': batch_stats}, images, noise, train=True,
+          mutable=['batch_stats'])
+      loss, _ = losses.total_loss(logits, labels, aux, targets, weight, 'mean')
+      return loss, (aux, updates['batch_stats'])
+    return jax.value_and_grad(loss_fn, has_aux=True)(params)
+
+  (loss, (aux, batch_stats)), grads = run(variables['params'], variables['batch_stats'])
+  return jax.tree.map(np.asarray, (loss, aux, batch_stats, grads))

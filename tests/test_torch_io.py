@@ -18,7 +18,7 @@ import pytest
 
 torch = pytest.importorskip('torch', reason='torch is not installed (pip install torch==2.13.0)')
 
-from adanet_jax import checkpoints, inference, losses, models, steps, torch_io  # noqa: E402
+from adanet_jax import checkpoints, inference, models, optim, steps, torch_io  # noqa: E402
 from adanet_jax.config_base import ConfigError  # noqa: E402
 from experiments import torch_twin  # noqa: E402
 
@@ -81,7 +81,7 @@ def test_twin_weights_and_export_give_same_outputs(load_config, config_name, arg
     _assert_same_outputs(ours, _twin_outputs(net, x, mode, mode_noise))
   # Export: ours -> reference layout -> a fresh twin gives the same outputs.
   exported = torch_io.export_state_dict(variables, num_batches_tracked=7)
-  assert list(exported) == list(net.state_dict())
+  assert set(exported) == set(net.state_dict())
   assert int(exported['layer1.0.fc1bn.num_batches_tracked']) == 7
   fresh = torch_twin.from_config(config).eval()
   fresh.load_state_dict(exported, strict=True)
@@ -89,10 +89,6 @@ def test_twin_weights_and_export_give_same_outputs(load_config, config_name, arg
     if not key.endswith('num_batches_tracked'):
       assert torch.equal(fresh.state_dict()[key], value), key
   _assert_same_outputs(ours, _twin_outputs(fresh, x, 'sample', noise))
-
-
-def _relative_error(a, b):
-  return float(np.abs(a - b).max() / np.abs(b).max())
 
 
 def test_training_step_matches_twin(load_config):
@@ -108,37 +104,18 @@ def test_training_step_matches_twin(load_config):
   x = rng.randn(32, 8, 8, 3).astype(np.float32)
   labels = rng.randint(0, 10, 32)
   noise = _gumbel(32, model.num_blocks, seed=5)
-
-  @jax.jit
-  def ours(params, batch_stats):
-    def loss_fn(params):
-      (logits, aux), updates = torch_twin.apply_with_noise(
-          model, {'params': params, 'batch_stats': batch_stats}, x, noise.astype(np.float32),
-          train=True, mutable=['batch_stats'])
-      loss, _ = losses.total_loss(logits, labels, aux, targets, 2.0, 'mean')
-      return loss, updates['batch_stats']
-    return jax.value_and_grad(loss_fn, has_aux=True)(params)
-
-  (loss, batch_stats), grads = jax.tree.map(np.asarray, ours(variables['params'],
-                                                              variables['batch_stats']))
-
-  def twin_step(net, dtype):
-    logits, aux = net(torch.from_numpy(x.transpose(0, 3, 1, 2)).to(dtype),
-                      gate_mode='sample', noise=torch.from_numpy(noise).to(dtype))
-    t = torch.tensor(targets, dtype=dtype)
-    rate = torch.where(t < 1, (aux['gates'].mean(0) - t) ** 2, 0).sum() / len(targets)
-    loss = torch.nn.functional.cross_entropy(logits, torch.from_numpy(labels)) + 2.0 * rate
-    loss.backward()
-    return float(loss)
-
-  loss32, loss64 = twin_step(net32, torch.float32), twin_step(net64, torch.float64)
+  loss, _, batch_stats, grads = torch_twin.our_train_forward_backward(
+      model, variables, x, labels, noise, targets, 2.0)
+  loss32, _ = torch_twin.twin_train_forward_backward(net32, x, labels, noise, targets, 2.0)
+  torch_twin.twin_train_forward_backward(net64, x, labels, noise, targets, 2.0)
   assert abs(loss - loss32) < 1e-6
   exported = torch_io.export_state_dict({'params': variables['params'],
                                          'batch_stats': batch_stats})
   stats = [k for k in exported if k.endswith(('running_mean', 'running_var'))]
   assert len(stats) == 2 * (1 + 9 * 2 + 2 + 9)  # stem, blocks, shortcuts, gates
   for key in stats:
-    assert _relative_error(exported[key].numpy(), net32.state_dict()[key].numpy()) < 1e-5, key
+    twin = net32.state_dict()[key].numpy()
+    assert torch_twin.relative_error(exported[key].numpy(), twin) < 1e-5, key
   # Gate-path gradients: ours against float64 within 10x of the twin's own
   # float32 error against float64.
   grads = torch_io.export_state_dict({'params': grads, 'batch_stats': batch_stats})
@@ -147,7 +124,8 @@ def test_training_step_matches_twin(load_config):
     ref = np.concatenate([net64.get_parameter(k).grad.numpy().ravel() for k in keys])
     twin = np.concatenate([net32.get_parameter(k).grad.numpy().ravel() for k in keys])
     mine = np.concatenate([grads[k].numpy().ravel() for k in keys])
-    assert _relative_error(mine, ref) <= 10 * _relative_error(twin, ref), suffix
+    error, twin_error = torch_twin.relative_error(mine, ref), torch_twin.relative_error(twin, ref)
+    assert 0 < twin_error and error <= 10 * twin_error, (suffix, error, twin_error)
 
 
 TORCHVISION_STAGES = (3, 4, 6, 3)
@@ -194,12 +172,20 @@ def _save(state_dict, path):
   return str(path)
 
 
-def test_torchvision_resnet50_initialises_gated_model(load_config, tmp_path):
-  config = load_config('imagenet.py', 'resnet50')
+@pytest.fixture(scope='module')
+def resnet50_template():
+  """Shapes and dtypes of the gated ResNet-50's variables (at 32x32)."""
+  from adanet_jax import config_io  # pylint: disable=import-outside-toplevel
+  config = config_io.load_config_file(os.path.join(REPO, 'configs', 'imagenet.py'), 'resnet50')
   config.data.image_size = 32
-  model = models.create_model(config)
-  fresh = jax.jit(lambda key: model.init(key, jnp.zeros((1, 32, 32, 3)), train=False))(
-      jax.random.key(0))
+  return _template(models.create_model(config), 32)
+
+
+def test_torchvision_resnet50_initialises_gated_model(resnet50_template, tmp_path):
+  # A stand-in for the freshly initialised model: random values everywhere,
+  # so that "gates kept" and "everything else replaced" are both visible.
+  rng = np.random.RandomState(1)
+  fresh = jax.tree.map(lambda s: jnp.asarray(rng.randn(*s.shape), s.dtype), resnet50_template)
   sd = _torchvision_resnet50(np.random.RandomState(0))
   path = _save({f'module.{k}': v for k, v in sd.items()}, tmp_path / 'resnet50.pth')
   loaded = torch_io.restore_variables(path, fresh)
@@ -207,11 +193,12 @@ def test_torchvision_resnet50_initialises_gated_model(load_config, tmp_path):
   fresh_flat = dict(jax.tree_util.tree_flatten_with_path(fresh)[0])
   names = {'scale': 'weight', 'bias': 'bias', 'mean': 'running_mean', 'var': 'running_var',
            'kernel': 'weight'}
-  used = set()
+  used, gates = set(), 0
   for keypath, value in flat.items():
     parts = [k.key for k in keypath]
     if 'gate' in parts:
       np.testing.assert_array_equal(value, fresh_flat[keypath])
+      gates += 1
       continue
     key = _torchvision_name(parts[1:-1]) + '.' + names[parts[-1]]
     want = sd[key]
@@ -220,6 +207,7 @@ def test_torchvision_resnet50_initialises_gated_model(load_config, tmp_path):
     np.testing.assert_array_equal(value, want, err_msg=key)
     used.add(key)
   assert used == {k for k in sd if not k.endswith('num_batches_tracked')}
+  assert gates == 16 * 8  # 16 gates: fc1, fc2 (kernel, bias), fc1_bn (4 leaves)
 
 
 def _torchvision_name(modules):
@@ -240,14 +228,11 @@ def _torchvision_name(modules):
     (lambda sd: sd.update({'fc.weight': np.zeros((10, 2048), np.float32)}),
      r"'fc.weight' has shape \(10, 2048\) in the file, the model needs \(1000, 2048\)"),
 ])
-def test_torchvision_mismatch_is_one_line(load_config, change, message):
-  config = load_config('imagenet.py', 'resnet50')
-  config.data.image_size = 32
-  model = models.create_model(config)
+def test_torchvision_mismatch_is_one_line(resnet50_template, change, message):
   sd = _torchvision_resnet50(np.random.RandomState(0))
   change(sd)
   with pytest.raises(ConfigError, match=message) as error:
-    torch_io.import_state_dict(sd, _template(model, 32), torchvision=True)
+    torch_io.import_state_dict(sd, resnet50_template, torchvision=True)
   assert '\n' not in str(error.value)
   assert str(error.value).startswith('the torchvision ResNet state_dict does not fit the model: ')
 
@@ -281,24 +266,27 @@ def test_init_from_load_and_export_command(load_config, tmp_path):
   path = tmp_path / 'aig.pth'
   torch.save({'epoch': 3, 'best_prec1': 90.0,
               'state_dict': {f'module.{k}': v for k, v in net.state_dict().items()}}, path)
-  model = models.create_model(config)
-  state = steps.create_train_state(config, model, 10, jax.random.key(0))
+  x = np.random.RandomState(7).randn(4, 8, 8, 1).astype(np.float32)
+  want = _twin_outputs(net, x, 'deterministic')
+  loaded = inference.load(str(path), config=config)
+  prediction = loaded.predict(x)
+  np.testing.assert_allclose(prediction.logits, want[0], rtol=0, atol=1e-5)
+  np.testing.assert_array_equal(prediction.gates, want[1]['gates'])
+  with pytest.raises(ConfigError, match='is a PyTorch file and holds no config: pass config='):
+    inference.load(str(path))
+  zeros = jax.tree.map(jnp.zeros_like, loaded.variables)
+  state = steps.TrainState.create(apply_fn=None, params=zeros['params'],
+                                  batch_stats=zeros['batch_stats'],
+                                  tx=optim.create_optimizer(config, 1)[0])
 
   class NoCheckpoint:
     def latest_step(self):
       return None
 
-  state = checkpoints.restore_or_init(NoCheckpoint(), state, str(path))
-  x = np.random.RandomState(7).randn(4, 8, 8, 1).astype(np.float32)
-  want = _twin_outputs(net, x, 'deterministic')
-  ours = jax.tree.map(np.asarray, model.apply({'params': state.params,
+  state = checkpoints.restore_or_init(NoCheckpoint(), state, str(path)).replace(step=jnp.asarray(5))
+  jax.tree.map(np.testing.assert_array_equal, {'params': state.params,
                                                'batch_stats': state.batch_stats},
-                                              x, train=False, gate_mode='deterministic'))
-  _assert_same_outputs(ours, want)
-  loaded = inference.load(str(path), config=config)
-  np.testing.assert_allclose(loaded.predict(x).logits, want[0], rtol=0, atol=1e-5)
-  with pytest.raises(ConfigError, match='is a PyTorch file and holds no config: pass config='):
-    inference.load(str(path))
+               loaded.variables)
   workdir = tmp_path / 'run'
   checkpointer = checkpoints.Checkpointer(str(workdir), config)
   checkpointer.save(5, state)
@@ -309,7 +297,7 @@ def test_init_from_load_and_export_command(load_config, tmp_path):
       capture_output=True, text=True, timeout=300, check=False)
   result = run(f'--workdir={workdir}', f'--output={tmp_path / "out.pth"}')
   assert result.returncode == 0, result.stderr
-  assert result.stdout.strip().endswith(f'out.pth (step 5)')
+  assert result.stdout.strip().endswith('out.pth (step 5)')
   twin = torch_twin.from_config(config).eval()
   exported = torch.load(tmp_path / 'out.pth', weights_only=True)
   twin.load_state_dict(exported, strict=True)
@@ -317,4 +305,5 @@ def test_init_from_load_and_export_command(load_config, tmp_path):
   _assert_same_outputs(_twin_outputs(twin, x, 'deterministic'), want)
   result = run(f'--workdir={tmp_path / "none"}', f'--output={tmp_path / "x.pth"}')
   assert result.returncode == 1
-  assert result.stderr.strip() == f"error: --workdir='{tmp_path / 'none'}' is not a workdir with checkpoints"
+  assert result.stderr.strip() == (f"error: --workdir='{tmp_path / 'none'}' is not a workdir "
+                                   'with checkpoints')
