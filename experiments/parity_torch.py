@@ -3,7 +3,8 @@
   python -m experiments.parity_torch [--models=resnet110,resnet50] [--batch=32]
 
 For each model: random twin weights and BatchNorm statistics
-(`torch_twin.randomize_`), one training forward/backward pass on a random
+(`torch_twin.randomize_`, or with `--weights=fresh` the reference's fresh
+init, `torch_twin.reference_init_`), one training forward/backward pass on a random
 batch with the same Gumbel noise everywhere (loss: cross-entropy + the
 target-rate loss, reduction 'mean', the config's weight,
 `fix_target_one=False`). Against the float64 twin it prints the relative
@@ -24,11 +25,15 @@ import jax.numpy as jnp
 import numpy as np
 import torch
 
-from adanet_jax import config_io, models, norm, torch_io
+from adanet_jax import config_io, jax_setup, models, norm, torch_io
 from experiments import torch_twin
 
 _MODELS = flags.DEFINE_list('models', ['resnet110', 'resnet50'], 'resnet110 and/or resnet50.')
 _BATCH = flags.DEFINE_integer('batch', 32, 'Batch size of the training pass.')
+_WEIGHTS = flags.DEFINE_enum('weights', 'random', ['random', 'fresh'],
+                             "'random': torch_twin.randomize_ (random BatchNorm statistics, "
+                             "gates that disagree); 'fresh': the reference's fresh init "
+                             '(torch_twin.reference_init_).')
 
 _CONFIGS = {'resnet110': ('configs/cifar10.py', 'depth=110', 32),
             'resnet50': ('configs/imagenet.py', 'resnet50', 64)}
@@ -36,11 +41,11 @@ _CONFIGS = {'resnet110': ('configs/cifar10.py', 'depth=110', 32),
 
 def fc1_gradients(grads_by_key) -> np.ndarray:
   """The gates' fc1 kernel gradients (reference layout), concatenated."""
-  return np.concatenate([np.asarray(v).ravel() for k, v in grads_by_key.items()
+  return np.concatenate([np.asarray(grads_by_key[k]).ravel() for k in sorted(grads_by_key)
                          if k.endswith('.fc1.weight')])
 
 
-def measure(name: str, batch: int) -> dict:
+def measure(name: str, batch: int, weights: str) -> dict:
   """Relative errors against float64 for one model; see the module docstring."""
   path, arg, size = _CONFIGS[name]
   config = config_io.load_config_file(path, arg)
@@ -51,7 +56,11 @@ def measure(name: str, batch: int) -> dict:
   images = rng.randn(batch, size, size, 3).astype(np.float32)
   labels = rng.randint(0, config.model.num_classes, batch)
   noise = -np.log(-np.log(rng.uniform(1e-6, 1 - 1e-6, (batch, models.num_blocks(config.model), 2))))
-  net32 = torch_twin.randomize_(torch_twin.from_config(config), seed=1).train()
+  net32 = torch_twin.from_config(config).train()
+  if weights == 'random':
+    torch_twin.randomize_(net32, seed=1)
+  else:
+    torch_twin.reference_init_(net32, imagenet=name == 'resnet50', seed=1)
   net64 = torch_twin.from_config(config).double().train()
   net64.load_state_dict(net32.state_dict())
   state_dict = {k: v.numpy() for k, v in net32.state_dict().items()}
@@ -82,10 +91,12 @@ def measure(name: str, batch: int) -> dict:
 
 def main(argv):
   del argv
+  jax_setup.enable_compilation_cache()
   torch.manual_seed(0)
   for name in _MODELS.value:
-    print(f'{name}, batch {_BATCH.value}: relative error against the float64 twin', flush=True)
-    for label, r in measure(name, _BATCH.value).items():
+    print(f'{name}, batch {_BATCH.value}, {_WEIGHTS.value} weights: relative error against the '
+          'float64 twin', flush=True)
+    for label, r in measure(name, _BATCH.value, _WEIGHTS.value).items():
       print(f'  {label:24s} gate fc1 kernel grad {r["fc1_grad"]:.2e}   train-mode gate '
             f'logits {r["gate_logits"]:.2e}   |loss diff| {r["loss"]:.2e}', flush=True)
 

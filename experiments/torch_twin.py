@@ -273,6 +273,30 @@ def randomize_(net: ResNet, seed: int = 0) -> ResNet:
   return net
 
 
+def reference_init_(net: ResNet, imagenet: bool, seed: int = 0) -> ResNet:
+  """The reference model's fresh init (PyTorch 0.3.1), in place.
+
+  BatchNorm gammas U(0, 1) (that PyTorch's default) on every BatchNorm of the
+  CIFAR model, only on the gates' of the ImageNet model, whose other
+  BatchNorms get 1 and whose convs (gate fc1 too) He fan-out normal; the
+  CIFAR model keeps PyTorch's default conv init. The gates' fc2 keep
+  N(0, 1e-3) and bias (0.1, 2.0).
+  """
+  g = torch.Generator().manual_seed(seed)
+  with torch.no_grad():
+    for name, module in net.named_modules():
+      if isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)):
+        gate_bn = name.endswith('fc1bn')
+        if gate_bn or not imagenet:
+          module.weight.copy_(torch.rand(module.weight.shape, generator=g))
+        else:
+          module.weight.fill_(1.0)
+      elif imagenet and isinstance(module, nn.Conv2d) and not name.endswith('fc2'):
+        fan_out = module.weight.shape[0] * module.weight[0, 0].numel()
+        module.weight.copy_(torch.randn(module.weight.shape, generator=g) * (2 / fan_out) ** 0.5)
+  return net
+
+
 def apply_with_noise(model, variables, images, noise, **kwargs):
   """adanet_jax's `model.apply` in gate mode 'sample' with given Gumbel noise.
 
