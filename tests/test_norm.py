@@ -138,10 +138,8 @@ def test_reference_gamma_init_where_the_reference_has_it(load_config, config_nam
       assert 0 <= scale.min() and scale.max() < 1 and scale.std() > 0.15, path
     else:
       np.testing.assert_array_equal(scale, 1.0, err_msg=path)
-  with config.unlocked():
-    config.model.bn_gamma_init = 'ones'
-  for path, scale in _bn_scales(config).items():
-    np.testing.assert_array_equal(scale, 1.0, err_msg=path)
+  # 'ones': the same initialisers, ones for backbone and gates alike.
+  assert norm.gamma_inits('ones', config.model.name) == (nn.initializers.ones,) * 2
 
 
 def test_gamma_init_field(load_config):
