@@ -3,7 +3,7 @@ weights in and out, and the numerics of a training step.
 
 CIFAR checks use ResNet-20 at 8x8 (the issue's ResNet-110 compiles for about
 40 s per gate mode on the 2-core machine; `experiments/parity_torch.py` runs
-ResNet-110), ImageNet checks ResNet-50 at 32x32.
+ResNet-110), ImageNet checks ResNet-50 at 32x32, the wide family WRN-10-2.
 """
 
 import copy
@@ -67,7 +67,8 @@ def _assert_same_outputs(ours, theirs):
 
 
 @pytest.mark.parametrize('config_name,arg,size', [('cifar10.py', 'depth=20', 8),
-                                                   ('imagenet.py', 'resnet50', 32)])
+                                                   ('imagenet.py', 'resnet50', 32),
+                                                   ('wide_cifar10.py', 'depth=10,width=2', 8)])
 def test_twin_weights_and_export_give_same_outputs(load_config, config_name, arg, size):
   config = _config(load_config, config_name, arg, size)
   model = models.create_model(config)
