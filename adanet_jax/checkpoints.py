@@ -2,8 +2,9 @@
 
 Resume order, in one place (`restore_or_init`): the latest checkpoint in
 `workdir/checkpoints`, else the checkpoint `config.init_from` names
-(parameters and BatchNorm statistics only; step and optimizer start fresh),
-else the freshly initialised state.
+(parameters and BatchNorm statistics only; step and optimizer start fresh;
+a `.pth`/`.pt` path is a PyTorch file, read by `adanet_jax.torch_io`), else
+the freshly initialised state.
 
 A workdir remembers the model it was trained with (`model.json` beside the
 checkpoints); a run whose model config differs is refused before anything is
@@ -34,10 +35,14 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
-from adanet_jax import rundir
+from adanet_jax import rundir, torch_io
 from adanet_jax.errors import CheckpointWriteError, ConfigError, DamagedCheckpointError
 
 _TMP_SUFFIX = '.orbax-checkpoint-tmp'
+MODEL_FIELDS = ('model', 'gates.hidden', 'data.image_size', 'data.channels')
+# Model fields that only choose an initialisation: a checkpoint restores over
+# them, so workdirs written before they existed keep loading.
+INIT_ONLY_FIELDS = ('model.bn_gamma_init',)
 
 
 def model_signature(config: ml_collections.ConfigDict) -> dict:
@@ -49,7 +54,8 @@ def model_signature(config: ml_collections.ConfigDict) -> dict:
       value = value[key]
     if isinstance(value, ml_collections.ConfigDict):
       for k, v in value.to_dict().items():
-        signature[f'{field}.{k}'] = v
+        if f'{field}.{k}' not in INIT_ONLY_FIELDS:
+          signature[f'{field}.{k}'] = v
     else:
       signature[field] = value
   return json.loads(json.dumps(signature))
@@ -236,6 +242,17 @@ def _os_error(error: BaseException) -> str:
   return _first_line(error)
 
 
+def check_init_from(path: str) -> None:
+  """Refuses an `init_from` that names nothing loadable, before anything is
+  created: a PyTorch file must exist, anything else must be a workdir or a
+  checkpoints directory."""
+  if torch_io.is_torch_file(path):
+    if not os.path.isfile(path):
+      raise ConfigError(f'init_from={path!r}: no such PyTorch file')
+    return
+  resolve_checkpoint_dir(path)
+
+
 def resolve_checkpoint_dir(path: str) -> str:
   """The checkpoints directory of a workdir, or `path` itself if it is one.
 
@@ -289,10 +306,14 @@ def restore_from(path: str, state, step: int | None = None):
 
 def restore_or_init(checkpointer: Checkpointer, state, init_from: str):
   """The resume order: latest checkpoint (the newest intact one), else
-  `init_from`, else `state`."""
+  `init_from` (a checkpoint, or a PyTorch file: `torch_io`), else `state`."""
   restored = checkpointer.restore_newest_intact(state)
   if restored is not None:
     return restored
+  if init_from and torch_io.is_torch_file(init_from):
+    variables = torch_io.restore_variables(
+        init_from, {'params': state.params, 'batch_stats': state.batch_stats})
+    return state.replace(params=variables['params'], batch_stats=variables['batch_stats'])
   if init_from:
     restored = restore_from(init_from, state)
     return state.replace(params=restored.params, batch_stats=restored.batch_stats)

@@ -36,6 +36,7 @@ def get_base_config() -> ml_collections.ConfigDict:
       num_classes=10,
       gated=True,           # False: the plain ResNet with the same backbone
       dtype='float32',      # compute dtype: float32 | bfloat16
+      bn_gamma_init='ones',  # ones | reference: U(0, 1) where the reference model has it
   ))
   c.gates = ml_collections.ConfigDict(dict(
       hidden=16,
@@ -84,7 +85,7 @@ def get_base_config() -> ml_collections.ConfigDict:
       every_steps=1000,         # and always after the last step
       keep=3,
   ))
-  c.init_from = ''              # workdir or checkpoint dir to start from (params only)
+  c.init_from = ''              # workdir, checkpoint dir or PyTorch .pth/.pt (params only)
   return c
 
 

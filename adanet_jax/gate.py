@@ -13,6 +13,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from adanet_jax import norm
 from adanet_jax.errors import ConfigError
 
 GATE_MODES = ('sample', 'deterministic', 'expected')
@@ -57,39 +58,47 @@ class Gate(nn.Module):
     hidden_kernel_init: init of the first Dense (PyTorch default on CIFAR,
       He fan-out normal on ImageNet, as the reference).
     temperature: Gumbel-softmax temperature (gradient path only).
+    bn_scale_init: init of the hidden BatchNorm's gamma (`norm.gamma_inits`).
   """
   hidden: int = 16
   hidden_kernel_init: Callable = nn.initializers.variance_scaling(1 / 3, 'fan_in', 'uniform')
   temperature: float = 1.0
+  bn_scale_init: Callable = nn.initializers.ones
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool, mode: str):
-    """Returns `(z, prob)`, each of shape (batch,), float32.
+    """Returns `(z, prob, logits)`: (batch,), (batch,), (batch, 2), float32.
 
     `z` is the value the residual branch is multiplied by: hard 0/1 in modes
     `sample` and `deterministic`, the execution probability in `expected`.
-    `prob` = sigmoid(l1 - l0), the gate's execution probability.
+    `prob` = sigmoid(l1 - l0), the gate's execution probability; `logits` the
+    gate's two logits (skip, execute), before any noise.
     """
     fan_in = x.shape[-1]
     bias_init = torch_bias_init(fan_in)
     h = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
     h = nn.Dense(self.hidden, kernel_init=self.hidden_kernel_init, bias_init=bias_init,
                  name='fc1')(h)
-    h = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                     name='fc1_bn')(h)
+    h = norm.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
+                       scale_init=self.bn_scale_init, name='fc1_bn')(h)
     h = nn.relu(h)
     logits = nn.Dense(2, kernel_init=nn.initializers.normal(_LAST_KERNEL_STD),
                       bias_init=lambda *_: jnp.asarray(_LAST_BIAS, jnp.float32),
                       name='fc2')(h)
     prob = jax.nn.sigmoid(logits[..., 1] - logits[..., 0])
     if mode == 'expected':
-      return prob, prob
+      return prob, prob, logits
     if mode == 'sample':
-      noise = jax.random.gumbel(self.make_rng('gumbel'), logits.shape, jnp.float32)
+      noise = self.gumbel_noise(logits.shape)
     else:
       check_gate_mode(mode)
       noise = None
-    return straight_through_gate(logits, noise, self.temperature), prob
+    return straight_through_gate(logits, noise, self.temperature), prob, logits
+
+  def gumbel_noise(self, shape) -> jax.Array:
+    """Gumbel noise from the `gumbel` stream (a method of its own, so tests can
+    read or replace it with `nn.intercept_methods`)."""
+    return jax.random.gumbel(self.make_rng('gumbel'), shape, jnp.float32)
 
 
 def torch_bias_init(fan_in: int):

@@ -5,6 +5,8 @@
   out = model.predict(images)                  # deterministic gates
   out.logits, out.executed, out.probs, out.macs
 
+  model = adanet_jax.load('model.pth', config=config)   # PyTorch weights (torch_io)
+
 `load` reads the resolved config the trainer wrote (`rundir.read_config`)
 and restores the checkpoint into an abstract state built on one device, so a
 checkpoint written by N devices or processes loads on a single CPU or GPU.
@@ -22,7 +24,7 @@ import ml_collections
 import numpy as np
 
 from adanet_jax import (accounting, batches, checkpoints, config_lib, evaluation, input_pipeline,
-                        models, optim, rundir, skip_inference, steps)
+                        models, optim, rundir, skip_inference, steps, torch_io)
 from adanet_jax.errors import ConfigError
 
 
@@ -63,7 +65,7 @@ class LoadedModel:
     params: parameters, on `device`.
     batch_stats: BatchNorm running statistics, on `device`.
     step: the optimizer step of the checkpoint.
-    workdir: the run's workdir.
+    workdir: the run's workdir (for a PyTorch file, the folder holding it).
   """
   config: ml_collections.ConfigDict
   model: Any
@@ -229,17 +231,27 @@ def map_batches(fn: Callable, batch_size: int, *arrays: np.ndarray):
   return jax.tree.map(lambda *parts: np.concatenate(parts)[:n], *outputs)
 
 
-def load(path: str, device: jax.Device | None = None) -> LoadedModel:
-  """Loads a trained model from a workdir or checkpoint directory.
+def load(path: str, device: jax.Device | None = None,
+         config: ml_collections.ConfigDict | None = None) -> LoadedModel:
+  """Loads a trained model from a workdir, checkpoint directory or PyTorch file.
 
   Args:
     path: a workdir, its `checkpoints` directory (the latest step is
-      loaded), or one step directory inside it (`checkpoints/<step>`).
+      loaded), one step directory inside it (`checkpoints/<step>`), or a
+      `.pth`/`.pt` file (a reference-layout ConvNet-AIG or torchvision ResNet
+      state_dict, see `adanet_jax.torch_io`).
     device: where the parameters go; default the first local device.
+    config: the model's config; required for a PyTorch file (which holds
+      none), not allowed otherwise (the workdir's own config is used).
 
   Returns:
     A `LoadedModel` whose arrays all live on `device`.
   """
+  if torch_io.is_torch_file(path):
+    return _load_torch(path, device or jax.local_devices()[0], config)
+  if config is not None:
+    raise ConfigError(f'{path!r} is a workdir or checkpoint: it is loaded with its own '
+                      'config.json; config= is only for PyTorch files')
   workdir, step = _resolve(path)
   config = rundir.read_config(workdir)
   config_lib.validate(config)
@@ -248,6 +260,25 @@ def load(path: str, device: jax.Device | None = None) -> LoadedModel:
   state = _restore(workdir, abstract, step)
   return LoadedModel(config=config, model=model, params=state.params,
                      batch_stats=state.batch_stats, step=int(state.step), workdir=workdir)
+
+
+def _load_torch(path: str, device: jax.Device, config) -> LoadedModel:
+  """A PyTorch file's weights in the model `config` describes (step 0)."""
+  if config is None:
+    raise ConfigError(f'{path!r} is a PyTorch file and holds no config: pass config=, e.g. '
+                      "adanet_jax.load(path, config=config_lib.load_config('configs/"
+                      "cifar10.py'))")
+  config_lib.validate(config)
+  model = models.create_model(config)
+  shape = (config.data.image_size, config.data.image_size, config.data.channels)
+  # Fresh variables on `device` (the template; gates of a torchvision file keep them).
+  with jax.default_device(device):
+    variables = jax.jit(lambda key: model.init(key, jax.numpy.zeros((1, *shape)), train=False))(
+        jax.random.key(config.seed))
+  variables = torch_io.restore_variables(path, variables)
+  return LoadedModel(config=config, model=model, params=variables['params'],
+                     batch_stats=variables['batch_stats'], step=0,
+                     workdir=os.path.dirname(os.path.abspath(path)))
 
 
 def _resolve(path: str) -> tuple[str, int | None]:

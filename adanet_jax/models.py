@@ -6,7 +6,7 @@ anything is compiled.
 import jax.numpy as jnp
 import ml_collections
 
-from adanet_jax import resnet
+from adanet_jax import norm, resnet
 from adanet_jax.errors import ConfigError
 from adanet_jax.gate import check_gate_mode
 
@@ -15,6 +15,12 @@ MODEL_NAMES = ('cifar_resnet', 'wide_resnet', 'imagenet_resnet')
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 TARGET_SCHEDULES = ('uniform', 'resnet50_reference', 'resnet101_reference')
 REDUCTIONS = ('mean', 'sum')
+BN_GAMMA_INITS = ('ones', 'reference')
+
+
+def bn_gamma_init(model_config: ml_collections.ConfigDict) -> str:
+  """`model.bn_gamma_init`; configs written before the field existed mean 'ones'."""
+  return model_config.get('bn_gamma_init', 'ones')
 
 
 def stage_sizes(model_config: ml_collections.ConfigDict) -> tuple[int, ...]:
@@ -113,6 +119,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
         raise ConfigError(f'gates.{field}: {e}') from None
   if config.gates.temperature <= 0:
     raise ConfigError(f'gates.temperature={config.gates.temperature} must be > 0')
+  if bn_gamma_init(config.model) not in BN_GAMMA_INITS:
+    raise ConfigError(f'model.bn_gamma_init={bn_gamma_init(config.model)!r} is unknown; '
+                      f'allowed: {", ".join(BN_GAMMA_INITS)}')
   if config.model.width < 1:
     raise ConfigError(f'model.width={config.model.width} must be a positive integer')
 
@@ -122,9 +131,10 @@ def create_model(config: ml_collections.ConfigDict) -> resnet.ResNet:
   `validate`) has checked it."""
   m = config.model
   sizes = stage_sizes(m)
+  bn_init, gate_bn_init = norm.gamma_inits(bn_gamma_init(m), m.name)
   common = dict(num_classes=m.num_classes, gated=m.gated, fixed_blocks=fixed_blocks(config),
                 gate_hidden=config.gates.hidden, temperature=config.gates.temperature,
-                dtype=DTYPES[m.dtype])
+                bn_scale_init=bn_init, gate_bn_scale_init=gate_bn_init, dtype=DTYPES[m.dtype])
   if m.name == 'cifar_resnet':
     k = m.width
     return resnet.ResNet(block='basic', stage_sizes=sizes, stage_widths=(16 * k, 32 * k, 64 * k),

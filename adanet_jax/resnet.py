@@ -3,16 +3,18 @@ ResNets, each with a ConvNet-AIG gate on every residual block (or none).
 
 The model is written for one device and knows no axis names. It returns
 `(logits, aux)`: `aux['gates']` holds the value each block's residual branch
-was multiplied by (batch, blocks) and `aux['probs']` the gates' execution
-probabilities; losses and metrics read them from there.
+was multiplied by (batch, blocks), `aux['probs']` the gates' execution
+probabilities and `aux['logits']` (batch, blocks, 2) the gates' logits (skip,
+execute); losses and metrics read them from there.
 """
 
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from adanet_jax import norm
 from adanet_jax.gate import Gate, check_gate_mode, torch_bias_init
 
 # PyTorch's default conv/linear init (the reference CIFAR model keeps it) and He
@@ -31,10 +33,10 @@ def conv(features, kernel, strides, init, dtype, name):
                  kernel_init=CONV_INITS[init], dtype=dtype, name=name)
 
 
-def batch_norm(train, dtype, name):
+def batch_norm(train, dtype, name, scale_init=nn.initializers.ones):
   """BatchNorm with PyTorch's defaults (momentum 0.1 there is 0.9 here, eps 1e-5)."""
-  return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                      dtype=dtype, name=name)
+  return norm.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
+                        dtype=dtype, scale_init=scale_init, name=name)
 
 
 class BlockContext(nn.Module):
@@ -45,26 +47,34 @@ class BlockContext(nn.Module):
   fixed: bool = False
   gate_hidden: int = 16
   temperature: float = 1.0
+  bn_scale_init: Callable = nn.initializers.ones
+  gate_bn_scale_init: Callable = nn.initializers.ones
 
   def conv(self, features, kernel, strides=1, name=None):
     return conv(features, kernel, strides, self.conv_init, self.dtype, name)
 
   def norm(self, train, name=None):
-    return batch_norm(train, self.dtype, name)
+    return batch_norm(train, self.dtype, name, self.bn_scale_init)
 
   def gate(self, x, train, gate_mode):
-    """Returns (z, prob) of shape (batch,); ones for ungated or fixed blocks."""
+    """Returns (z, prob, logits), (batch,) x 2 and (batch, 2).
+
+    Ungated and fixed blocks give z = prob = 1 and logits (0, +inf), the logits
+    of a gate that always executes (sigmoid(l1 - l0) = 1, argmax 1).
+    """
     ones = jnp.ones((x.shape[0],), jnp.float32)
+    always = jnp.broadcast_to(jnp.asarray([0.0, jnp.inf], jnp.float32), (x.shape[0], 2))
     if not self.gated:
-      return ones, ones
+      return ones, ones, always
     gate = Gate(hidden=self.gate_hidden, hidden_kernel_init=CONV_INITS[self.conv_init],
-                temperature=self.temperature, name='gate')
+                temperature=self.temperature, bn_scale_init=self.gate_bn_scale_init,
+                name='gate')
     if self.fixed:
       # A fixed block always runs. Its gate still exists, so parameter counts
       # and checkpoint layout equal the reference model's whatever is fixed.
       if self.is_initializing():
         gate(x, train=train, mode='deterministic')
-      return ones, ones
+      return ones, ones, always
     return gate(x, train=train, mode=gate_mode)
 
   @staticmethod
@@ -79,14 +89,14 @@ class BasicBlock(BlockContext):
 
   @nn.compact
   def __call__(self, x, *, train: bool, gate_mode: str):
-    z, prob = self.gate(x, train, gate_mode)
+    z, prob, logits = self.gate(x, train, gate_mode)
     y = nn.relu(self.norm(train, 'bn1')(self.conv(self.features, 3, self.strides, 'conv1')(x)))
     y = self.norm(train, 'bn2')(self.conv(self.features, 3, 1, 'conv2')(y))
     shortcut = x
     if self.strides != 1 or x.shape[-1] != self.features:
       shortcut = self.norm(train, 'shortcut_bn')(
           self.conv(self.features, 1, self.strides, 'shortcut_conv')(x))
-    return nn.relu(shortcut + self.apply_gate(z, y)), z, prob
+    return nn.relu(shortcut + self.apply_gate(z, y)), (z, prob, logits)
 
 
 class Bottleneck(BlockContext):
@@ -97,7 +107,7 @@ class Bottleneck(BlockContext):
 
   @nn.compact
   def __call__(self, x, *, train: bool, gate_mode: str):
-    z, prob = self.gate(x, train, gate_mode)
+    z, prob, logits = self.gate(x, train, gate_mode)
     out_features = self.features * self.expansion
     y = nn.relu(self.norm(train, 'bn1')(self.conv(self.features, 1, 1, 'conv1')(x)))
     y = nn.relu(self.norm(train, 'bn2')(self.conv(self.features, 3, self.strides, 'conv2')(y)))
@@ -106,7 +116,7 @@ class Bottleneck(BlockContext):
     if self.strides != 1 or x.shape[-1] != out_features:
       shortcut = self.norm(train, 'shortcut_bn')(
           self.conv(out_features, 1, self.strides, 'shortcut_conv')(x))
-    return nn.relu(shortcut + self.apply_gate(z, y)), z, prob
+    return nn.relu(shortcut + self.apply_gate(z, y)), (z, prob, logits)
 
 
 class PreActBlock(BlockContext):
@@ -119,14 +129,14 @@ class PreActBlock(BlockContext):
 
   @nn.compact
   def __call__(self, x, *, train: bool, gate_mode: str):
-    z, prob = self.gate(x, train, gate_mode)
+    z, prob, logits = self.gate(x, train, gate_mode)
     pre = nn.relu(self.norm(train, 'bn1')(x))
     y = self.conv(self.features, 3, self.strides, 'conv1')(pre)
     y = self.conv(self.features, 3, 1, 'conv2')(nn.relu(self.norm(train, 'bn2')(y)))
     shortcut = x
     if self.strides != 1 or x.shape[-1] != self.features:
       shortcut = self.conv(self.features, 1, self.strides, 'shortcut_conv')(pre)
-    return shortcut + self.apply_gate(z, y), z, prob
+    return shortcut + self.apply_gate(z, y), (z, prob, logits)
 
 
 BLOCKS = {'basic': BasicBlock, 'bottleneck': Bottleneck, 'preact': PreActBlock}
@@ -147,6 +157,8 @@ class ResNet(nn.Module):
     fixed_blocks: indices of blocks that always execute.
     conv_init: key of CONV_INITS.
     gate_hidden, temperature: see `Gate`.
+    bn_scale_init, gate_bn_scale_init: gamma init of the backbone's and the
+      gates' BatchNorms (`norm.gamma_inits`).
     dtype: compute dtype (parameters stay float32).
   """
   block: str
@@ -160,6 +172,8 @@ class ResNet(nn.Module):
   conv_init: str = 'torch'
   gate_hidden: int = 16
   temperature: float = 1.0
+  bn_scale_init: Callable = nn.initializers.ones
+  gate_bn_scale_init: Callable = nn.initializers.ones
   dtype: Any = jnp.float32
 
   @property
@@ -170,33 +184,35 @@ class ResNet(nn.Module):
   def __call__(self, x, *, train: bool, gate_mode: str = 'deterministic'):
     """Returns (logits float32 (batch, classes), aux dict of (batch, blocks))."""
     check_gate_mode(gate_mode)
-    ctx = dict(conv_init=self.conv_init, dtype=self.dtype)
+    ctx = dict(conv_init=self.conv_init, dtype=self.dtype, bn_scale_init=self.bn_scale_init,
+               gate_bn_scale_init=self.gate_bn_scale_init)
     x = x.astype(self.dtype)
     if self.stem == 'imagenet':
       x = conv(self.stem_width, 7, 2, self.conv_init, self.dtype, 'stem_conv')(x)
-      x = nn.relu(batch_norm(train, self.dtype, 'stem_bn')(x))
+      x = nn.relu(batch_norm(train, self.dtype, 'stem_bn', self.bn_scale_init)(x))
       x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
     else:
       x = conv(self.stem_width, 3, 1, self.conv_init, self.dtype, 'stem_conv')(x)
       if self.stem == 'cifar':
-        x = nn.relu(batch_norm(train, self.dtype, 'stem_bn')(x))
-    zs, probs = [], []
+        x = nn.relu(batch_norm(train, self.dtype, 'stem_bn', self.bn_scale_init)(x))
+    gate_outputs = []
     index = 0
     for stage, (size, width) in enumerate(zip(self.stage_sizes, self.stage_widths)):
       for i in range(size):
         strides = 2 if (i == 0 and stage > 0) else 1
-        x, z, prob = BLOCKS[self.block](
+        x, gate_out = BLOCKS[self.block](
             features=width, strides=strides, gated=self.gated,
             fixed=index in self.fixed_blocks, gate_hidden=self.gate_hidden,
             temperature=self.temperature, name=f'stage{stage + 1}_block{i}', **ctx)(
                 x, train=train, gate_mode=gate_mode)
-        zs.append(z)
-        probs.append(prob)
+        gate_outputs.append(gate_out)
         index += 1
     if self.stem == 'wrn':
-      x = nn.relu(batch_norm(train, self.dtype, 'final_bn')(x))
+      x = nn.relu(batch_norm(train, self.dtype, 'final_bn', self.bn_scale_init)(x))
     x = jnp.mean(x, axis=(1, 2))
     logits = nn.Dense(self.num_classes, kernel_init=CONV_INITS['torch'],
                       bias_init=torch_bias_init(x.shape[-1]), dtype=self.dtype, name='head')(x)
-    aux = {'gates': jnp.stack(zs, axis=1), 'probs': jnp.stack(probs, axis=1)}
+    zs, probs, gate_logits = zip(*gate_outputs)
+    aux = {'gates': jnp.stack(zs, axis=1), 'probs': jnp.stack(probs, axis=1),
+           'logits': jnp.stack(gate_logits, axis=1)}
     return logits.astype(jnp.float32), aux

@@ -129,8 +129,8 @@ def _skip_closed_blocks(next_fun, args, kwargs, context, *, buckets):
     return lambda xs: module.apply(variables, xs, train=False, gate_mode='deterministic')[0]
 
   # The closed variant's output is unused here, so XLA keeps only its gate.
-  _, z, prob = closed.apply(variables, x, train=False, gate_mode='deterministic')
-  return run_where_open(z > 0, x, output(opened), output(closed), buckets), z, prob
+  _, gate_out = closed.apply(variables, x, train=False, gate_mode='deterministic')
+  return run_where_open(gate_out[0] > 0, x, output(opened), output(closed), buckets), gate_out
 
 
 def run_where_open(is_open: jax.Array, x: jax.Array, run_open: Callable, run_closed: Callable,

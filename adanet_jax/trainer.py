@@ -32,7 +32,7 @@ def check_run_config(config: ml_collections.ConfigDict) -> None:
   machine, before anything is created or compiled."""
   config_lib.validate(config)
   if config.init_from:  # refused before the workdir is created
-    checkpoints.resolve_checkpoint_dir(config.init_from)
+    checkpoints.check_init_from(config.init_from)
   n = jax.device_count()
   for field, size in (('train.batch_size', config.train.batch_size),
                       ('eval.batch_size', config.eval.batch_size)):

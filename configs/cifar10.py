@@ -31,6 +31,11 @@ decoded and augmented about 10,000 CIFAR images/s on 2 CPU cores
 (`experiments/results/input_benchmark.txt`). On this project's 2-core CPU a
 step of 128 takes about 8-18 s: CPU is for smoke tests only.
 
+Initialisation: as the reference model (PyTorch 0.3.1), every BatchNorm gamma
+(stem, blocks, shortcuts, gates) starts U(0, 1), the init the paper's numbers
+were trained from (`model.bn_gamma_init='reference'`; 'ones' for gammas of 1).
+The wide config inherits it: there only the gates' BatchNorm starts U(0, 1).
+
 Compare with the paper: ConvNet-AIG 110 at t = 0.7, 5.76% test error, 0.41
 GFLOPs (2 x MACs) with 82% of the layers executed; ConvNet-AIG 110* (expected
 mode) 5.14%; ResNet-110 6.61%. Users of the reference code reported 6.68%.
@@ -47,6 +52,7 @@ def get_config(arg=None):
   config.model.width = args.width
   config.model.gated = args.gated
   config.model.num_classes = 10
+  config.model.bn_gamma_init = 'reference'   # U(0, 1) gammas, as the paper's runs started
   config.data.name = 'cifar10'
   config.data.image_size = 32
   config.data.channels = 3

@@ -49,6 +49,12 @@ statistics) is the fast setting. `train.batch_size` and `eval.batch_size`
 must be multiples of the device count; on several hosts each process reads
 its own part of the data.
 
+Initialisation: as the reference model, the block and stem BatchNorm gammas
+start at 1 and the gates' BatchNorm gammas U(0, 1) (PyTorch 0.3.1's default,
+which the reference left in place there; `model.bn_gamma_init='reference'`).
+`--config.init_from=resnet50.pth` starts from a torchvision ResNet state_dict
+(gates fresh), as the reference's `--pretrained`.
+
 Per-layer targets (reference README): ResNet-50
 [1, 1, 0.8, 1, t, t, t, 1, t, t, t, t, t, 1, 0.7, 1]; ResNet-101 1 on the
 first 8 blocks and t on the other 25; ResNet-152 (not in the paper) t
@@ -84,6 +90,7 @@ def get_config(arg=None):
   config.model.depth = depth
   config.model.gated = args.gated
   config.model.num_classes = 1000
+  config.model.bn_gamma_init = 'reference'   # gates' BatchNorm gammas U(0, 1), as the reference
   config.data.name = 'imagenet2012'
   config.data.image_size = 224
   config.data.channels = 3

@@ -21,7 +21,9 @@ width (k, default 10), gated (default true), target (default 0.7), epochs
 Recipe (WRN paper): SGD with Nesterov momentum 0.9, LR 0.1 at batch 128
 (scaled linearly with train.batch_size), x0.2 at epochs 60, 120 and 160 of
 200, weight decay 5e-4 (coupled L2 on every parameter), no dropout; the
-ConvNet-AIG CIFAR augmentation and normalisation. WRN-28-10 has 36.5 M
+ConvNet-AIG CIFAR augmentation and normalisation. BatchNorm gammas: 1 in the
+backbone (the WRN code), U(0, 1) in the gates (the ConvNet-AIG gate of
+`configs/cifar10.py`, `model.bn_gamma_init='reference'`). WRN-28-10 has 36.5 M
 parameters and 5.24 GMACs per 32x32 image with every block run (21x
 ResNet-110). Hardware and time: one GPU. The train step alone
 (experiments/benchmark_step.py, batch 128, one H200, JAX 0.11.2) ran at

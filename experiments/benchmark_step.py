@@ -9,22 +9,32 @@ ways: XLA's cost analysis of the compiled step, and 3 x the forward FLOPs of
 the model with every block run (2 x MACs, the usual training estimate). The
 persistent compilation cache is on: a second launch shows a compile time of a
 few seconds (loading) instead of a full compilation.
+
+`--batchnorms=ours,flax` times each dtype with both BatchNorms back to back:
+'ours' is adanet_jax.norm's (two-pass variance), 'flax' swaps in flax's
+one-pass nn.BatchNorm (the implementation before it); repeat them
+(`ours,flax,ours,flax`) on a busy machine.
 """
 
+import contextlib
 import time
+from unittest import mock
 
 from absl import app, flags
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from ml_collections import config_flags
 
-from adanet_jax import accounting, jax_setup, models, optim, steps
+from adanet_jax import accounting, jax_setup, models, norm, optim, steps
 
 _CONFIG = config_flags.DEFINE_config_file('config', 'configs/cifar10.py', 'Config file.',
                                           lock_config=True)
 _BATCH = flags.DEFINE_integer('batch', 128, 'Global batch size.')
 _STEPS = flags.DEFINE_integer('steps', 3, 'Timed steps after the first.')
 _DTYPES = flags.DEFINE_list('dtypes', ['float32', 'bfloat16'], 'Compute dtypes to time.')
+_BATCHNORMS = flags.DEFINE_list('batchnorms', ['ours'], "BatchNorms to time: 'ours' "
+                                "(two-pass variance) and/or 'flax' (nn.BatchNorm, one pass).")
 _CACHE = flags.DEFINE_string('cache_dir', None, 'Persistent compilation cache directory.')
 
 
@@ -66,16 +76,23 @@ def main(argv):
   base = _CONFIG.value
   print(f'backend {jax.default_backend()}, {jax.device_count()} device(s), '
         f'batch {_BATCH.value}, cache {cache}')
+  variants = {'ours': contextlib.nullcontext, 'flax': lambda: mock.patch.object(
+      norm, 'BatchNorm', nn.BatchNorm)}
+  unknown = set(_BATCHNORMS.value) - set(variants)
+  if unknown:
+    raise app.UsageError(f'--batchnorms: unknown {sorted(unknown)}; allowed: ours, flax')
   for dtype in _DTYPES.value:
-    config = base.copy_and_resolve_references()
-    config.model.dtype = dtype
-    config.train.batch_size = _BATCH.value
-    r = benchmark(config, _BATCH.value, _STEPS.value)
-    print(f'{config.model.name}-{config.model.depth} {dtype}: trace+lower '
-          f'{r["trace_lower_s"]:.1f} s, compile {r["compile_s"]:.1f} s, first step '
-          f'{r["first_step_s"]:.1f} s, step {r["step_s"]:.2f} s, {r["images_per_s"]:.1f} images/s, '
-          f'{r["xla_gflops_per_s"]:.1f} GFLOP/s (XLA count), '
-          f'{r["model_gflops_per_s"]:.1f} GFLOP/s (3 x forward)', flush=True)
+    for bn in _BATCHNORMS.value:
+      config = base.copy_and_resolve_references()
+      config.model.dtype = dtype
+      config.train.batch_size = _BATCH.value
+      with variants[bn]():  # the model is traced inside: the swap takes effect
+        r = benchmark(config, _BATCH.value, _STEPS.value)
+      print(f'{config.model.name}-{config.model.depth} {dtype} {bn} BN: trace+lower '
+            f'{r["trace_lower_s"]:.1f} s, compile {r["compile_s"]:.1f} s, first step '
+            f'{r["first_step_s"]:.1f} s, step {r["step_s"]:.3f} s, {r["images_per_s"]:.1f} '
+            f'images/s, {r["xla_gflops_per_s"]:.1f} GFLOP/s (XLA count), '
+            f'{r["model_gflops_per_s"]:.1f} GFLOP/s (3 x forward)', flush=True)
 
 
 if __name__ == '__main__':

@@ -73,7 +73,7 @@ def test_expected_mode_scales_branch_by_probability():
   p = jax.tree.map(np.asarray, variables['params'])
   # Non-trivial gate: random last layer so probabilities differ per image.
   p['gate']['fc2']['kernel'] = np.asarray(jax.random.normal(jax.random.key(2), (16, 2)))
-  out, z, prob = block.apply({'params': p, 'batch_stats': variables['batch_stats']}, x,
+  out, (z, prob, _) = block.apply({'params': p, 'batch_stats': variables['batch_stats']}, x,
                              train=False, gate_mode='expected')
   g = p['gate']
   h = np.asarray(x).mean(axis=(1, 2)) @ g['fc1']['kernel'] + g['fc1']['bias']
@@ -110,7 +110,7 @@ def test_gradient_reaches_last_dense_as_softmax_gradient():
   c = jnp.array([1.0, -0.5, 2.0, 0.3, -1.2])
 
   def loss(params):
-    z, _ = gate.apply({'params': params, 'batch_stats': variables['batch_stats']}, x,
+    z, *_ = gate.apply({'params': params, 'batch_stats': variables['batch_stats']}, x,
                       train=False, mode='deterministic')
     return jnp.sum(c * z), z
 
