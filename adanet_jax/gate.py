@@ -56,19 +56,22 @@ class Gate(nn.Module):
     hidden: width of the hidden layer (16 in every model of the paper).
     hidden_kernel_init: init of the first Dense (PyTorch default on CIFAR,
       He fan-out normal on ImageNet, as the reference).
-    temperature: Gumbel-softmax temperature (gradient path only).
+    temperature: Gumbel-softmax temperature (gradient path only); a call may
+      pass another, also a traced array, so that a sweep over it compiles once.
   """
   hidden: int = 16
   hidden_kernel_init: Callable = nn.initializers.variance_scaling(1 / 3, 'fan_in', 'uniform')
   temperature: float = 1.0
 
   @nn.compact
-  def __call__(self, x: jax.Array, *, train: bool, mode: str):
+  def __call__(self, x: jax.Array, *, train: bool, mode: str,
+               temperature: float | jax.Array | None = None):
     """Returns `(z, prob)`, each of shape (batch,), float32.
 
     `z` is the value the residual branch is multiplied by: hard 0/1 in modes
     `sample` and `deterministic`, the execution probability in `expected`.
     `prob` = sigmoid(l1 - l0), the gate's execution probability.
+    `temperature`, if given, replaces the attribute.
     """
     fan_in = x.shape[-1]
     bias_init = torch_bias_init(fan_in)
@@ -89,7 +92,8 @@ class Gate(nn.Module):
     else:
       check_gate_mode(mode)
       noise = None
-    return straight_through_gate(logits, noise, self.temperature), prob
+    temperature = self.temperature if temperature is None else temperature
+    return straight_through_gate(logits, noise, temperature), prob
 
 
 def torch_bias_init(fan_in: int):
