@@ -2,8 +2,11 @@
 CSV table, and accuracy against GFLOPs with the Pareto front marked.
 
 Figures come from each workdir's files: `sweep_status.json` (overrides,
-status, wall time), `config.json` (the evaluation modes) and the last
-evaluation record of `metrics.jsonl`.
+status, wall time), `config.json` (the evaluation modes), the last
+evaluation record of `metrics.jsonl`, and its first compile record: the
+seconds to trace, lower and compile the train step, or to load it from the
+persistent compilation cache (`compile_cached` = 1), at the point's first
+launch.
 """
 
 import csv
@@ -11,7 +14,8 @@ import json
 import os
 
 COLUMNS = ('point', 'overrides', 'status', 'eval_mode', 'accuracy', 'gate_rate',
-           'gated_block_rate', 'macs_per_image', 'gflops_per_image', 'paper_gflops', 'wall_s')
+           'gated_block_rate', 'macs_per_image', 'gflops_per_image', 'paper_gflops', 'wall_s',
+           'compile_s', 'compile_cached')
 
 
 def read_point(workdir: str) -> dict | None:
@@ -30,6 +34,9 @@ def read_point(workdir: str) -> dict | None:
   for key in ('accuracy', 'gate_rate', 'gated_block_rate', 'macs_per_image', 'gflops_per_image',
               'paper_gflops'):
     row[key] = last.get(f'eval/{mode}/{key}')
+  compiled = _first_compile(os.path.join(workdir, 'metrics.jsonl'))
+  row['compile_s'] = None if compiled is None else round(compiled['run/compile_s'], 2)
+  row['compile_cached'] = None if compiled is None else int(compiled['run/compile_cached'])
   return row
 
 
@@ -50,6 +57,16 @@ def _last_eval(path: str, mode: str) -> dict:
         if f'eval/{mode}/accuracy' in record:
           last = record
   return last
+
+
+def _first_compile(path: str) -> dict | None:
+  if os.path.exists(path):
+    with open(path) as f:
+      for line in f:
+        record = json.loads(line)
+        if 'run/compile_s' in record:
+          return record
+  return None
 
 
 def pareto_front(rows: list[dict]) -> list[dict]:
@@ -93,7 +110,9 @@ def _markdown(rows: list[dict]) -> str:
   lines = ['| ' + ' | '.join(COLUMNS) + ' |', '|' + '---|' * len(COLUMNS)]
   lines += ['| ' + ' | '.join(_fmt(r[c]) for c in COLUMNS) + ' |' for r in rows]
   lines.append('\nMACs: multiply-adds per image (exact, from the gate decisions); GFLOPs = '
-               '2 x MACs / 1e9; paper_gflops: gate-free baseline x mean fraction of blocks run.')
+               '2 x MACs / 1e9; paper_gflops: gate-free baseline x mean fraction of blocks run; '
+               'compile_s: trace + lower + compile of the train step at the first launch, '
+               'compile_cached = 1 where it was loaded from the persistent compilation cache.')
   return '\n'.join(lines)
 
 
