@@ -9,6 +9,11 @@ ways: XLA's cost analysis of the compiled step, and 3 x the forward FLOPs of
 the model with every block run (2 x MACs, the usual training estimate). The
 persistent compilation cache is on: a second launch shows a compile time of a
 few seconds (loading) instead of a full compilation.
+
+With torch installed and the PyTorch twin (experiments/torch_twin.py) present,
+each line is followed by the twin's train step on the same batch (its first
+step, then the mean of `--steps`) and our speed relative to it; `--notorch`
+skips it.
 """
 
 import time
@@ -17,8 +22,10 @@ from absl import app, flags
 import jax
 import jax.numpy as jnp
 from ml_collections import config_flags
+import numpy as np
 
 from adanet_jax import accounting, jax_setup, models, steps
+from experiments import torch_step
 
 _CONFIG = config_flags.DEFINE_config_file('config', 'configs/cifar10.py', 'Config file.',
                                           lock_config=True)
@@ -26,6 +33,14 @@ _BATCH = flags.DEFINE_integer('batch', 128, 'Global batch size.')
 _STEPS = flags.DEFINE_integer('steps', 3, 'Timed steps after the first.')
 _DTYPES = flags.DEFINE_list('dtypes', ['float32', 'bfloat16'], 'Compute dtypes to time.')
 _CACHE = flags.DEFINE_string('cache_dir', None, 'Persistent compilation cache directory.')
+_TORCH = flags.DEFINE_bool('torch', True, 'Also time the PyTorch twin on the same batch.')
+
+
+def example_batch(config, batch_size: int) -> dict:
+  """The benchmark's fixed batch: normal images, cycling labels."""
+  shape = (config.data.image_size, config.data.image_size, config.data.channels)
+  return {'image': jax.random.normal(jax.random.key(1), (batch_size, *shape)),
+          'label': jnp.arange(batch_size) % config.model.num_classes}
 
 
 def benchmark(config, batch_size: int, num_steps: int) -> dict:
@@ -33,20 +48,20 @@ def benchmark(config, batch_size: int, num_steps: int) -> dict:
   model = models.create_model(config)
   shape = (config.data.image_size, config.data.image_size, config.data.channels)
   state = steps.create_train_state(config, model, steps_per_epoch=100, key=jax.random.key(0))
-  batch = {'image': jax.random.normal(jax.random.key(1), (batch_size, *shape)),
-           'label': jnp.arange(batch_size) % config.model.num_classes}
+  batch = example_batch(config, batch_size)
+  hparams = steps.make_hparams(config, steps_per_epoch=100)
   step = jax.jit(steps.make_train_step(config), donate_argnums=0)
   key = jax.random.key(config.seed)
   t0 = time.perf_counter()
-  lowered = step.lower(state, batch, key)
+  lowered = step.lower(state, batch, key, hparams)
   t1 = time.perf_counter()
   compiled = lowered.compile()
   t2 = time.perf_counter()
-  state, metrics = compiled(state, batch, key)
+  state, metrics = compiled(state, batch, key, hparams)
   jax.block_until_ready(metrics)
   t3 = time.perf_counter()
   for _ in range(num_steps):
-    state, metrics = compiled(state, batch, key)
+    state, metrics = compiled(state, batch, key, hparams)
     jax.block_until_ready(metrics)  # one step at a time: no queueing on CPU
   t4 = time.perf_counter()
   step_s = (t4 - t3) / max(num_steps, 1)
@@ -75,6 +90,29 @@ def main(argv):
           f'{r["first_step_s"]:.1f} s, step {r["step_s"]:.2f} s, {r["images_per_s"]:.1f} images/s, '
           f'{r["xla_gflops_per_s"]:.1f} GFLOP/s (XLA count), '
           f'{r["model_gflops_per_s"]:.1f} GFLOP/s (3 x forward)', flush=True)
+    if _TORCH.value:
+      print_torch_twin(config, _BATCH.value, _STEPS.value, r['step_s'])
+
+
+def torch_twin(config, batch_size: int, num_steps: int) -> dict:
+  """The PyTorch twin's train step on our benchmark batch (CPU); raises
+  torch_step.TwinUnavailable without torch or the twin."""
+  batch = jax.device_get(example_batch(config, batch_size))
+  step = torch_step.make_step(config, np.asarray(batch['image']), np.asarray(batch['label']),
+                              device='cpu')
+  return torch_step.time_step(step, 'cpu', num_steps)
+
+
+def print_torch_twin(config, batch_size: int, num_steps: int, our_step_s: float) -> None:
+  """Prints the twin's figures and our speed relative to it, or why they are missing."""
+  try:
+    t = torch_twin(config, batch_size, num_steps)
+  except torch_step.TwinUnavailable as e:
+    print(f'  PyTorch twin: skipped: {e}', flush=True)
+    return
+  print(f'  PyTorch twin {config.model.dtype}: first step {t["first_step_s"]:.2f} s, step '
+        f'{t["step_s"]:.2f} s, {batch_size / t["step_s"]:.1f} images/s; ours/twin speed '
+        f'{t["step_s"] / our_step_s:.2f}x', flush=True)
 
 
 if __name__ == '__main__':
