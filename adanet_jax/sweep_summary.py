@@ -3,10 +3,10 @@ CSV table, and accuracy against GFLOPs with the Pareto front marked.
 
 Figures come from each workdir's files: `sweep_status.json` (overrides,
 status, wall time), `config.json` (the evaluation modes), the last
-evaluation record of `metrics.jsonl`, and its first compile record: the
-seconds to trace, lower and compile the train step, or to load it from the
-persistent compilation cache (`compile_cached` = 1), at the point's first
-launch.
+evaluation record of `metrics.jsonl`, and the compile figures of its first
+log record: the seconds to trace, lower and compile the train step, or to
+load it from the persistent compilation cache (`compile_cached` = 1), at the
+point's first launch.
 """
 
 import csv

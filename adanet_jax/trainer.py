@@ -7,7 +7,8 @@ replicated and donated, and the result equals the one-device computation.
 
 The train step is compiled ahead of time before its first call (trace, lower
 and compile, or a load from the persistent compilation cache); how long that
-took and whether it was a cache load goes into metrics.jsonl.
+took and whether it was a cache load go into the first log record of the
+launch in metrics.jsonl (`run/compile_s`, `run/compile_cached`).
 """
 
 import os
@@ -159,13 +160,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, dataset=
 def _train_loop(config, workdir, dataset, runner, state, checkpointer, logger) -> dict:
   first = int(state.step)
   progress = Progress(runner.num_steps, first, config.train.batch_size)
-  sums, final = None, {}
+  sums, final, run_info = None, {}, {}
   tc = config.train
   for step in range(first, runner.num_steps):
     state, step_metrics = runner.train_step(state, runner.to_global(dataset.train_batch(step)),
                                             runner.key)
-    if step == first:  # the step was compiled (or loaded) by this call
-      logger.write(step, {f'run/{k}': v for k, v in runner.compile_info.items()})
+    if step == first:  # compiled (or loaded) by this call: goes with the first log record
+      run_info = {f'run/{k}': v for k, v in runner.compile_info.items()}
     sums = metrics.accumulate(sums, step_metrics)
     done = step + 1
     log, ckpt = is_time(done, tc.log_every_steps, runner.num_steps), is_time(
@@ -176,8 +177,8 @@ def _train_loop(config, workdir, dataset, runner, state, checkpointer, logger) -
       _raise_if_nonfinite(sums, checkpointer)
     if log:
       summary = {f'train/{k}': v for k, v in metrics.summarize_train(jax.device_get(sums)).items()}
-      logger.write(done, {**summary, **progress.update(done)})
-      sums = None
+      logger.write(done, {**summary, **progress.update(done), **run_info})
+      sums, run_info = None, {}
     if evaluate:
       final = runner.evaluate(state, dataset, workdir, done)
       logger.write(done, final)
