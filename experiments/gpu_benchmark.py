@@ -47,6 +47,7 @@ import subprocess  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
+import traceback  # noqa: E402
 import types  # noqa: E402
 
 from absl import app, flags  # noqa: E402
@@ -177,13 +178,17 @@ def time_twin(config, batch: dict, num_steps: int, compile_model: bool = False) 
     return {'skipped': str(e)}
   device = 'cuda' if torch.cuda.is_available() else 'cpu'
   host = jax.device_get(batch)
-  step = torch_step.make_step(config, np.asarray(host['image']), np.asarray(host['label']),
-                              device, compile_model=compile_model)
-  result = torch_step.time_step(step, device, num_steps)
-  del step
+  try:
+    step = torch_step.make_step(config, np.asarray(host['image']), np.asarray(host['label']),
+                                device, compile_model=compile_model)
+    result = {**torch_step.time_step(step, device, num_steps), 'device': device}
+    del step
+  except Exception as e:  # pylint: disable=broad-except
+    # Our figures of this part are measured already: keep them.
+    result = {'skipped': f'the twin failed: {type(e).__name__}: {e}'[:1000]}
   if device == 'cuda':
     torch.cuda.empty_cache()
-  return {**result, 'device': device}
+  return result
 
 
 def with_rates(result: dict, batch_size: int, flops_per_image: float) -> dict:
@@ -300,8 +305,10 @@ def torch_compile_in_child(smoke: bool, cap_s: float, num_steps: int) -> dict:
   command = [sys.executable, '-m', 'experiments.gpu_benchmark', '--torch_compile_child',
              'resnet50:bfloat16', f'--steps={num_steps}'] + (['--smoke'] if smoke else [])
   try:
+    # The child's JAX only counts MACs: on the CPU, it takes no GPU memory.
     out = subprocess.run(command, capture_output=True, text=True, timeout=cap_s,
-                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                         env={**os.environ, 'JAX_PLATFORMS': 'cpu'})
   except subprocess.TimeoutExpired:
     return {'skipped': f'torch.compile did not finish within {cap_s:.0f} s'}
   lines = [l for l in out.stdout.splitlines() if l.startswith('TORCH_COMPILE_RESULT ')]
@@ -348,26 +355,32 @@ def run_all(out_dir: str, smoke: bool, budget: Budget, num_steps: int, loop_step
              'tensorboard_stubbed': stubbed, 'compilation_cache': cache,
              'flops_convention': '3 x forward MACs x 2 FLOPs per image, every block counted; '
                                  f'peak {PEAK_FLOPS / 1e12:.0f} TFLOP/s (H200 dense bf16)',
-             'steps': [], 'skipped': []}
+             'steps': [], 'skipped': [], 'errors': []}
   part_s = 0.0 if smoke else PART_ESTIMATE_S
   for model, dtype in SMOKE_RUNS if smoke else RUNS:
     if budget.left() < part_s:
       results['skipped'].append(f'step {model} {dtype}: time budget spent')
       continue
-    row, (runner, state, batch, _) = step_comparison(model, dtype, smoke, num_steps)
+    done = guarded(f'step {model} {dtype}', results, out_dir,
+                   lambda m=model, d=dtype: step_comparison(m, d, smoke, num_steps))
+    if done is None:
+      continue
+    row, (runner, state, batch, _) = done
     results['steps'].append({**row, 'at_s': budget.elapsed()})
     print_row(row)
     write_json(out_dir, results)
     if (model, dtype) == ('resnet50', 'bfloat16'):  # parts 2 and 3, while its runner lives
-      results['profile'] = profile_step(runner, state, batch,
-                                        tempfile.mkdtemp(prefix='gpu_benchmark_trace_'), out_dir)
-      print_profile(results['profile'])
+      trace_dir = tempfile.mkdtemp(prefix='gpu_benchmark_trace_')
+      results['profile'] = guarded('profile', results, out_dir, lambda: profile_step(
+          runner, state, batch, trace_dir, out_dir))
+      if results['profile']:
+        print_profile(results['profile'])
+      results['full_loop'] = guarded('full loop', results, out_dir, lambda: full_loop(
+          load_config('resnet50', 'bfloat16', smoke), loop_steps, row['ours']['images_per_s']))
+      if results['full_loop']:
+        print_loop(results['full_loop'])
       write_json(out_dir, results)
-      results['full_loop'] = full_loop(load_config('resnet50', 'bfloat16', smoke), loop_steps,
-                                       row['ours']['images_per_s'])
-      print_loop(results['full_loop'])
-      write_json(out_dir, results)
-    del runner, state, batch
+    del runner, state, batch, done
   if budget.left() > (5 if smoke else 30):
     results['torch_compile'] = torch_compile_in_child(
         smoke, max(min(compile_cap_s, budget.left()), 5.0), num_steps)
@@ -378,6 +391,21 @@ def run_all(out_dir: str, smoke: bool, budget: Budget, num_steps: int, loop_step
   results['total_s'] = budget.elapsed()
   write_json(out_dir, results)
   return results
+
+
+def guarded(name: str, results: dict, out_dir: str, part):
+  """Runs `part()`; a failure is recorded in results['errors'] and printed,
+  and None returned: the run is one-shot, so one broken part must not cost
+  the others."""
+  try:
+    return part()
+  except Exception as e:  # pylint: disable=broad-except
+    message = f'{type(e).__name__}: {e}'[:2000]
+    results['errors'].append({'part': name, 'error': message,
+                              'traceback': traceback.format_exc().splitlines()[-12:]})
+    print(f'{name} FAILED: {message[:600]}', flush=True)
+    write_json(out_dir, results)
+    return None
 
 
 def _torch_version() -> str | None:
