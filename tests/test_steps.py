@@ -126,3 +126,28 @@ def test_other_hparams_reuse_the_compiled_step(load_config):
   assert float(m1['learning_rate']) == 0.0  # warmup starts at 0
   np.testing.assert_allclose(float(m2['learning_rate']) / 32, 0.5 * 32 / 128, rtol=1e-6)
   assert float(m1['target_loss']) != float(m2['target_loss'])
+
+
+def test_call_time_temperature_replaces_the_attribute(load_config):
+  config = load_config('digits.py', 'depth=8')
+  images = jax.random.normal(jax.random.key(1), (16, 8, 8, 1))
+  rngs = {'gumbel': jax.random.key(2)}
+
+  def gate_grads(temperature_attr, temperature_call):
+    config.gates.temperature = temperature_attr
+    model = models.create_model(config)
+    variables = model.init({'params': jax.random.key(0)}, images, train=False)
+
+    def gate_sum(params):
+      (_, aux), _ = model.apply({**variables, 'params': params}, images, train=True,
+                                gate_mode='sample', temperature=temperature_call, rngs=rngs,
+                                mutable=['batch_stats'])
+      return aux['gates'].sum()
+    return jax.tree.leaves(jax.grad(gate_sum)(variables['params']))
+
+  attr = gate_grads(2.0, None)
+  call = gate_grads(1.0, jnp.float32(2.0))
+  default = gate_grads(1.0, None)
+  for a, c in zip(attr, call):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(c))
+  assert any(not np.array_equal(a, d) for a, d in zip(attr, default))
