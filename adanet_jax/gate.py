@@ -57,7 +57,8 @@ class Gate(nn.Module):
     hidden: width of the hidden layer (16 in every model of the paper).
     hidden_kernel_init: init of the first Dense (PyTorch default on CIFAR,
       He fan-out normal on ImageNet, as the reference).
-    temperature: Gumbel-softmax temperature (gradient path only).
+    temperature: Gumbel-softmax temperature (gradient path only); a call may
+      pass another, also a traced array, so that a sweep over it compiles once.
     bn_scale_init: init of the hidden BatchNorm's gamma (`norm.gamma_inits`).
   """
   hidden: int = 16
@@ -66,13 +67,15 @@ class Gate(nn.Module):
   bn_scale_init: Callable = nn.initializers.ones
 
   @nn.compact
-  def __call__(self, x: jax.Array, *, train: bool, mode: str):
+  def __call__(self, x: jax.Array, *, train: bool, mode: str,
+               temperature: float | jax.Array | None = None):
     """Returns `(z, prob, logits)`: (batch,), (batch,), (batch, 2), float32.
 
     `z` is the value the residual branch is multiplied by: hard 0/1 in modes
     `sample` and `deterministic`, the execution probability in `expected`.
     `prob` = sigmoid(l1 - l0), the gate's execution probability; `logits` the
-    gate's two logits (skip, execute), before any noise.
+    gate's two logits (skip, execute), before any noise. `temperature`, if
+    given, replaces the attribute.
     """
     fan_in = x.shape[-1]
     bias_init = torch_bias_init(fan_in)
@@ -93,7 +96,8 @@ class Gate(nn.Module):
     else:
       check_gate_mode(mode)
       noise = None
-    return straight_through_gate(logits, noise, self.temperature), prob, logits
+    temperature = self.temperature if temperature is None else temperature
+    return straight_through_gate(logits, noise, temperature), prob, logits
 
   def gumbel_noise(self, shape) -> jax.Array:
     """Gumbel noise from the `gumbel` stream (a method of its own, so tests can

@@ -56,7 +56,7 @@ class BlockContext(nn.Module):
   def norm(self, train, name=None):
     return batch_norm(train, self.dtype, name, self.bn_scale_init)
 
-  def gate(self, x, train, gate_mode):
+  def gate(self, x, train, gate_mode, temperature=None):
     """Returns (z, prob, logits), (batch,) x 2 and (batch, 2).
 
     Ungated and fixed blocks give z = prob = 1 and logits (0, +inf), the logits
@@ -75,7 +75,7 @@ class BlockContext(nn.Module):
       if self.is_initializing():
         gate(x, train=train, mode='deterministic')
       return ones, ones, always
-    return gate(x, train=train, mode=gate_mode)
+    return gate(x, train=train, mode=gate_mode, temperature=temperature)
 
   @staticmethod
   def apply_gate(z, branch):
@@ -88,8 +88,8 @@ class BasicBlock(BlockContext):
   strides: int = 1
 
   @nn.compact
-  def __call__(self, x, *, train: bool, gate_mode: str):
-    z, prob, logits = self.gate(x, train, gate_mode)
+  def __call__(self, x, *, train: bool, gate_mode: str, temperature=None):
+    z, prob, logits = self.gate(x, train, gate_mode, temperature)
     y = nn.relu(self.norm(train, 'bn1')(self.conv(self.features, 3, self.strides, 'conv1')(x)))
     y = self.norm(train, 'bn2')(self.conv(self.features, 3, 1, 'conv2')(y))
     shortcut = x
@@ -106,8 +106,8 @@ class Bottleneck(BlockContext):
   expansion: int = 4
 
   @nn.compact
-  def __call__(self, x, *, train: bool, gate_mode: str):
-    z, prob, logits = self.gate(x, train, gate_mode)
+  def __call__(self, x, *, train: bool, gate_mode: str, temperature=None):
+    z, prob, logits = self.gate(x, train, gate_mode, temperature)
     out_features = self.features * self.expansion
     y = nn.relu(self.norm(train, 'bn1')(self.conv(self.features, 1, 1, 'conv1')(x)))
     y = nn.relu(self.norm(train, 'bn2')(self.conv(self.features, 3, self.strides, 'conv2')(y)))
@@ -128,8 +128,8 @@ class PreActBlock(BlockContext):
   strides: int = 1
 
   @nn.compact
-  def __call__(self, x, *, train: bool, gate_mode: str):
-    z, prob, logits = self.gate(x, train, gate_mode)
+  def __call__(self, x, *, train: bool, gate_mode: str, temperature=None):
+    z, prob, logits = self.gate(x, train, gate_mode, temperature)
     pre = nn.relu(self.norm(train, 'bn1')(x))
     y = self.conv(self.features, 3, self.strides, 'conv1')(pre)
     y = self.conv(self.features, 3, 1, 'conv2')(nn.relu(self.norm(train, 'bn2')(y)))
@@ -181,8 +181,12 @@ class ResNet(nn.Module):
     return sum(self.stage_sizes)
 
   @nn.compact
-  def __call__(self, x, *, train: bool, gate_mode: str = 'deterministic'):
-    """Returns (logits float32 (batch, classes), aux dict of (batch, blocks))."""
+  def __call__(self, x, *, train: bool, gate_mode: str = 'deterministic', temperature=None):
+    """Returns (logits float32 (batch, classes), aux dict of (batch, blocks)).
+
+    `temperature` (a number or an array) replaces the gates' attribute for
+    this call, so that it can be a runtime value of the train step.
+    """
     check_gate_mode(gate_mode)
     ctx = dict(conv_init=self.conv_init, dtype=self.dtype, bn_scale_init=self.bn_scale_init,
                gate_bn_scale_init=self.gate_bn_scale_init)
@@ -204,7 +208,7 @@ class ResNet(nn.Module):
             features=width, strides=strides, gated=self.gated,
             fixed=index in self.fixed_blocks, gate_hidden=self.gate_hidden,
             temperature=self.temperature, name=f'stage{stage + 1}_block{i}', **ctx)(
-                x, train=train, gate_mode=gate_mode)
+                x, train=train, gate_mode=gate_mode, temperature=temperature)
         gate_outputs.append(gate_out)
         index += 1
     if self.stem == 'wrn':

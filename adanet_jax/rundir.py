@@ -114,6 +114,14 @@ def last_eval(workdir: str, gate_mode: str) -> dict | None:
           **{k[len(prefix):]: v for k, v in last.items() if k.startswith(prefix)}}
 
 
+def first_compile(workdir: str) -> dict | None:
+  """The compile figures of the run's first launch (`run/compile_s`,
+  `run/compile_cached` of its first log record), or None before it logged."""
+  if not os.path.isfile(os.path.join(workdir, METRICS_FILE)):
+    return None
+  return next((r for r in read_metrics(workdir) if 'run/compile_s' in r), None)
+
+
 def class_block_rates_path(workdir: str, mode: str, step: int) -> str:
   return os.path.join(workdir, EVAL_DIR, f'class_block_rates_{mode}_step{step:08d}.csv')
 

@@ -4,16 +4,21 @@
 `eval_step(state, batch) -> metrics` know nothing about devices: compiled
 with `jax.jit` over a batch sharded on a ('data',) mesh they compute exactly
 what they compute on one device (BatchNorm statistics and gate batch means
-over the global batch). Static choices are bound with functools.partial.
+over the global batch). Static choices are bound with functools.partial;
+the numbers that do not change shapes (loss targets and weight, gate
+temperature, every optimizer number) come in as the `hparams` argument, so
+runs that differ only in them share one compiled step (and one entry of the
+persistent compilation cache).
 """
 
 import functools
-from typing import Any, Sequence
+from typing import Any
 
 from flax.training import train_state
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 
 from adanet_jax import accounting, losses, models
@@ -40,28 +45,62 @@ def step_key(key: jax.Array, step: jax.Array, stream: int) -> jax.Array:
   return jax.random.fold_in(jax.random.fold_in(key, step), stream)
 
 
-def train_step(state: TrainState, batch: dict, key: jax.Array, *, targets: Sequence[float],
-               loss_weight: float, reduction: str, gate_mode: str,
-               schedule: optax.Schedule | None = None):
+def make_hparams(config: ml_collections.ConfigDict, steps_per_epoch: int) -> dict:
+  """The runtime numbers of the train step, as float32 numpy arrays.
+
+  Args:
+    config: the run's config.
+    steps_per_epoch: optimizer steps per epoch (for the schedule).
+
+  Returns:
+    `optim.optimizer_hparams` plus 'targets' (one per block), 'loss_weight'
+    and 'temperature' (of the gates' Gumbel-softmax).
+  """
+  return {
+      **optim.optimizer_hparams(config, steps_per_epoch),
+      'targets': np.asarray(models.block_targets(config), np.float32),
+      'loss_weight': np.asarray(config.loss.weight, np.float32),
+      'temperature': np.asarray(config.gates.temperature, np.float32),
+  }
+
+
+def train_step(state: TrainState, batch: dict, key: jax.Array, hparams: dict, *,
+               reduction: str, gate_mode: str, schedule: str, momentum: bool, nesterov: bool):
   """One SGD step on a global batch {'image', 'label'}.
 
-  Returns the new state and a dict of metric sums over the batch (`count` is
-  the number of images) so that metrics add up across steps.
+  Args:
+    state: the train state (its `tx` is used only for its state's layout).
+    batch: the global batch.
+    key: the run's seed key; the step's streams are folded in from it.
+    hparams: `make_hparams` values (runtime arrays).
+    reduction, gate_mode: static loss and gate choices.
+    schedule, momentum, nesterov: static structure of the optimizer.
+
+  Returns:
+    The new state and a dict of metric sums over the batch (`count` is the
+    number of images) so that metrics add up across steps.
   """
   rngs = {'gumbel': step_key(key, state.step, GUMBEL_STREAM)}
 
   def loss_fn(params):
     (logits, aux), updates = state.apply_fn(
         {'params': params, 'batch_stats': state.batch_stats}, batch['image'], train=True,
-        gate_mode=gate_mode, rngs=rngs, mutable=['batch_stats'])
-    loss, parts = losses.total_loss(logits, batch['label'], aux, targets, loss_weight, reduction)
+        gate_mode=gate_mode, temperature=hparams['temperature'], rngs=rngs,
+        mutable=['batch_stats'])
+    loss, parts = losses.total_loss(logits, batch['label'], aux, hparams['targets'],
+                                    hparams['loss_weight'], reduction)
     return loss, (logits, aux, updates, parts)
 
   (loss, (logits, aux, updates, parts)), grads = jax.value_and_grad(
       loss_fn, has_aux=True)(state.params)
-  new_state = state.apply_gradients(grads=grads, batch_stats=updates['batch_stats'])
+  tx = optim.optimizer_from_hparams(hparams, schedule=schedule, momentum=momentum,
+                                    nesterov=nesterov)
+  param_updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  new_state = state.replace(step=state.step + 1,
+                            params=optax.apply_updates(state.params, param_updates),
+                            opt_state=opt_state, batch_stats=updates['batch_stats'])
   n = batch['label'].shape[0]
-  metrics = {
+  return new_state, {
       'count': jnp.float32(n),
       'loss': loss * n,
       'ce': parts['ce'] * n,
@@ -71,17 +110,16 @@ def train_step(state: TrainState, batch: dict, key: jax.Array, *, targets: Seque
       # The step itself if its loss is not finite, else +inf (combined by min).
       'first_nonfinite_step': jnp.where(jnp.isfinite(loss), jnp.inf,
                                         state.step.astype(jnp.float32)),
+      'learning_rate': optim.schedule_from_hparams(schedule, hparams)(state.step) * n,
   }
-  if schedule is not None:
-    metrics['learning_rate'] = schedule(state.step) * n
-  return new_state, metrics
 
 
-def make_train_step(config: ml_collections.ConfigDict, schedule=None):
-  """`train_step` with the config's static choices bound."""
+def make_train_step(config: ml_collections.ConfigDict):
+  """`train_step(state, batch, key, hparams)` with the config's static choices bound."""
   return functools.partial(
-      train_step, targets=models.block_targets(config), loss_weight=config.loss.weight,
-      reduction=config.loss.reduction, gate_mode=config.gates.train_mode, schedule=schedule)
+      train_step, reduction=config.loss.reduction, gate_mode=config.gates.train_mode,
+      schedule=config.optim.schedule, momentum=bool(config.optim.momentum),
+      nesterov=config.optim.nesterov)
 
 
 def eval_step(state: TrainState, batch: dict, *, gate_mode: str, num_classes: int):

@@ -4,10 +4,16 @@ checkpoints, exact resume.
 Data parallelism is `jax.jit` over arrays sharded on a ('data',) mesh of all
 devices (pmap's successor): the batch is split over devices, the state is
 replicated and donated, and the result equals the one-device computation.
+
+The train step is compiled ahead of time before its first call (trace, lower
+and compile, or a load from the persistent compilation cache); how long that
+took and whether it was a cache load go into the first log record of the
+launch in metrics.jsonl (`run/compile_s`, `run/compile_cached`).
 """
 
 import time
 
+from absl import logging
 import jax
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
@@ -62,11 +68,18 @@ class Runner:
     self.num_steps = optim.epochs_to_steps(config.train.num_epochs, self.steps_per_epoch)
     self.eval_every_steps = optim.epochs_to_steps(config.train.eval_every_epochs,
                                                   self.steps_per_epoch)
-    self.tx, schedule = optim.create_optimizer(config, self.steps_per_epoch)
+    self.tx, _ = optim.create_optimizer(config, self.steps_per_epoch)
     self.fixed_blocks = models.fixed_blocks(config)
-    self.train_step = jax.jit(steps.make_train_step(config, schedule),
-                              in_shardings=(self.replicated, self.data, self.replicated),
-                              out_shardings=self.replicated, donate_argnums=0)
+    # Placed per device: device_put cannot place a host value on the devices
+    # of other processes.
+    self.hparams = jax.tree.map(
+        lambda x: jax.make_array_from_callback(x.shape, self.replicated, lambda i: x[i]),
+        steps.make_hparams(config, self.steps_per_epoch))
+    self._jitted_train_step = jax.jit(
+        steps.make_train_step(config), out_shardings=self.replicated, donate_argnums=0,
+        in_shardings=(self.replicated, self.data, self.replicated, self.replicated))
+    self._compiled_train_step = None
+    self.compile_info = None  # {'compile_s', 'compile_cached'} once compiled
     self.eval_steps = {
         mode: jax.jit(lambda s, b, mode=mode: steps.eval_step(
             s, b, gate_mode=mode, num_classes=config.model.num_classes),
@@ -75,6 +88,32 @@ class Runner:
     # Made by a compiled function: device_put cannot place a host value on the
     # devices of other processes.
     self.key = jax.jit(lambda: jax.random.key(config.seed), out_shardings=self.replicated)()
+
+  def compile_train_step(self, state, batch: dict) -> dict:
+    """Traces, lowers and compiles (or loads) the train step for these arguments.
+
+    Returns:
+      {'compile_s': seconds, 'compile_cached': 1.0 if the executable came from
+      the persistent compilation cache else 0.0}.
+    """
+    logging.info('compiling the train step...')
+    with CacheHitCounter() as hits:
+      start = time.perf_counter()
+      self._compiled_train_step = self._jitted_train_step.lower(
+          state, batch, self.key, self.hparams).compile()
+      seconds = time.perf_counter() - start
+    if hits.count:
+      logging.info('loaded the train step from the compilation cache in %.1f s', seconds)
+    else:
+      logging.info('compiled the train step in %.1f s', seconds)
+    self.compile_info = {'compile_s': seconds, 'compile_cached': float(hits.count > 0)}
+    return self.compile_info
+
+  def train_step(self, state, batch: dict, key: jax.Array):
+    """One compiled train step (compiled on the first call) with this run's hparams."""
+    if self._compiled_train_step is None:
+      self.compile_train_step(state, batch)
+    return self._compiled_train_step(state, batch, key, self.hparams)
 
   def init_state(self):
     init = jax.jit(lambda key: steps.create_train_state(self.config, self.model, self.tx, key),
@@ -117,6 +156,8 @@ def _train(config, workdir, dataset, stop) -> dict:
   checkpointer = checkpoints.Checkpointer(workdir, config)  # refuses another model's workdir
   runner = Runner(config, dataset)
   state = checkpoints.restore_or_init(checkpointer, runner.init_state(), config.init_from)
+  # The compiled step wants exactly the shardings it was compiled for.
+  state = jax.device_put(state, runner.replicated)
   if jax.process_index() == 0:
     rundir.write_config(workdir, config)
   logger = metrics.MetricLogger(workdir, runner.num_steps, runner.steps_per_epoch,
@@ -130,12 +171,15 @@ def _train(config, workdir, dataset, stop) -> dict:
 
 
 def _train_loop(config, workdir, dataset, runner, state, checkpointer, logger, stop) -> dict:
-  progress = Progress(runner.num_steps, int(state.step), config.train.batch_size)
-  sums, final = None, {}
+  first = int(state.step)
+  progress = Progress(runner.num_steps, first, config.train.batch_size)
+  sums, final, run_info = None, {}, {}
   tc = config.train
-  for step in range(int(state.step), runner.num_steps):
+  for step in range(first, runner.num_steps):
     state, step_metrics = runner.train_step(state, runner.to_global(dataset.train_batch(step)),
                                             runner.key)
+    if step == first:  # compiled (or loaded) by this call: goes with the first log record
+      run_info = {f'run/{k}': v for k, v in runner.compile_info.items()}
     sums = metrics.accumulate(sums, step_metrics)
     done = step + 1
     log, ckpt = is_time(done, tc.log_every_steps, runner.num_steps), is_time(
@@ -145,8 +189,8 @@ def _train_loop(config, workdir, dataset, runner, state, checkpointer, logger, s
       _raise_if_nonfinite(sums, checkpointer)
     if log:
       summary = {f'train/{k}': v for k, v in metrics.summarize_train(jax.device_get(sums)).items()}
-      logger.write(done, {**summary, **progress.update(done)})
-      sums = None
+      logger.write(done, {**summary, **progress.update(done), **run_info})
+      sums, run_info = None, {}
     if evaluate:
       final = runner.evaluate(state, dataset, workdir, done)
       logger.write(done, final)
@@ -181,6 +225,28 @@ def _raise_if_nonfinite(sums: dict, checkpointer) -> None:
     raise NonFiniteLossError(
         f'the loss is not finite at step {int(first_bad)} (0-based optimizer step); training '
         f'stopped, {kept}')
+
+
+class CacheHitCounter:
+  """Counts persistent-compilation-cache hits while it is entered (JAX's
+  monitoring events; `count` stays 0 when the cache is off or missed)."""
+
+  HIT_EVENT = '/jax/compilation_cache/cache_hits'
+
+  def __init__(self):
+    self.count = 0
+
+  def _listen(self, event: str, **kwargs) -> None:
+    del kwargs
+    if event == self.HIT_EVENT:
+      self.count += 1
+
+  def __enter__(self):
+    jax.monitoring.register_event_listener(self._listen)
+    return self
+
+  def __exit__(self, *exc_info):
+    jax.monitoring.unregister_event_listener(self._listen)
 
 
 class Progress:

@@ -31,7 +31,8 @@ OVERRIDES = {'train.batch_size': 32, 'train.num_epochs': STEPS * 32 / 1437,
              'checkpoint.every_steps': 2}
 CONFIG = 'digits.py'
 CONFIG_ARG = 'depth=8'
-TIMING_KEYS = ('train/images_per_s', 'train/eta_s')
+# Keys that depend on timing, or on what the compilation cache held.
+TIMING_KEYS = ('train/images_per_s', 'train/eta_s', 'run/compile_s', 'run/compile_cached')
 
 
 def _main_args(workdir) -> list[str]:

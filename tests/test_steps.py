@@ -1,12 +1,160 @@
 """Tests of `adanet_jax.steps`: the train step's metric sums and the eval
-step's masked sums, in every gate mode."""
+step's masked sums; the train step with runtime hyperparameters equals the
+step with the same numbers fixed at trace time (the form before they became
+runtime values), and one compiled step serves every value of them."""
+
+import functools
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
+import pytest
 
-from adanet_jax import models, optim, steps
+from adanet_jax import input_pipeline, losses, models, optim, steps
 from conftest import tiny_config
+
+
+STEPS_PER_EPOCH = 2  # short epochs, so that 4 steps cross warmup and decay boundaries
+
+
+def _fixed_schedule(config, steps_per_epoch):
+  """The schedule built by optax from Python numbers (the fixed form)."""
+  o = config.optim
+  peak = optim.learning_rate(config)
+  warmup = optim.epochs_to_steps(o.warmup_epochs, steps_per_epoch)
+  total = optim.epochs_to_steps(config.train.num_epochs, steps_per_epoch)
+  main = {
+      'step': lambda: optax.piecewise_constant_schedule(
+          peak, {s - warmup: o.decay_factor for s in optim.decay_steps(config, steps_per_epoch)}),
+      'cosine': lambda: optax.cosine_decay_schedule(peak, max(total - warmup, 1)),
+      'constant': lambda: optax.constant_schedule(peak),
+  }[o.schedule]()
+  if not warmup:
+    return main
+  return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), main], [warmup])
+
+
+def _fixed_train_step(state, batch, key, *, config, schedule):
+  """The train step with every number a trace-time constant."""
+  rngs = {'gumbel': steps.step_key(key, state.step, steps.GUMBEL_STREAM)}
+  tx = optax.chain(optax.add_decayed_weights(config.optim.weight_decay),
+                   optax.sgd(schedule, momentum=config.optim.momentum or None,
+                             nesterov=config.optim.nesterov))
+
+  def loss_fn(params):
+    (logits, aux), updates = state.apply_fn(
+        {'params': params, 'batch_stats': state.batch_stats}, batch['image'], train=True,
+        gate_mode=config.gates.train_mode, rngs=rngs, mutable=['batch_stats'])
+    loss, _ = losses.total_loss(logits, batch['label'], aux, models.block_targets(config),
+                                config.loss.weight, config.loss.reduction)
+    return loss, updates
+
+  (loss, updates), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  state = state.replace(tx=tx).apply_gradients(grads=grads, batch_stats=updates['batch_stats'])
+  return state.replace(tx=None), loss
+
+
+def _config(load_config, schedule, **optim_fields):
+  config = load_config('digits.py', 'depth=8,epochs=3')
+  config.train.batch_size = 32
+  config.gates.temperature = 0.5  # not the module default: the runtime value must be used
+  config.optim.schedule = schedule
+  for field, value in optim_fields.items():
+    config.optim[field] = value
+  return config
+
+
+@pytest.mark.timeout(200)
+@pytest.mark.parametrize('schedule,optim_fields', [
+    ('cosine', dict(warmup_epochs=1.0)),
+    ('step', dict(decay_fractions=(1 / 3, 0.5), warmup_epochs=0.0, nesterov=True)),
+])
+def test_runtime_hparams_step_equals_fixed_step(load_config, schedule, optim_fields):
+  config = _config(load_config, schedule, **optim_fields)
+  dataset = input_pipeline.create_dataset(config)
+  model = models.create_model(config)
+  key = jax.random.key(config.seed)
+  hparams = steps.make_hparams(config, STEPS_PER_EPOCH)
+  new_step = jax.jit(steps.make_train_step(config))
+  old_step = jax.jit(functools.partial(
+      _fixed_train_step, config=config, schedule=_fixed_schedule(config, STEPS_PER_EPOCH)))
+  new = steps.create_train_state(config, model, optim.create_optimizer(config, STEPS_PER_EPOCH)[0],
+                                 jax.random.key(0))
+  old = new.replace(tx=None)
+  for step in range(4):
+    batch = dataset.train_batch(step)
+    new, metrics = new_step(new, batch, key, hparams)
+    old, old_loss = old_step(old, batch, key)
+    np.testing.assert_allclose(metrics['loss'] / metrics['count'], old_loss, rtol=1e-6)
+  assert int(new.step) == int(old.step) == 4
+  for a, b in zip(jax.tree.leaves((new.params, new.batch_stats, new.opt_state)),
+                  jax.tree.leaves((old.params, old.batch_stats, old.opt_state))):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)
+  # The optimizer state keeps its layout: checkpoints written before load.
+  assert jax.tree.structure(new.opt_state) == jax.tree.structure(old.opt_state)
+
+
+@pytest.mark.parametrize('schedule,optim_fields', [
+    ('cosine', dict(warmup_epochs=1.0)),
+    ('step', dict(decay_fractions=(0.5, 250 / 300), warmup_epochs=0.0)),
+    ('step', dict(decay_fractions=(2 / 300, 0.01), warmup_epochs=1.0)),
+    ('constant', dict(warmup_epochs=0.5)),
+])
+def test_schedule_equals_optax_schedule_exactly(load_config, schedule, optim_fields):
+  config = _config(load_config, schedule, **optim_fields)
+  config.train.num_epochs = 300.0
+  counts = jnp.arange(0, 700, dtype=jnp.int32)
+  ours = jax.jit(jax.vmap(optim.create_schedule(config, 2)))(counts)
+  fixed = jax.jit(jax.vmap(_fixed_schedule(config, 2)))(counts)
+  np.testing.assert_array_equal(np.asarray(ours), np.asarray(fixed, np.float32))
+
+
+@pytest.mark.timeout(200)
+def test_other_hparams_reuse_the_compiled_step(load_config):
+  config = _config(load_config, 'cosine', warmup_epochs=1.0)
+  dataset = input_pipeline.create_dataset(config)
+  state = steps.create_train_state(config, models.create_model(config),
+                                   optim.create_optimizer(config, STEPS_PER_EPOCH)[0],
+                                   jax.random.key(0))
+  batch, key = dataset.train_batch(0), jax.random.key(0)
+  compiled = jax.jit(steps.make_train_step(config)).lower(
+      state, batch, key, steps.make_hparams(config, STEPS_PER_EPOCH)).compile()
+  other = config.copy_and_resolve_references()
+  other.loss.target, other.loss.weight, other.gates.temperature = 0.3, 5.0, 2.0
+  other.optim.base_learning_rate, other.optim.weight_decay, other.optim.momentum = 0.5, 0.0, 0.5
+  other.optim.warmup_epochs, other.train.num_epochs = 0.0, 7.0
+  # The same executable takes the other run's numbers, and they matter.
+  _, m1 = compiled(state, batch, key, steps.make_hparams(config, STEPS_PER_EPOCH))
+  _, m2 = compiled(state, batch, key, steps.make_hparams(other, STEPS_PER_EPOCH))
+  assert float(m1['learning_rate']) == 0.0  # warmup starts at 0
+  np.testing.assert_allclose(float(m2['learning_rate']) / 32, 0.5 * 32 / 128, rtol=1e-6)
+  assert float(m1['target_loss']) != float(m2['target_loss'])
+
+
+def test_call_time_temperature_replaces_the_attribute(load_config):
+  config = load_config('digits.py', 'depth=8')
+  images = jax.random.normal(jax.random.key(1), (16, 8, 8, 1))
+  rngs = {'gumbel': jax.random.key(2)}
+
+  def gate_grads(temperature_attr, temperature_call):
+    config.gates.temperature = temperature_attr
+    model = models.create_model(config)
+    variables = model.init({'params': jax.random.key(0)}, images, train=False)
+
+    def gate_sum(params):
+      (_, aux), _ = model.apply({**variables, 'params': params}, images, train=True,
+                                gate_mode='sample', temperature=temperature_call, rngs=rngs,
+                                mutable=['batch_stats'])
+      return aux['gates'].sum()
+    return jax.tree.leaves(jax.grad(gate_sum)(variables['params']))
+
+  attr = gate_grads(2.0, None)
+  call = gate_grads(1.0, jnp.float32(2.0))
+  default = gate_grads(1.0, None)
+  for a, c in zip(attr, call):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(c))
+  assert any(not np.array_equal(a, d) for a, d in zip(attr, default))
 
 
 def _state(config):
@@ -39,8 +187,8 @@ def test_eval_step_counts_only_real_examples_and_branches_run():
 def test_train_step_sums_and_step_key():
   config = tiny_config()
   state = _state(config)
-  step = jax.jit(steps.make_train_step(config, optim.create_schedule(config, 44)))
-  new, out = step(state, _batch(), jax.random.key(1))
+  step = jax.jit(steps.make_train_step(config))
+  new, out = step(state, _batch(), jax.random.key(1), steps.make_hparams(config, 44))
   assert int(new.step) == 1 and float(out['count']) == 6.0
   assert float(out['first_nonfinite_step']) == np.inf
   np.testing.assert_allclose(float(out['loss']),

@@ -1,4 +1,5 @@
-"""Sweeps: run, kill mid-sweep, resume without redoing points, summarize; bad input."""
+"""Sweeps: run, kill mid-sweep, resume without redoing points, summarize, one
+compilation of the train step for the whole sweep; bad input."""
 
 import csv
 import json
@@ -20,10 +21,17 @@ def _sweep_command(root, *extra):
   return [sys.executable, '-m', 'adanet_jax.tools.sweep', f'--root={root}', *TINY, *extra]
 
 
-def _env():
+def _env(cache_dir=None):
   env = dict(os.environ)
   env.pop('XLA_FLAGS', None)  # the points run on one device, as on a user's machine
+  if cache_dir is not None:  # a fresh persistent compilation cache of this test alone
+    env['ADANET_JAX_CACHE_DIR'] = str(cache_dir)
   return env
+
+
+def _compile_records(workdir):
+  records = [json.loads(l) for l in open(os.path.join(workdir, 'metrics.jsonl'))]
+  return [r for r in records if 'run/compile_s' in r]
 
 
 def _last_eval(workdir):
@@ -32,9 +40,9 @@ def _last_eval(workdir):
 
 
 @pytest.mark.timeout(400)
-def test_sweep_survives_a_kill_resumes_and_summarizes(tmp_path):
-  root = tmp_path / 'sweep'
-  launcher = subprocess.Popen(_sweep_command(root), cwd=REPO, env=_env(),
+def test_sweep_survives_a_kill_resumes_summarizes_and_compiles_once(tmp_path):
+  root, env = tmp_path / 'sweep', _env(tmp_path / 'cache')
+  launcher = subprocess.Popen(_sweep_command(root), cwd=REPO, env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
   first = root / 'target-0.3_seed-0' / 'sweep_status.json'
   deadline = time.time() + 200
@@ -46,7 +54,7 @@ def test_sweep_survives_a_kill_resumes_and_summarizes(tmp_path):
   assert not (root / 'target-0.7_seed-0' / 'sweep_status.json').exists()
   first_log = (root / 'target-0.3_seed-0' / 'log.txt').read_text()
 
-  out = subprocess.run(_sweep_command(root), cwd=REPO, env=_env(), capture_output=True,
+  out = subprocess.run(_sweep_command(root), cwd=REPO, env=env, capture_output=True,
                        text=True, timeout=300)
   assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
   assert '1 of 3 points already done' in out.stdout
@@ -67,6 +75,16 @@ def test_sweep_survives_a_kill_resumes_and_summarizes(tmp_path):
     assert float(row['accuracy']) == last['eval/deterministic/accuracy']
     assert float(row['macs_per_image']) == last['eval/deterministic/macs_per_image']
     assert float(row['paper_gflops']) == last['eval/deterministic/paper_gflops']
+  # The points differ only in a runtime value: the first compiles the train
+  # step, every other launch (the killed one included) loads it from the cache.
+  cached = {r['point']: [rec['run/compile_cached'] for rec in _compile_records(root / r['point'])]
+            for r in rows}
+  assert cached['target-0.3_seed-0'] == [0.0]
+  assert set(cached['target-0.5_seed-0']) == {1.0} and cached['target-0.7_seed-0'] == [1.0]
+  assert [r['compile_cached'] for r in rows] == ['0', '1', '1']
+  for row in rows:
+    first = _compile_records(root / row['point'])[0]
+    assert float(row['compile_s']) == round(first['run/compile_s'], 2) > 0
   assert (root / 'accuracy_vs_gflops.png').stat().st_size > 10_000
   assert '| target-0.5_seed-0 | loss.target=0.5 seed=0 | done |' in (root / 'summary.md').read_text()
 

@@ -3,7 +3,9 @@ CSV table, and accuracy against GFLOPs with the Pareto front marked.
 
 Figures come from each workdir's files, read through `adanet_jax.rundir`:
 the sweep status (overrides, status, wall time), the run's config (gated or
-not, the evaluation mode) and its last evaluation.
+not, the evaluation mode), its last evaluation, and the compile figures of
+its first launch: the seconds to trace, lower and compile the train step, or
+to load it from the persistent compilation cache (`compile_cached` = 1).
 """
 
 import csv
@@ -14,7 +16,8 @@ from adanet_jax.errors import ConfigError
 
 OUTPUT_FILES = ('summary.md', 'summary.csv', 'accuracy_vs_gflops.png')
 COLUMNS = ('point', 'overrides', 'status', 'gated', 'eval_mode', 'accuracy', 'gate_rate',
-           'gated_block_rate', 'macs_per_image', 'gflops_per_image', 'paper_gflops', 'wall_s')
+           'gated_block_rate', 'macs_per_image', 'gflops_per_image', 'paper_gflops', 'wall_s',
+           'compile_s', 'compile_cached')
 METRICS = ('accuracy', 'gate_rate', 'gated_block_rate', 'macs_per_image', 'gflops_per_image',
            'paper_gflops')
 
@@ -27,6 +30,9 @@ def read_point(workdir: str) -> dict | None:
   row = {'point': os.path.basename(workdir), 'status': status['status'],
          'overrides': ' '.join(f'{k}={v}' for k, v in status['overrides'].items()),
          'wall_s': round(status.get('wall_s', 0.0), 1), 'gated': None, 'eval_mode': None}
+  compiled = rundir.first_compile(workdir)
+  row['compile_s'] = None if compiled is None else round(compiled['run/compile_s'], 2)
+  row['compile_cached'] = None if compiled is None else int(compiled['run/compile_cached'])
   try:
     config = rundir.read_config(workdir)
   except ConfigError:  # the point failed before the trainer wrote its config
@@ -86,7 +92,9 @@ def _markdown(rows: list[dict]) -> str:
   lines = ['| ' + ' | '.join(COLUMNS) + ' |', '|' + '---|' * len(COLUMNS)]
   lines += ['| ' + ' | '.join(_fmt(r[c]) for c in COLUMNS) + ' |' for r in rows]
   lines.append('\nMACs: multiply-adds per image (exact, from the gate decisions); GFLOPs = '
-               '2 x MACs / 1e9; paper_gflops: gate-free baseline x mean fraction of blocks run.')
+               '2 x MACs / 1e9; paper_gflops: gate-free baseline x mean fraction of blocks run; '
+               'compile_s: trace + lower + compile of the train step at the first launch, '
+               'compile_cached = 1 where it was loaded from the persistent compilation cache.')
   return '\n'.join(lines)
 
 
