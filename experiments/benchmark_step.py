@@ -1,16 +1,29 @@
-"""Benchmark of the train step (not a test): trace, compile and step time.
+"""Benchmark of the train step (not a test): compile, first step, step time,
+a warm-cache launch, and the skipping path's compile time.
 
-  python -m experiments.benchmark_step --config=configs/cifar10.py --batch=128 \
-      --dtypes=float32,bfloat16 --steps=3
+  python -m experiments.benchmark_step --config=configs/cifar10.py --batch=128 \\
+      --dtypes=float32,bfloat16 --models=unrolled,scanned --steps=2
 
-For each compute dtype it prints trace+lower, compile and first-step seconds,
-then the mean of the next `--steps` steps, images/s, and achieved GFLOP/s two
-ways: XLA's cost analysis of the compiled step, and 3 x the forward FLOPs of
-the model with every block run (2 x MACs, the usual training estimate). The
-persistent compilation cache is on: a second launch shows a compile time of a
-few seconds (loading) instead of a full compilation.
+For each model variant (`unrolled`: every block compiled on its own, as
+before `resnet.ResNet.scan_min_run`; `scanned`: the default model, runs of
+identical blocks under one loop) and compute dtype it prints trace+lower,
+compile and first-step seconds on a cold compilation cache, then the mean of
+the next `--steps` steps, images/s and GFLOP/s (3 x the forward FLOPs with
+every block run, the usual training estimate). Then, for the scanned model,
+a second launch of the same job (a subprocess with the same compilation
+cache): seconds from entering its loop (the step not yet traced) to its first
+step done; and the compile time of the skipping inference path against the
+masked model at batch `--skip_batch`.
+
+The cache is a fresh temporary directory unless `--cache_dir` is given (then
+the "cold" figures are only cold on an empty one).
 """
 
+import os
+import re
+import subprocess
+import sys
+import tempfile
 import time
 
 from absl import app, flags
@@ -18,25 +31,44 @@ import jax
 import jax.numpy as jnp
 from ml_collections import config_flags
 
-from adanet_jax import accounting, jax_setup, models, steps
+from adanet_jax import accounting, jax_setup, models, skip_inference, steps
 
 _CONFIG = config_flags.DEFINE_config_file('config', 'configs/cifar10.py', 'Config file.',
                                           lock_config=True)
-_BATCH = flags.DEFINE_integer('batch', 128, 'Global batch size.')
-_STEPS = flags.DEFINE_integer('steps', 3, 'Timed steps after the first.')
+_BATCH = flags.DEFINE_integer('batch', 128, 'Global batch size of the train step.')
+_STEPS = flags.DEFINE_integer('steps', 2, 'Timed steps after the first.')
 _DTYPES = flags.DEFINE_list('dtypes', ['float32', 'bfloat16'], 'Compute dtypes to time.')
-_CACHE = flags.DEFINE_string('cache_dir', None, 'Persistent compilation cache directory.')
+_MODELS = flags.DEFINE_list('models', ['unrolled', 'scanned'], 'Model variants to time.')
+_CACHE = flags.DEFINE_string('cache_dir', None,
+                             'Persistent compilation cache; default a fresh temporary one.')
+_WARM = flags.DEFINE_bool('warm_launch', True,
+                          'Time a second launch of the scanned train step (subprocess).')
+_SKIP_BATCH = flags.DEFINE_integer('skip_batch', 256,
+                                   'Batch of the skip-path compile comparison; 0: none.')
+_LAUNCH_ONLY = flags.DEFINE_bool('launch_only', False,
+                                 'Internal: be the warm launch; print its first-step time.')
+
+VARIANTS = ('unrolled', 'scanned')
 
 
-def benchmark(config, batch_size: int, num_steps: int) -> dict:
-  """Times one config; returns the figures as a dict."""
+def setup(config, variant: str, batch_size: int):
+  """The model of `variant`, its train state, a random batch and the step key."""
+  if variant not in VARIANTS:
+    raise app.UsageError(f'--models: {variant!r} is unknown; allowed: {", ".join(VARIANTS)}')
   model = models.create_model(config)
+  if variant == 'unrolled':
+    model = model.clone(scan_min_run=None)
   shape = (config.data.image_size, config.data.image_size, config.data.channels)
   state = steps.create_train_state(config, model, steps_per_epoch=100, key=jax.random.key(0))
   batch = {'image': jax.random.normal(jax.random.key(1), (batch_size, *shape)),
            'label': jnp.arange(batch_size) % config.model.num_classes}
+  return model, state, batch, jax.random.key(config.seed)
+
+
+def benchmark(config, batch_size: int, num_steps: int, variant: str = 'scanned') -> dict:
+  """Times one config and model variant; returns the figures as a dict."""
+  model, state, batch, key = setup(config, variant, batch_size)
   step = jax.jit(steps.make_train_step(config), donate_argnums=0)
-  key = jax.random.key(config.seed)
   t0 = time.perf_counter()
   lowered = step.lower(state, batch, key)
   t1 = time.perf_counter()
@@ -50,31 +82,87 @@ def benchmark(config, batch_size: int, num_steps: int) -> dict:
     jax.block_until_ready(metrics)  # one step at a time: no queueing on CPU
   t4 = time.perf_counter()
   step_s = (t4 - t3) / max(num_steps, 1)
-  cost = compiled.cost_analysis()
-  cost = cost[0] if isinstance(cost, list) else cost
-  dense_macs = accounting.cost_table(model, shape).dense
+  dense_macs = accounting.cost_table(model, batch['image'].shape[1:]).dense
   return dict(trace_lower_s=t1 - t0, compile_s=t2 - t1, first_step_s=t3 - t2, step_s=step_s,
               images_per_s=batch_size / step_s,
-              xla_gflops_per_s=cost.get('flops', 0.0) / step_s / 1e9,
               model_gflops_per_s=3 * 2 * dense_macs * batch_size / step_s / 1e9)
+
+
+def launch_first_step(config, batch_size: int) -> float:
+  """Seconds from a fresh jit of the scanned train step to its first step done.
+
+  As the trainer's loop: the step is traced, lowered and then compiled or
+  loaded from the persistent cache on its first call.
+  """
+  _, state, batch, key = setup(config, 'scanned', batch_size)
+  t0 = time.perf_counter()
+  step = jax.jit(steps.make_train_step(config), donate_argnums=0)
+  _, metrics = step(state, batch, key)
+  jax.block_until_ready(metrics)
+  return time.perf_counter() - t0
+
+
+def warm_launch(dtype: str, cache_dir: str) -> float:
+  """Runs `launch_first_step` in a new process on `cache_dir`; its seconds."""
+  args = [a for a in sys.argv[1:] if a.startswith('--config')]
+  args += [f'--batch={_BATCH.value}', f'--dtypes={dtype}', f'--cache_dir={cache_dir}',
+           '--launch_only']
+  out = subprocess.run([sys.executable, '-m', 'experiments.benchmark_step', *args],
+                       capture_output=True, text=True, check=True,
+                       cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  return float(re.search(r'launch_first_step_s=([0-9.]+)', out.stdout).group(1))
+
+
+def skip_compile_times(config, batch_size: int) -> tuple[float, float]:
+  """Compile seconds (trace and lower included) of the masked and the skipping
+  inference forward pass of the scanned model at `batch_size`."""
+  model, state, _, _ = setup(config, 'scanned', 1)
+  shape = (config.data.image_size, config.data.image_size, config.data.channels)
+  images = jnp.zeros((batch_size, *shape))
+  variables = {'params': state.params, 'batch_stats': state.batch_stats}
+  masked = jax.jit(lambda v, x: model.apply(v, x, train=False, gate_mode='deterministic'))
+  t0 = time.perf_counter()
+  masked.lower(variables, images).compile()
+  t1 = time.perf_counter()
+  skip_inference.skip_apply.lower(model, variables, images).compile()
+  return t1 - t0, time.perf_counter() - t1
+
+
+def configured(base, dtype: str, batch_size: int):
+  config = base.copy_and_resolve_references()
+  config.model.dtype = dtype
+  config.train.batch_size = batch_size
+  return config
 
 
 def main(argv):
   del argv
-  cache = jax_setup.enable_compilation_cache(_CACHE.value)
-  base = _CONFIG.value
-  print(f'backend {jax.default_backend()}, {jax.device_count()} device(s), '
-        f'batch {_BATCH.value}, cache {cache}')
+  cache = jax_setup.enable_compilation_cache(_CACHE.value or tempfile.mkdtemp(prefix='xla_'))
+  if _LAUNCH_ONLY.value:
+    config = configured(_CONFIG.value, _DTYPES.value[0], _BATCH.value)
+    print(f'launch_first_step_s={launch_first_step(config, _BATCH.value):.3f}')
+    return
+  name = f'{_CONFIG.value.model.name}-{_CONFIG.value.model.depth}'
+  print(f'backend {jax.default_backend()}, {jax.device_count()} device(s), {os.cpu_count()} '
+        f'CPUs, batch {_BATCH.value}, cache {cache}', flush=True)
   for dtype in _DTYPES.value:
-    config = base.copy_and_resolve_references()
-    config.model.dtype = dtype
-    config.train.batch_size = _BATCH.value
-    r = benchmark(config, _BATCH.value, _STEPS.value)
-    print(f'{config.model.name}-{config.model.depth} {dtype}: trace+lower '
-          f'{r["trace_lower_s"]:.1f} s, compile {r["compile_s"]:.1f} s, first step '
-          f'{r["first_step_s"]:.1f} s, step {r["step_s"]:.2f} s, {r["images_per_s"]:.1f} images/s, '
-          f'{r["xla_gflops_per_s"]:.1f} GFLOP/s (XLA count), '
-          f'{r["model_gflops_per_s"]:.1f} GFLOP/s (3 x forward)', flush=True)
+    config = configured(_CONFIG.value, dtype, _BATCH.value)
+    for variant in _MODELS.value:
+      r = benchmark(config, _BATCH.value, _STEPS.value, variant)
+      print(f'{name} {dtype} {variant}: trace+lower {r["trace_lower_s"]:.1f} s, compile '
+            f'{r["compile_s"]:.1f} s (sum {r["trace_lower_s"] + r["compile_s"]:.1f} s), '
+            f'first step {r["first_step_s"]:.1f} s, step {r["step_s"]:.2f} s, '
+            f'{r["images_per_s"]:.1f} images/s, {r["model_gflops_per_s"]:.1f} GFLOP/s',
+            flush=True)
+    if _WARM.value and 'scanned' in _MODELS.value:
+      print(f'{name} {dtype} scanned, second launch (warm cache): first step done '
+            f'{warm_launch(dtype, cache):.1f} s after entering the loop', flush=True)
+  if _SKIP_BATCH.value:
+    config = configured(_CONFIG.value, 'float32', _SKIP_BATCH.value)
+    masked, skipping = skip_compile_times(config, _SKIP_BATCH.value)
+    print(f'{name} float32 scanned inference at batch {_SKIP_BATCH.value}: masked compile '
+          f'{masked:.1f} s, skipping compile {skipping:.1f} s ({skipping / masked:.2f}x)',
+          flush=True)
 
 
 if __name__ == '__main__':
