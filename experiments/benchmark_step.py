@@ -11,8 +11,8 @@ compile and first-step seconds on a cold compilation cache, then the mean of
 the next `--steps` steps, images/s and GFLOP/s (3 x the forward FLOPs with
 every block run, the usual training estimate). Then, for the scanned model,
 a second launch of the same job (a subprocess with the same compilation
-cache): seconds from entering its loop (the step not yet traced) to its first
-step done; and the compile time of the skipping inference path against the
+cache): seconds from entering its loop (the step not yet traced) until its
+first step starts (trace, lower, load from the cache), and that step's time; and the compile time of the skipping inference path against the
 masked model at batch `--skip_batch`.
 
 The cache is a fresh temporary directory unless `--cache_dir` is given (then
@@ -88,29 +88,34 @@ def benchmark(config, batch_size: int, num_steps: int, variant: str = 'scanned')
               model_gflops_per_s=3 * 2 * dense_macs * batch_size / step_s / 1e9)
 
 
-def launch_first_step(config, batch_size: int) -> float:
-  """Seconds from a fresh jit of the scanned train step to its first step done.
+def launch_first_step(config, batch_size: int) -> tuple[float, float]:
+  """A fresh jit of the scanned train step, as the trainer's loop makes it.
 
-  As the trainer's loop: the step is traced, lowered and then compiled or
-  loaded from the persistent cache on its first call.
+  Returns:
+    (seconds from entering the loop until the first step starts: trace,
+    lower and compile or load from the persistent cache; seconds the step
+    then runs).
   """
   _, state, batch, key = setup(config, 'scanned', batch_size)
   t0 = time.perf_counter()
   step = jax.jit(steps.make_train_step(config), donate_argnums=0)
-  _, metrics = step(state, batch, key)
+  compiled = step.lower(state, batch, key).compile()
+  t1 = time.perf_counter()
+  _, metrics = compiled(state, batch, key)
   jax.block_until_ready(metrics)
-  return time.perf_counter() - t0
+  return t1 - t0, time.perf_counter() - t1
 
 
-def warm_launch(dtype: str, cache_dir: str) -> float:
-  """Runs `launch_first_step` in a new process on `cache_dir`; its seconds."""
+def warm_launch(dtype: str, cache_dir: str) -> tuple[float, float]:
+  """Runs `launch_first_step` in a new process on `cache_dir`; its figures."""
   args = [a for a in sys.argv[1:] if a.startswith('--config')]
   args += [f'--batch={_BATCH.value}', f'--dtypes={dtype}', f'--cache_dir={cache_dir}',
            '--launch_only']
   out = subprocess.run([sys.executable, '-m', 'experiments.benchmark_step', *args],
                        capture_output=True, text=True, check=True,
                        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-  return float(re.search(r'launch_first_step_s=([0-9.]+)', out.stdout).group(1))
+  found = re.search(r'launch_start_s=([0-9.]+) first_step_s=([0-9.]+)', out.stdout)
+  return float(found.group(1)), float(found.group(2))
 
 
 def skip_compile_times(config, batch_size: int) -> tuple[float, float]:
@@ -140,7 +145,8 @@ def main(argv):
   cache = jax_setup.enable_compilation_cache(_CACHE.value or tempfile.mkdtemp(prefix='xla_'))
   if _LAUNCH_ONLY.value:
     config = configured(_CONFIG.value, _DTYPES.value[0], _BATCH.value)
-    print(f'launch_first_step_s={launch_first_step(config, _BATCH.value):.3f}')
+    start, step = launch_first_step(config, _BATCH.value)
+    print(f'launch_start_s={start:.3f} first_step_s={step:.3f}')
     return
   name = f'{_CONFIG.value.model.name}-{_CONFIG.value.model.depth}'
   print(f'backend {jax.default_backend()}, {jax.device_count()} device(s), {os.cpu_count()} '
@@ -155,8 +161,10 @@ def main(argv):
             f'{r["images_per_s"]:.1f} images/s, {r["model_gflops_per_s"]:.1f} GFLOP/s',
             flush=True)
     if _WARM.value and 'scanned' in _MODELS.value:
-      print(f'{name} {dtype} scanned, second launch (warm cache): first step done '
-            f'{warm_launch(dtype, cache):.1f} s after entering the loop', flush=True)
+      start, step = warm_launch(dtype, cache)
+      print(f'{name} {dtype} scanned, second launch (warm cache): first step starts '
+            f'{start:.1f} s after entering the loop (trace, lower, cache load), runs '
+            f'{step:.1f} s', flush=True)
   if _SKIP_BATCH.value:
     config = configured(_CONFIG.value, 'float32', _SKIP_BATCH.value)
     masked, skipping = skip_compile_times(config, _SKIP_BATCH.value)
