@@ -11,8 +11,8 @@ stage. Unrolled, XLA compiles each of them (tens of seconds on a CPU); so runs
 of at least `ResNet.scan_min_run` consecutive identical blocks are applied by
 one `jax.lax.scan` over their variables, stacked at apply time. The variables
 stay per block (`stage{s}_block{i}`): checkpoints do not depend on it, and
-the scanned model computes exactly what the unrolled one does (same Gumbel
-noise, same BatchNorm updates).
+the scanned model computes what the unrolled one does (the same Gumbel noise,
+hard decisions, BatchNorm updates and gradients, up to float rounding).
 """
 
 import functools
@@ -89,8 +89,9 @@ def _canonical_conv_bwd(padding, residuals, dy):
   dx = jax.lax.conv_general_dilated(dy, flipped, (1, 1), full, dimension_numbers=_NHWC)
   # Kernel gradient: a convolution over the batch, the channels of x as its
   # "batch" and dy as its kernel.
-  dk = jax.lax.conv_general_dilated(jnp.transpose(x, (3, 1, 2, 0)), jnp.transpose(dy, (1, 2, 0, 3)),
-                                    (1, 1), padding, dimension_numbers=_NHWC)
+  dk = jax.lax.conv_general_dilated(jnp.transpose(x, (3, 1, 2, 0)),
+                                    jnp.transpose(dy, (1, 2, 0, 3)), (1, 1), padding,
+                                    dimension_numbers=_NHWC)
   return dx.astype(x.dtype), jnp.transpose(dk, (1, 2, 0, 3)).astype(kernel.dtype)
 
 
