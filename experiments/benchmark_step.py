@@ -12,8 +12,9 @@ the next `--steps` steps, images/s and GFLOP/s (3 x the forward FLOPs with
 every block run, the usual training estimate). Then, for the scanned model,
 a second launch of the same job (a subprocess with the same compilation
 cache): seconds from entering its loop (the step not yet traced) until its
-first step starts (trace, lower, load from the cache), and that step's time; and the compile time of the skipping inference path against the
-masked model at batch `--skip_batch`.
+first step starts (trace, lower, load from the cache), and that step's
+time; and the compile time of the skipping inference path against the masked
+model at batch `--skip_batch`.
 
 The cache is a fresh temporary directory unless `--cache_dir` is given (then
 the "cold" figures are only cold on an empty one).
