@@ -116,6 +116,9 @@ def cost_table(model: nn.Module, image_shape: tuple[int, int, int],
     return out
 
   x = jnp.zeros((1, *image_shape), jnp.float32)
+  # Unrolled, every layer is called under its block's path; a scanned run's
+  # template has none.
+  model = model.clone(scan_min_run=None)
 
   def trace():
     variables = model.init({'params': jax.random.key(0)}, x, train=False)

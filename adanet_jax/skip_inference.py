@@ -115,10 +115,11 @@ def bucket_capacities(batch: int,
 def _skip_closed_blocks(next_fun, args, kwargs, context, *, buckets):
   """Method interceptor: runs each gated block of the applied ResNet skipping."""
   block = context.module
-  # Only the ResNet's own blocks: the rebuilt variants below are applied
-  # standalone (no parent) and must run as written.
-  if (context.method_name != '__call__' or not isinstance(block, _BLOCK_CLASSES)
-      or not isinstance(block.parent, resnet.ResNet) or not block.gated or block.fixed):
+  # Only the ResNet's own blocks, its children or the template of a scanned
+  # run (`resnet.ResNet.scan_min_run`): the rebuilt variants below are open
+  # (ungated) or of a closed subclass, and must run as written.
+  if (context.method_name != '__call__' or type(block) not in _BLOCK_CLASSES
+      or not block.gated or block.fixed):
     return next_fun(*args, **kwargs)
   x = args[0]
   variables = block.variables
@@ -254,5 +255,7 @@ def _threshold_shifts(model, variables, images, open_counts):
     return logits.at[:, 1].add(-shift)
 
   with nn.intercept_methods(interceptor):
-    model.apply(variables, images, train=False, gate_mode='deterministic')
+    # Unrolled: blocks are counted and named as the ResNet's children.
+    model.clone(scan_min_run=None).apply(variables, images, train=False,
+                                         gate_mode='deterministic')
   return shifts

@@ -1,27 +1,40 @@
-"""Benchmark of the train step (not a test): trace, compile and step time.
+"""Benchmark of the train step (not a test): compile, first step, step time,
+a warm-cache launch, and the skipping path's compile time.
 
-  python -m experiments.benchmark_step --config=configs/cifar10.py --batch=128 \
-      --dtypes=float32,bfloat16 --steps=3
+  python -m experiments.benchmark_step --config=configs/cifar10.py --batch=128 \\
+      --dtypes=float32,bfloat16 --models=unrolled,scanned --steps=2
 
-For each compute dtype it prints trace+lower, compile and first-step seconds,
-then the mean of the next `--steps` steps, images/s, and achieved GFLOP/s two
-ways: XLA's cost analysis of the compiled step, and 3 x the forward FLOPs of
-the model with every block run (2 x MACs, the usual training estimate). The
-persistent compilation cache is on: a second launch shows a compile time of a
-few seconds (loading) instead of a full compilation.
+For each model variant (`unrolled`: every block compiled on its own, as
+before `resnet.ResNet.scan_min_run`; `scanned`: the default model, runs of
+identical blocks under one loop) and compute dtype it prints trace+lower,
+compile and first-step seconds on a cold compilation cache, then the mean of
+the next `--steps` steps, images/s and GFLOP/s (3 x the forward FLOPs with
+every block run, the usual training estimate). Then, for the scanned model,
+a second launch of the same job (a subprocess with the same compilation
+cache): seconds from entering its loop (the step not yet traced) until its
+first step starts (trace, lower, load from the cache), and that step's
+time; and the compile time of the skipping inference path against the masked
+model at batch `--skip_batch`.
 
-`--batchnorms=ours,flax` times each dtype with both BatchNorms back to back:
+The cache is a fresh temporary directory unless `--cache_dir` is given (then
+the "cold" figures are only cold on an empty one).
+
+`--batchnorms=ours,flax` times each line with both BatchNorms back to back:
 'ours' is adanet_jax.norm's (two-pass variance), 'flax' swaps in flax's
 one-pass nn.BatchNorm (the implementation before it); repeat them
 (`ours,flax,ours,flax`) on a busy machine.
 
-With torch installed and the PyTorch twin (experiments/torch_twin.py) present,
-each line is followed by the twin's train step on the same batch (its first
-step, then the mean of `--steps`) and our speed relative to it; `--notorch`
-skips it.
+With torch installed and the PyTorch twin (experiments/torch_twin.py)
+present, each scanned line is followed by the twin's train step on the same
+batch and our speed relative to it; `--notorch` skips it.
 """
 
 import contextlib
+import os
+import re
+import subprocess
+import sys
+import tempfile
 import time
 from unittest import mock
 
@@ -32,18 +45,31 @@ import jax.numpy as jnp
 from ml_collections import config_flags
 import numpy as np
 
-from adanet_jax import accounting, jax_setup, models, norm, optim, steps
+from adanet_jax import accounting, jax_setup, models, norm, optim, skip_inference, steps
 from experiments import torch_step
 
 _CONFIG = config_flags.DEFINE_config_file('config', 'configs/cifar10.py', 'Config file.',
                                           lock_config=True)
-_BATCH = flags.DEFINE_integer('batch', 128, 'Global batch size.')
-_STEPS = flags.DEFINE_integer('steps', 3, 'Timed steps after the first.')
+_BATCH = flags.DEFINE_integer('batch', 128, 'Global batch size of the train step.')
+_STEPS = flags.DEFINE_integer('steps', 2, 'Timed steps after the first.')
 _DTYPES = flags.DEFINE_list('dtypes', ['float32', 'bfloat16'], 'Compute dtypes to time.')
+_MODELS = flags.DEFINE_list('models', ['unrolled', 'scanned'], 'Model variants to time.')
+_CACHE = flags.DEFINE_string('cache_dir', None,
+                             'Persistent compilation cache; default a fresh temporary one.')
+_WARM = flags.DEFINE_bool('warm_launch', True,
+                          'Time a second launch of the scanned train step (subprocess).')
+_SKIP_BATCH = flags.DEFINE_integer('skip_batch', 256,
+                                   'Batch of the skip-path compile comparison; 0: none.')
 _BATCHNORMS = flags.DEFINE_list('batchnorms', ['ours'], "BatchNorms to time: 'ours' "
                                 "(two-pass variance) and/or 'flax' (nn.BatchNorm, one pass).")
-_CACHE = flags.DEFINE_string('cache_dir', None, 'Persistent compilation cache directory.')
 _TORCH = flags.DEFINE_bool('torch', True, 'Also time the PyTorch twin on the same batch.')
+_LAUNCH_ONLY = flags.DEFINE_bool('launch_only', False,
+                                 'Internal: be the warm launch; print its first-step time.')
+
+VARIANTS = ('unrolled', 'scanned')
+BATCHNORMS = {'ours': contextlib.nullcontext,
+              'flax': lambda: mock.patch.object(norm, 'BatchNorm', nn.BatchNorm)}
+STEPS_PER_EPOCH = 100
 
 
 def example_batch(config, batch_size: int) -> dict:
@@ -53,16 +79,24 @@ def example_batch(config, batch_size: int) -> dict:
           'label': jnp.arange(batch_size) % config.model.num_classes}
 
 
-def benchmark(config, batch_size: int, num_steps: int) -> dict:
-  """Times one config; returns the figures as a dict."""
+def setup(config, variant: str, batch_size: int):
+  """The model of `variant`, its train state, a random batch, the step key and
+  the step's runtime hyperparameters."""
+  if variant not in VARIANTS:
+    raise app.UsageError(f'--models: {variant!r} is unknown; allowed: {", ".join(VARIANTS)}')
   model = models.create_model(config)
-  shape = (config.data.image_size, config.data.image_size, config.data.channels)
-  tx, _ = optim.create_optimizer(config, steps_per_epoch=100)
+  if variant == 'unrolled':
+    model = model.clone(scan_min_run=None)
+  tx, _ = optim.create_optimizer(config, STEPS_PER_EPOCH)
   state = steps.create_train_state(config, model, tx, jax.random.key(0))
-  batch = example_batch(config, batch_size)
-  hparams = steps.make_hparams(config, steps_per_epoch=100)
+  return (model, state, example_batch(config, batch_size), jax.random.key(config.seed),
+          steps.make_hparams(config, STEPS_PER_EPOCH))
+
+
+def benchmark(config, batch_size: int, num_steps: int, variant: str = 'scanned') -> dict:
+  """Times one config and model variant; returns the figures as a dict."""
+  model, state, batch, key, hparams = setup(config, variant, batch_size)
   step = jax.jit(steps.make_train_step(config), donate_argnums=0)
-  key = jax.random.key(config.seed)
   t0 = time.perf_counter()
   lowered = step.lower(state, batch, key, hparams)
   t1 = time.perf_counter()
@@ -76,40 +110,103 @@ def benchmark(config, batch_size: int, num_steps: int) -> dict:
     jax.block_until_ready(metrics)  # one step at a time: no queueing on CPU
   t4 = time.perf_counter()
   step_s = (t4 - t3) / max(num_steps, 1)
-  cost = compiled.cost_analysis()
-  cost = cost[0] if isinstance(cost, list) else cost
-  dense_macs = accounting.cost_table(model, shape).dense
+  dense_macs = accounting.cost_table(model, batch['image'].shape[1:]).dense
   return dict(trace_lower_s=t1 - t0, compile_s=t2 - t1, first_step_s=t3 - t2, step_s=step_s,
               images_per_s=batch_size / step_s,
-              xla_gflops_per_s=cost.get('flops', 0.0) / step_s / 1e9,
               model_gflops_per_s=3 * 2 * dense_macs * batch_size / step_s / 1e9)
+
+
+def launch_first_step(config, batch_size: int) -> tuple[float, float]:
+  """A fresh jit of the scanned train step, as the trainer's loop makes it.
+
+  Returns:
+    (seconds from entering the loop until the first step starts: trace,
+    lower and compile or load from the persistent cache; seconds the step
+    then runs).
+  """
+  _, state, batch, key, hparams = setup(config, 'scanned', batch_size)
+  t0 = time.perf_counter()
+  step = jax.jit(steps.make_train_step(config), donate_argnums=0)
+  compiled = step.lower(state, batch, key, hparams).compile()
+  t1 = time.perf_counter()
+  _, metrics = compiled(state, batch, key, hparams)
+  jax.block_until_ready(metrics)
+  return t1 - t0, time.perf_counter() - t1
+
+
+def warm_launch(dtype: str, cache_dir: str) -> tuple[float, float]:
+  """Runs `launch_first_step` in a new process on `cache_dir`; its figures."""
+  args = [a for a in sys.argv[1:] if a.startswith('--config')]
+  args += [f'--batch={_BATCH.value}', f'--dtypes={dtype}', f'--cache_dir={cache_dir}',
+           '--launch_only']
+  out = subprocess.run([sys.executable, '-m', 'experiments.benchmark_step', *args],
+                       capture_output=True, text=True, check=True,
+                       cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  found = re.search(r'launch_start_s=([0-9.]+) first_step_s=([0-9.]+)', out.stdout)
+  return float(found.group(1)), float(found.group(2))
+
+
+def skip_compile_times(config, batch_size: int) -> tuple[float, float]:
+  """Compile seconds (trace and lower included) of the masked and the skipping
+  inference forward pass of the scanned model at `batch_size`."""
+  model, state, *_ = setup(config, 'scanned', 1)
+  shape = (config.data.image_size, config.data.image_size, config.data.channels)
+  images = jnp.zeros((batch_size, *shape))
+  variables = {'params': state.params, 'batch_stats': state.batch_stats}
+  masked = jax.jit(lambda v, x: model.apply(v, x, train=False, gate_mode='deterministic'))
+  t0 = time.perf_counter()
+  masked.lower(variables, images).compile()
+  t1 = time.perf_counter()
+  skip_inference.skip_apply.lower(model, variables, images).compile()
+  return t1 - t0, time.perf_counter() - t1
+
+
+def configured(base, dtype: str, batch_size: int):
+  config = base.copy_and_resolve_references()
+  config.model.dtype = dtype
+  config.train.batch_size = batch_size
+  return config
 
 
 def main(argv):
   del argv
-  cache = jax_setup.enable_compilation_cache(_CACHE.value)
-  base = _CONFIG.value
-  print(f'backend {jax.default_backend()}, {jax.device_count()} device(s), '
-        f'batch {_BATCH.value}, cache {cache}')
-  variants = {'ours': contextlib.nullcontext, 'flax': lambda: mock.patch.object(
-      norm, 'BatchNorm', nn.BatchNorm)}
-  unknown = set(_BATCHNORMS.value) - set(variants)
+  cache = jax_setup.enable_compilation_cache(_CACHE.value or tempfile.mkdtemp(prefix='xla_'))
+  if _LAUNCH_ONLY.value:
+    config = configured(_CONFIG.value, _DTYPES.value[0], _BATCH.value)
+    start, step = launch_first_step(config, _BATCH.value)
+    print(f'launch_start_s={start:.3f} first_step_s={step:.3f}')
+    return
+  name = f'{_CONFIG.value.model.name}-{_CONFIG.value.model.depth}'
+  print(f'backend {jax.default_backend()}, {jax.device_count()} device(s), {os.cpu_count()} '
+        f'CPUs, batch {_BATCH.value}, cache {cache}', flush=True)
+  unknown = set(_BATCHNORMS.value) - set(BATCHNORMS)
   if unknown:
     raise app.UsageError(f'--batchnorms: unknown {sorted(unknown)}; allowed: ours, flax')
   for dtype in _DTYPES.value:
-    for bn in _BATCHNORMS.value:
-      config = base.copy_and_resolve_references()
-      config.model.dtype = dtype
-      config.train.batch_size = _BATCH.value
-      with variants[bn]():  # the model is traced inside: the swap takes effect
-        r = benchmark(config, _BATCH.value, _STEPS.value)
-      print(f'{config.model.name}-{config.model.depth} {dtype} {bn} BN: trace+lower '
-            f'{r["trace_lower_s"]:.1f} s, compile {r["compile_s"]:.1f} s, first step '
-            f'{r["first_step_s"]:.1f} s, step {r["step_s"]:.3f} s, {r["images_per_s"]:.1f} '
-            f'images/s, {r["xla_gflops_per_s"]:.1f} GFLOP/s (XLA count), '
-            f'{r["model_gflops_per_s"]:.1f} GFLOP/s (3 x forward)', flush=True)
-      if _TORCH.value:
+    config = configured(_CONFIG.value, dtype, _BATCH.value)
+    for variant in _MODELS.value:
+      for bn in _BATCHNORMS.value:
+        with BATCHNORMS[bn]():  # the model is traced inside: the swap takes effect
+          r = benchmark(config, _BATCH.value, _STEPS.value, variant)
+        print(f'{name} {dtype} {variant} ({bn} BatchNorm): trace+lower '
+              f'{r["trace_lower_s"]:.1f} s, compile {r["compile_s"]:.1f} s (sum '
+              f'{r["trace_lower_s"] + r["compile_s"]:.1f} s), first step '
+              f'{r["first_step_s"]:.1f} s, step {r["step_s"]:.2f} s, '
+              f'{r["images_per_s"]:.1f} images/s, {r["model_gflops_per_s"]:.1f} GFLOP/s',
+              flush=True)
+      if _TORCH.value and variant == 'scanned':
         print_torch_twin(config, _BATCH.value, _STEPS.value, r['step_s'])
+    if _WARM.value and 'scanned' in _MODELS.value:
+      start, step = warm_launch(dtype, cache)
+      print(f'{name} {dtype} scanned, second launch (warm cache): first step starts '
+            f'{start:.1f} s after entering the loop (trace, lower, cache load), runs '
+            f'{step:.1f} s', flush=True)
+  if _SKIP_BATCH.value:
+    config = configured(_CONFIG.value, 'float32', _SKIP_BATCH.value)
+    masked, skipping = skip_compile_times(config, _SKIP_BATCH.value)
+    print(f'{name} float32 scanned inference at batch {_SKIP_BATCH.value}: masked compile '
+          f'{masked:.1f} s, skipping compile {skipping:.1f} s ({skipping / masked:.2f}x)',
+          flush=True)
 
 
 def torch_twin(config, batch_size: int, num_steps: int) -> dict:

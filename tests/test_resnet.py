@@ -1,0 +1,94 @@
+"""Tests of the ResNet's scanned runs of identical blocks: the same logits,
+gates, BatchNorm updates and gradients as the unrolled model, with the same
+per-block variable tree, for gated, partly fixed and ungated models of each
+block family."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from adanet_jax import resnet
+
+
+def _model(block, **kwargs):
+  sizes = {'basic': (4, 4, 4), 'preact': (3, 3, 3), 'bottleneck': (1, 3)}[block]
+  widths = {'basic': (4, 8, 16), 'preact': (4, 8, 16), 'bottleneck': (2, 4)}[block]
+  stem = {'basic': 'cifar', 'preact': 'wrn', 'bottleneck': 'imagenet'}[block]
+  return resnet.ResNet(block=block, stage_sizes=sizes, stage_widths=widths, stem=stem,
+                       stem_width=4, **kwargs)
+
+
+def _images(size):
+  return jax.random.normal(jax.random.key(1), (6, size, size, 3))
+
+
+def _train(model, variables, x, gate_mode):
+  """Loss, (logits, aux, updated batch_stats) and gradients of one train pass."""
+
+  def loss_fn(params):
+    (logits, aux), updates = model.apply(
+        {'params': params, 'batch_stats': variables['batch_stats']}, x, train=True,
+        gate_mode=gate_mode, rngs={'gumbel': jax.random.key(7)}, mutable=['batch_stats'])
+    # The gates enter the loss, so their straight-through gradient is compared too.
+    loss = jnp.mean(jax.nn.log_softmax(logits)[:, 0]) + jnp.mean(aux['probs'] * aux['gates'])
+    return loss, (logits, aux, updates['batch_stats'])
+
+  return jax.jit(jax.value_and_grad(loss_fn, has_aux=True))(variables['params'])
+
+
+def _assert_trees_close(got, want):
+  """Equal structure; leaves equal up to float rounding (most are bit for bit)."""
+  assert jax.tree.structure(got) == jax.tree.structure(want)
+  for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+    np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6 * max(1.0, float(np.abs(w).max())))
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize('block,kwargs,gate_mode,size', [
+    # Fixed blocks 1 and 2 split stage 1's run: [1, 2] scanned, [3] unrolled.
+    ('basic', dict(fixed_blocks=(1, 2)), 'sample', 8),
+    ('basic', dict(gated=False), 'sample', 8),
+    ('preact', {}, 'sample', 8),
+    ('bottleneck', {}, 'expected', 16),
+])
+def test_scanned_runs_equal_unrolled_model(block, kwargs, gate_mode, size):
+  unrolled = _model(block, scan_min_run=None, **kwargs)
+  scanned = _model(block, scan_min_run=2, **kwargs)
+  x = _images(size)
+  variables = unrolled.init({'params': jax.random.key(0)}, x, train=False)
+  # The same variable tree whichever way the blocks run: checkpoints load.
+  assert (jax.tree.structure(scanned.init({'params': jax.random.key(0)}, x, train=False))
+          == jax.tree.structure(variables))
+  (loss, (logits, aux, stats)), grads = _train(scanned, variables, x, gate_mode)
+  (want_loss, (want_logits, want_aux, want_stats)), want_grads = _train(
+      unrolled, variables, x, gate_mode)
+  # Same Gumbel noise per block: the same hard decisions.
+  np.testing.assert_array_equal(aux['gates'], want_aux['gates'])
+  if kwargs.get('gated', True) and gate_mode == 'sample':
+    assert 0 < float(want_aux['gates'].mean()) < 1  # decisions that differ
+  _assert_trees_close((loss, logits, aux, stats, grads),
+                      (want_loss, want_logits, want_aux, want_stats, want_grads))
+  # Every block's statistics moved, the fixed blocks' gates' excepted.
+  moved = jax.tree.map(lambda a, b: bool(jnp.any(a != b)), stats, variables['batch_stats'])
+  assert moved['stage2_block1']['bn1']['mean'] and moved['stage2_block2']['bn2']['var']
+  if 'fixed_blocks' in kwargs:
+    assert not moved['stage1_block1']['gate']['fc1_bn']['mean']
+    assert moved['stage1_block3']['gate']['fc1_bn']['mean']
+
+
+def test_scanned_inference_equals_unrolled_and_uses_one_loop_per_run():
+  unrolled, scanned = _model('basic', scan_min_run=None), _model('basic', scan_min_run=3)
+  x = _images(8)
+  variables = unrolled.init({'params': jax.random.key(0)}, x, train=False)
+  forward = lambda model: jax.jit(lambda v: model.apply(v, x, train=False))
+  logits, aux = forward(scanned)(variables)
+  want_logits, want_aux = forward(unrolled)(variables)
+  np.testing.assert_array_equal(aux['gates'], want_aux['gates'])
+  _assert_trees_close((logits, aux), (want_logits, want_aux))
+  assert aux['gates'].shape == (6, 12)
+  # Blocks 1-3 of each stage form a run of 3: one scan per stage.
+  count = lambda model: str(jax.make_jaxpr(lambda v: model.apply(v, x, train=False))(
+      variables)).count('scan[')
+  assert (count(scanned), count(unrolled)) == (3, 0)
+  assert count(_model('basic', scan_min_run=4)) == 0
