@@ -21,7 +21,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from adanet_jax import accounting, losses, models
+from adanet_jax import accounting, losses, models, optim
 
 # Named rng streams derived from fold_in(seed key, step).
 GUMBEL_STREAM = 0

@@ -150,22 +150,22 @@ def test_ctrl_c_stops_the_points_and_says_how_to_resume(tmp_path):
   assert launcher.returncode == 1, stdout[-2000:] + stderr[-2000:]
   assert 'Traceback' not in stdout + stderr
   assert stderr.strip().splitlines() == [
-      f'sweep interrupted (2 running point(s) stopped); rerun to resume: python -m '
-      f'adanet_jax.sweep --root={root} {" ".join(TINY)} --parallel=2']
+      f'error: sweep interrupted (2 running point(s) stopped); rerun to resume: python -m '
+      f'adanet_jax.tools.sweep --root={root} {" ".join(TINY)} --parallel=2']
   assert _processes_mentioning(str(root)) == []  # no orphaned point
   for log in logs:  # interrupted, not failed: a rerun resumes them
     assert not (log.parent / 'sweep_status.json').exists()
 
 
 def test_coinciding_points_are_spread():
-  from adanet_jax import sweep_summary  # pylint: disable=import-outside-toplevel
+  from adanet_jax.tools import sweep_summary  # pylint: disable=import-outside-toplevel
   points = [(1.0, 95.0), (2.0, 96.0), (1.0, 95.0), (1.0001, 95.0), (3.0, 97.0)]
   assert sweep_summary.coincident_shifts(points, (2.0, 2.0)) == [
       (-3.5, 0.0), (0.0, 0.0), (3.5, 0.0), (0.0, 3.5), (0.0, 0.0)]
 
 
 def test_pareto_figure_labels_do_not_overlap(tmp_path):
-  from adanet_jax import sweep_summary  # pylint: disable=import-outside-toplevel
+  from adanet_jax.tools import sweep_summary  # pylint: disable=import-outside-toplevel
   # Twelve points, most within 0.4% accuracy and 10% compute of each other,
   # the last two on the same spot (t = 1.0 and the gates-off baseline).
   accuracy = [0.9510, 0.9522, 0.9515, 0.9524, 0.9525, 0.9503, 0.9501, 0.9534, 0.9510, 0.9509,
@@ -182,7 +182,7 @@ def test_pareto_figure_labels_do_not_overlap(tmp_path):
 
 
 def test_gated_or_plain_comes_from_the_config(tmp_path):
-  from adanet_jax import sweep_summary  # pylint: disable=import-outside-toplevel
+  from adanet_jax.tools import sweep_summary  # pylint: disable=import-outside-toplevel
   for name, gated in (('a', False), ('b', True)):
     workdir = tmp_path / name
     workdir.mkdir()
