@@ -106,10 +106,11 @@ def stub_tensorboard_if_no_tensorflow() -> bool:
 
 def load_config(model: str, dtype: str, smoke: bool):
   """The benchmark config of `model` in `dtype` (image size and batch set)."""
-  from adanet_jax import config_io  # pylint: disable=import-outside-toplevel
+  from adanet_jax import config_lib  # pylint: disable=import-outside-toplevel
   file, arg, size, default_batch = MODELS[model][1 if smoke else 0]
   repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  config = config_io.load_config_file(os.path.join(repo, 'configs', file), arg)
+  path = os.path.join(repo, 'configs', file)
+  config = config_lib.load_config(f'{path}:{arg}' if arg else path, check=False)
   config.model.dtype = dtype
   config.data.image_size = size
   config.train.batch_size = config.eval.batch_size = default_batch
@@ -120,12 +121,12 @@ def load_config(model: str, dtype: str, smoke: bool):
 def synthetic_dataset(config, num_train: int, num_eval: int):
   """An in-memory dataset of normal float32 images (the tfds pipeline's
   output type) with cycling labels."""
-  from adanet_jax import input_pipeline  # pylint: disable=import-outside-toplevel
+  from adanet_jax import digits  # pylint: disable=import-outside-toplevel
   shape = (config.data.image_size, config.data.image_size, config.data.channels)
   rng = np.random.default_rng(0)
   images = rng.standard_normal((num_train + num_eval, *shape), dtype=np.float32)
   labels = (np.arange(num_train + num_eval) % config.model.num_classes).astype(np.int32)
-  return input_pipeline.ArrayDataset(
+  return digits.ArrayDataset(
       images[:num_train], labels[:num_train], images[num_train:], labels[num_train:],
       num_classes=config.model.num_classes, batch_size=config.train.batch_size,
       eval_batch_size=config.eval.batch_size, seed=config.seed)
