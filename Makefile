@@ -24,5 +24,6 @@ slurm:
 	  apt-get update -q && apt-get install -y -q --no-install-recommends slurm-wlm munge; } || \
 	  echo "make slurm: slurm-wlm and munge not installed (not root?); the SLURM tests will skip"
 
+# Two workers, one test file each at a time (a file's module fixtures run once).
 test: $(STAMP) slurm
-	$(VENV)/bin/python -m pytest
+	$(VENV)/bin/python -m pytest -n 2 --dist loadfile

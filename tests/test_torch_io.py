@@ -306,6 +306,6 @@ def test_init_from_load_and_export_command(load_config, tmp_path):
   assert int(exported['bn1.num_batches_tracked']) == 5
   _assert_same_outputs(_twin_outputs(twin, x, 'deterministic'), want)
   result = run(f'--workdir={tmp_path / "none"}', f'--output={tmp_path / "x.pth"}')
-  assert result.returncode == 1
+  assert result.returncode == 2
   assert result.stderr.strip() == (f"error: --workdir='{tmp_path / 'none'}' is not a workdir "
                                    'with checkpoints')
