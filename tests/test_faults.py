@@ -298,7 +298,7 @@ def test_second_launch_on_a_live_workdir_is_refused_untouched(reference, tmp_pat
   with workdir_lock.acquire(str(workdir)):  # this process is the live run
     before = _snapshot(workdir)
     run = _main(workdir)
-    assert run.finish() == 1
+    assert run.finish() == 2
     error_lines = [l for l in run.lines if l.startswith("error:")]
     assert error_lines == [f'error: workdir {workdir} is in use by another run (host '
                       f'{os.uname().nodename}, pid {os.getpid()}, started '

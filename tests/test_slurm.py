@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from adanet_jax import launch
+from adanet_jax.tools import launch
 # The tiny digits job (4 steps) of the multi-process tests and their check
 # that two runs end in the same state; the tiny 3-point sweep of the sweep tests.
 # pylint: disable=wrong-import-order
