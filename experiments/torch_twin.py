@@ -320,8 +320,10 @@ def apply_with_noise(model, variables, images, noise, **kwargs):
     stage, block = context.module.parent.name[len('stage'):].split('_block')
     return noise[:, starts[int(stage) - 1] + int(block)]
 
+  # Unrolled: inside a scanned run a gate does not know its block's name.
   with flax_nn.intercept_methods(interceptor):
-    return model.apply(variables, images, gate_mode='sample', **kwargs)
+    return model.clone(scan_min_run=None).apply(variables, images, gate_mode='sample',
+                                                **kwargs)
 
 
 def twin_train_forward_backward(net: ResNet, images, labels, noise, targets, weight: float):

@@ -10,11 +10,16 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 
 os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
                            ' --xla_force_host_platform_device_count=8').strip()
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+# One persistent compilation cache for the session, in-process tests and the
+# entry points they start alike: a program compiled by one test is loaded by
+# the next that needs it. Fresh per session, so no test depends on an old one.
+os.environ.setdefault('ADANET_JAX_CACHE_DIR', tempfile.mkdtemp(prefix='adanet_jax_test_xla_'))
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
@@ -22,7 +27,10 @@ sys.path.insert(0, REPO)
 import jax  # noqa: E402
 import pytest  # noqa: E402
 
-from adanet_jax import checkpoints, config_lib, models, optim, steps, trainer  # noqa: E402
+from adanet_jax import (checkpoints, config_lib, jax_setup, models, optim, steps,  # noqa: E402
+                        trainer)
+
+jax_setup.enable_compilation_cache()
 
 
 def load_repo_config(name: str, arg: str | None = None):

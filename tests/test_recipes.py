@@ -17,10 +17,10 @@ CONFIG_FILES = sorted(os.path.basename(p) for p in glob.glob(os.path.join(REPO, 
 MOCK_EXAMPLES = 20   # per split: 2 steps of 8 per epoch, evaluation 16 + 4 real (12 padding)
 # Compile time on 2 CPU cores: the step-and-evaluate test runs each config's
 # smallest member (the recipe values are checked above at full size; depth
-# changes only the number of blocks) and ImageNet models at 64 x 64.
+# changes only the number of blocks) and ImageNet models at 32 x 32.
 SMALL_ARGS = {'cifar10.py': 'depth=8', 'cifar100.py': 'depth=8', 'digits.py': 'depth=8',
               'wide_cifar10.py': 'depth=10,width=2'}
-TEST_IMAGE_SIZE = {'imagenet2012': 64}
+TEST_IMAGE_SIZE = {'imagenet2012': 32}
 EVAL_BATCH = {'digits': 184}   # its real 360 test images: 184 + 176 real (8 padding)
 
 

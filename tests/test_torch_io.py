@@ -66,7 +66,7 @@ def _assert_same_outputs(ours, theirs):
   assert 0 < aux['gates'].mean() < 1  # decisions differ between images and blocks
 
 
-@pytest.mark.parametrize('config_name,arg,size', [('cifar10.py', 'depth=20', 8),
+@pytest.mark.parametrize('config_name,arg,size', [('cifar10.py', 'depth=110', 8),
                                                    ('imagenet.py', 'resnet50', 32),
                                                    ('wide_cifar10.py', 'depth=10,width=2', 8)])
 def test_twin_weights_and_export_give_same_outputs(load_config, config_name, arg, size):
