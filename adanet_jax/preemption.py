@@ -29,7 +29,6 @@ import jax
 from jax._src import distributed as jax_distributed  # the preemption service's state
 from jax.experimental import multihost_utils
 
-from adanet_jax.errors import Preempted
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
