@@ -1,19 +1,28 @@
 """Training metrics: summing on the device, summarising on the host, and
-writing to CLU writers (TensorBoard + console) and `workdir/metrics.jsonl`.
+writing to the console, TensorBoard and `workdir/metrics.jsonl`.
 
 Only process 0 writes; the others only log. On a resume, records past the
 restored step (written before an interruption, redone now) are dropped from
-metrics.jsonl, so it holds each step once however often the run resumed.
+metrics.jsonl, and TensorBoard is told to drop them from its event files, so
+each step is shown once however often the run resumed.
 """
 
+import itertools
 import json
 import os
+import socket
+import time
 
-from clu import metric_writers
 import jax
 import numpy as np
+from tensorboard.compat.proto import event_pb2, summary_pb2
+from tensorboard.summary.writer.record_writer import RecordWriter
 
 from adanet_jax import console, rundir
+
+# Numbers event files opened by this process: TensorBoard reads a directory's
+# files in name order, and two opened within a second must not share a name.
+_EVENT_FILES = itertools.count()
 
 # Keys of the step metrics combined by minimum instead of sum.
 MIN_KEYS = ('first_nonfinite_step',)
@@ -44,10 +53,43 @@ def summarize_train(sums: dict) -> dict:
   return summary
 
 
+class TensorBoardWriter:
+  """Scalars in a TensorBoard event file of `logdir`, written record by record.
+
+  Written with TensorBoard's own protos and record framing, not through
+  TensorFlow, whose import costs every start of a run 3-4 s. A run resumed
+  at `start_step` writes a SessionLog START event at start_step + 1: on
+  reading it TensorBoard discards the steps after `start_step` that earlier
+  event files hold (logged before an interruption, logged again now).
+  """
+
+  def __init__(self, logdir: str, start_step: int | None = None):
+    name = (f'events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}.{os.getpid()}.'
+            f'{next(_EVENT_FILES):04d}')
+    self._file = open(os.path.join(logdir, name), 'wb')
+    self._records = RecordWriter(self._file)
+    self._write(event_pb2.Event(file_version='brain.Event:2'))
+    if start_step:
+      self._write(event_pb2.Event(
+          step=start_step + 1, session_log=event_pb2.SessionLog(status=event_pb2.SessionLog.START)))
+
+  def write_scalars(self, step: int, scalars: dict) -> None:
+    values = [summary_pb2.Summary.Value(tag=k, simple_value=float(v)) for k, v in scalars.items()]
+    self._write(event_pb2.Event(step=step, summary=summary_pb2.Summary(value=values)))
+
+  def _write(self, event) -> None:
+    event.wall_time = time.time()
+    self._records.write(event.SerializeToString())
+    self._file.flush()
+
+  def close(self) -> None:
+    self._file.close()
+
+
 class MetricLogger:
   """Writes metric dicts to the console (`console.ConsoleWriter`: a progress
-  line per log step, a line per evaluation mode), TensorBoard (CLU
-  SummaryWriter; a per-block list becomes `name/block07` scalars) and
+  line per log step, a line per evaluation mode), TensorBoard
+  (`TensorBoardWriter`; a per-block list becomes `name/block07` scalars) and
   metrics.jsonl (everything, lists kept)."""
 
   def __init__(self, workdir: str, num_steps: int = 0, steps_per_epoch: int = 1,
@@ -56,7 +98,7 @@ class MetricLogger:
     dropped from metrics.jsonl (None: keep everything)."""
     self.chief = jax.process_index() == 0
     self.console = console.ConsoleWriter(max(num_steps, 1), steps_per_epoch)
-    self.tensorboard = metric_writers.SummaryWriter(workdir) if self.chief else None
+    self.tensorboard = TensorBoardWriter(workdir, start_step) if self.chief else None
     if self.chief and start_step is not None:
       rundir.drop_metrics_after(workdir, start_step)
     self.jsonl = open(os.path.join(workdir, rundir.METRICS_FILE), 'a') if self.chief else None

@@ -30,9 +30,9 @@ cut-off run keeps what it finished:
      killed after `--torch_compile_cap_s`.
 
 Figures go to OUT/gpu_benchmark.json and a table to stdout. Works without
-tensorflow (the TensorBoard writer is replaced by a no-op when tensorflow
-is missing; metrics.jsonl is still written) and without the twin (its
-columns say why they are empty).
+tensorflow (nothing here reads tfds; the TensorBoard writer needs only the
+tensorboard package) and without the twin (its columns say why they are
+empty).
 """
 
 import os
@@ -40,7 +40,6 @@ import os
 # Both frameworks share the GPU: JAX must not take 75% of it up front.
 os.environ.setdefault('XLA_PYTHON_CLIENT_PREALLOCATE', 'false')
 
-import importlib.util  # noqa: E402
 import json  # noqa: E402
 import shutil  # noqa: E402
 import subprocess  # noqa: E402
@@ -48,7 +47,6 @@ import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 import traceback  # noqa: E402
-import types  # noqa: E402
 
 from absl import app, flags  # noqa: E402
 import jax  # noqa: E402
@@ -83,25 +81,6 @@ SMOKE_RUNS = (('resnet50', 'bfloat16'), ('resnet110', 'float32'))
 # included); none starts with less budget left.
 PART_ESTIMATE_S = 70.0
 SMOKE_BUDGET_S = 100.0
-
-
-def stub_tensorboard_if_no_tensorflow() -> bool:
-  """CLU's SummaryWriter imports tensorflow; without it, put a no-op writer
-  in its place before adanet_jax.metrics imports CLU. Returns whether it did."""
-  if importlib.util.find_spec('tensorflow') is not None:
-    return False
-
-  class NoOpWriter:
-    def __init__(self, *args, **kwargs):
-      del args, kwargs
-
-    def __getattr__(self, name):
-      return lambda *args, **kwargs: None
-
-  module = types.ModuleType('clu.metric_writers.tf.summary_writer')
-  module.SummaryWriter = NoOpWriter
-  sys.modules['clu.metric_writers.tf.summary_writer'] = module
-  return True
 
 
 def load_config(model: str, dtype: str, smoke: bool):
@@ -348,12 +327,12 @@ class Budget:
 
 
 def run_all(out_dir: str, smoke: bool, budget: Budget, num_steps: int, loop_steps: int,
-            compile_cap_s: float, stubbed: bool) -> dict:
+            compile_cap_s: float) -> dict:
   """Runs the parts in order while the budget lasts; returns the figures."""
   cache = jax_setup.enable_compilation_cache(tempfile.mkdtemp(prefix='gpu_benchmark_cache_'))
   results = {'backend': jax.default_backend(), 'devices': [str(d) for d in jax.devices()],
              'jax': jax.__version__, 'torch': _torch_version(), 'smoke': smoke,
-             'tensorboard_stubbed': stubbed, 'compilation_cache': cache,
+             'compilation_cache': cache,
              'flops_convention': '3 x forward MACs x 2 FLOPs per image, every block counted; '
                                  f'peak {PEAK_FLOPS / 1e12:.0f} TFLOP/s (H200 dense bf16)',
              'steps': [], 'skipped': [], 'errors': []}
@@ -474,7 +453,6 @@ def main(argv):
   if _CHILD.value:
     child_main(_CHILD.value, _SMOKE.value, _STEPS.value)
     return
-  stubbed = stub_tensorboard_if_no_tensorflow()
   jax_setup.quiet_library_logs()
   smoke = _SMOKE.value
   budget = Budget(min(_BUDGET.value, SMOKE_BUDGET_S) if smoke else _BUDGET.value)
@@ -485,7 +463,7 @@ def main(argv):
     _one_torch_thread()
   print(f'backend {jax.default_backend()}: {jax.devices()}; budget {budget.seconds:.0f} s',
         flush=True)
-  results = run_all(_OUT.value, smoke, budget, steps, loop_steps, compile_cap, stubbed)
+  results = run_all(_OUT.value, smoke, budget, steps, loop_steps, compile_cap)
   print(f'done in {results["total_s"]:.0f} s; figures in '
         f'{os.path.join(_OUT.value, "gpu_benchmark.json")}', flush=True)
 

@@ -1,8 +1,9 @@
 #!/bin/bash
 # One-shot H200 benchmark (experiments/gpu_benchmark.py), for the lent GPU
 # machine: python3 there has jax (CUDA), flax, optax, orbax and torch but
-# neither ml_collections nor clu (carried as wheels in .whl/) nor tensorflow
-# (the script replaces CLU's TensorBoard writer). Run from the repo root:
+# neither tensorflow (not needed) nor ml_collections and tensorboard, carried
+# as wheels in .whl/ (`pip download --no-deps -d .whl ml_collections==1.1.0
+# tensorboard==2.21.0`). Run from the repo root:
 #
 #   bash experiments/gpu_benchmark.sh            # figures to $OUT (or ./gpu_benchmark_out)
 #   bash experiments/gpu_benchmark.sh --smoke    # the tiny CPU check

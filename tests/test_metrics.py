@@ -1,8 +1,13 @@
 """Tests of `adanet_jax.metrics`: sums on the device, means on the host."""
 
+import os
+import subprocess
+import sys
+
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from tensorboard.backend.event_processing import event_accumulator
 
 from adanet_jax import metrics
 
@@ -23,3 +28,38 @@ def test_summarize_train_means_over_images():
   assert (s['loss'], s['ce'], s['target_loss'], s['accuracy']) == (1.5, 1.0, 0.5, 0.75)
   assert s['gate_rates'] == [1.0, 0.5] and s['gate_rate'] == 0.75
   assert s['learning_rate'] == pytest.approx(0.1)
+
+
+def _tensorboard_scalars(logdir: str, tag: str) -> list[tuple[int, float]]:
+  """(step, value) of `tag` as TensorBoard shows them (restarts purged)."""
+  accumulator = event_accumulator.EventAccumulator(logdir)
+  accumulator.Reload()
+  return [(e.step, e.value) for e in accumulator.Scalars(tag)]
+
+
+def test_tensorboard_shows_each_step_once_after_a_resume(tmp_path):
+  # A run logs steps 1-4 and is interrupted after its checkpoint of step 2;
+  # the rerun resumes at step 2 and logs steps 3-5 with other values.
+  first = metrics.TensorBoardWriter(str(tmp_path))
+  for step in (1, 2, 3, 4):
+    first.write_scalars(step, {'train/loss': step, 'train/gate_rates/block00': 0.5})
+  first.close()
+  # Opened within the same second: the files' names still order them.
+  second = metrics.TensorBoardWriter(str(tmp_path), start_step=2)
+  for step in (3, 4, 5):
+    second.write_scalars(step, {'train/loss': 10 * step, 'train/gate_rates/block00': 0.25})
+  second.close()
+  assert len(os.listdir(tmp_path)) == 2
+  assert _tensorboard_scalars(str(tmp_path), 'train/loss') == [
+      (1, 1.0), (2, 2.0), (3, 30.0), (4, 40.0), (5, 50.0)]
+  assert [v for _, v in _tensorboard_scalars(str(tmp_path), 'train/gate_rates/block00')] == [
+      0.5, 0.5, 0.25, 0.25, 0.25]
+
+
+def test_tensorboard_writer_does_not_import_tensorflow():
+  # TensorFlow's import costs every start of a run seconds; the writer needs none.
+  code = ('import sys, tempfile; from adanet_jax import metrics; '
+          'metrics.TensorBoardWriter(tempfile.mkdtemp()).write_scalars(1, {"a": 1.0}); '
+          'print("tensorflow" in sys.modules)')
+  out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True)
+  assert out.stdout.strip() == 'False'

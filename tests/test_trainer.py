@@ -7,6 +7,7 @@ import os
 import jax
 import numpy as np
 import pytest
+from tensorboard.backend.event_processing import event_accumulator
 
 from adanet_jax import checkpoints, input_pipeline, steps, trainer
 from adanet_jax.errors import ConfigError
@@ -94,14 +95,13 @@ def test_evaluation_writes_every_output(load_config, tmp_path):
   assert len(lines[0]['train/gate_rates']) == 3
   assert lines[-1]['eval/deterministic/gate_rates'] == final['eval/deterministic/gate_rates']
   assert lines[-1]['eval/deterministic/count'] == 360
-  import tensorflow as tf  # pylint: disable=import-outside-toplevel
-  tags = set()
-  for name in os.listdir(tmp_path / 'w'):
-    if name.startswith('events.out.tfevents'):
-      for event in tf.compat.v1.train.summary_iterator(str(tmp_path / 'w' / name)):
-        tags.update(v.tag for v in event.summary.value)
+  accumulator = event_accumulator.EventAccumulator(str(tmp_path / 'w'))
+  accumulator.Reload()
   assert {'train/gate_rates/block02', 'eval/deterministic/gate_rates/block02',
-          'eval/deterministic/accuracy', 'train/loss'} <= tags
+          'eval/deterministic/accuracy', 'train/loss'} <= set(accumulator.Tags()['scalars'])
+  shown = accumulator.Scalars('eval/deterministic/gate_rates/block02')
+  assert [(e.step, e.value) for e in shown] == [
+      (2, pytest.approx(final['eval/deterministic/gate_rates'][2]))]
 
 
 class _NaNAfter:
