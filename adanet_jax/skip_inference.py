@@ -8,12 +8,18 @@ for the whole batch, outside any vmap:
 
 - all samples closed (every closed block at batch 1): only the shortcut runs;
 - all samples open: the block runs on the whole batch, as in the masked model;
-- a mix: the open samples are gathered into a buffer of static capacity (the
-  smallest bucket that holds them, by default a multiple of 1/8 of the batch),
-  the block runs on the buffer and its rows are scattered back; the other
-  samples get the block's output with the branch left out, relu(shortcut(x))
-  (post-activation blocks) or shortcut(x) (pre-activation). Above the largest
-  bucket the block runs on the whole batch and the closed rows are replaced.
+- a mix: the open samples are gathered to the front of the batch and the
+  block runs on them in chunks of a static size (by default 1/8 of the
+  batch), as many chunks as they fill, in a loop with that trip count; the
+  rows are scattered back over the block's output with the branch left out,
+  relu(shortcut(x)) (post-activation blocks) or shortcut(x) (pre-activation).
+  At most one chunk is partly wasted. The block is compiled once for the
+  whole batch and once for a chunk, whatever the count: compiling it once per
+  possible buffer size (1/8, 2/8, ... of the batch) made the skipping path
+  compile 4.4x as long as the masked model at batch 256, the loop 1.6x
+  (ResNet-110, CPU), for the same run time at batch 256 and up to 8% more
+  at batch 32 (chunks of 4 rows). On a GPU the loop's trip count, like the
+  switch's index, is read by the host.
 
 `lax.switch` on the number of open samples picks one of these, so only the
 chosen one runs. In inference BatchNorm uses its running averages, one sample
@@ -39,7 +45,6 @@ streams, which the rebuilt blocks do not see.
 
 import dataclasses
 import functools
-import math
 from typing import Callable, Sequence
 
 import flax.linen as nn
@@ -50,20 +55,17 @@ from adanet_jax import resnet
 from adanet_jax.errors import ConfigError
 from adanet_jax.gate import Gate, check_gate_mode
 
-# Buffer capacities for mixed batches, as fractions of the batch (the whole
-# batch is always the last resort). Steps of 1/8 waste at most 1/8 of the
-# batch per block; quarters (0.25, 0.5, 0.75) compile about 40% faster but,
-# with counts spread over a bucket, leave about 25% of a block's compute in
-# vain at batch 256 (experiments/benchmark_skip.py).
-DEFAULT_BUCKETS = tuple(k / 8 for k in range(1, 8))
+# The open samples of a mixed batch run in chunks of ceil(batch / CHUNKS)
+# rows: at most one chunk per block is partly computed in vain (1/8 of the
+# batch at most). Fewer chunks waste more; more run smaller convolutions.
+DEFAULT_CHUNKS = 8
 
 _BLOCK_CLASSES = tuple(resnet.BLOCKS.values())
 
 
-@functools.partial(jax.jit, static_argnames=('model', 'gate_mode', 'buckets'))
+@functools.partial(jax.jit, static_argnames=('model', 'gate_mode', 'chunks'))
 def skip_apply(model: resnet.ResNet, variables, images: jax.Array,
-               gate_mode: str = 'deterministic',
-               buckets: Sequence[float] = DEFAULT_BUCKETS):
+               gate_mode: str = 'deterministic', chunks: int = DEFAULT_CHUNKS):
   """The masked model's inference forward pass, computing only executed blocks.
 
   Args:
@@ -71,8 +73,8 @@ def skip_apply(model: resnet.ResNet, variables, images: jax.Array,
     variables: {'params', 'batch_stats'} of the masked model.
     images: (batch, H, W, C).
     gate_mode: must be 'deterministic'; any other mode raises ConfigError.
-    buckets: fractions of the batch used as buffer capacities for batches
-      whose samples disagree (a tuple: it is a static argument).
+    chunks: the open samples of a batch whose samples disagree run in chunks
+      of ceil(batch / chunks) rows.
 
   Returns:
     (logits float32 (batch, classes), aux) with aux['gates'] and aux['probs']
@@ -80,7 +82,7 @@ def skip_apply(model: resnet.ResNet, variables, images: jax.Array,
     train=False, gate_mode='deterministic')` up to float rounding.
   """
   check_skip_mode(gate_mode)
-  interceptor = functools.partial(_skip_closed_blocks, buckets=tuple(buckets))
+  interceptor = functools.partial(_skip_closed_blocks, chunks=chunks)
   with nn.intercept_methods(interceptor):
     return model.apply(variables, images, train=False, gate_mode=gate_mode)
 
@@ -96,23 +98,7 @@ def check_skip_mode(gate_mode: str) -> None:
         'the masked model (skip=False) for those modes')
 
 
-def bucket_capacities(batch: int,
-                      buckets: Sequence[float] = DEFAULT_BUCKETS) -> tuple[int, ...]:
-  """Static buffer sizes, below `batch`, for the open samples of a mixed batch.
-
-  Args:
-    batch: the batch size.
-    buckets: fractions of the batch in (0, 1).
-
-  Returns:
-    Sorted distinct capacities ceil(f * batch) that are smaller than `batch`.
-  """
-  if not all(0 < f < 1 for f in buckets):
-    raise ValueError(f'bucket fractions must lie in (0, 1), got {tuple(buckets)}')
-  return tuple(sorted({math.ceil(f * batch) for f in buckets} - {batch}))
-
-
-def _skip_closed_blocks(next_fun, args, kwargs, context, *, buckets):
+def _skip_closed_blocks(next_fun, args, kwargs, context, *, chunks):
   """Method interceptor: runs each gated block of the applied ResNet skipping."""
   block = context.module
   # Only the ResNet's own blocks, its children or the template of a scanned
@@ -131,57 +117,52 @@ def _skip_closed_blocks(next_fun, args, kwargs, context, *, buckets):
 
   # The closed variant's output is unused here, so XLA keeps only its gate.
   _, gate_out = closed.apply(variables, x, train=False, gate_mode='deterministic')
-  return run_where_open(gate_out[0] > 0, x, output(opened), output(closed), buckets), gate_out
+  return run_where_open(gate_out[0] > 0, x, output(opened), output(closed), chunks), gate_out
 
 
 def run_where_open(is_open: jax.Array, x: jax.Array, run_open: Callable, run_closed: Callable,
-                   buckets: Sequence[float] = DEFAULT_BUCKETS) -> jax.Array:
+                   chunks: int = DEFAULT_CHUNKS) -> jax.Array:
   """Row i of the result is run_open(x)[i] if is_open[i], else run_closed(x)[i].
 
   Both functions must treat rows independently. `run_open` runs only on the
-  open rows (gathered into the smallest bucket that holds them) and not at
-  all when none is open; `run_closed` runs on the whole batch unless every
-  row is open. One `lax.switch` picks the case, so only it is computed.
+  open rows, in chunks of ceil(batch / chunks) (the last one padded with
+  zero rows whose results are dropped), and not at all when none is open;
+  `run_closed` runs on the whole batch unless every row is open. One
+  `lax.switch` picks the case (none, some, all open), so only it is computed.
 
   Args:
     is_open: (batch,) bool.
     x: (batch, ...) input of both functions.
     run_open, run_closed: row-wise functions of x with equal output shapes.
-    buckets: fractions of the batch used as buffer capacities.
+    chunks: how many chunks the batch is cut into for the open rows.
 
   Returns:
     The combined output, shaped like run_open(x).
   """
+  if chunks < 1:
+    raise ValueError(f'chunks must be at least 1, got {chunks}')
   batch = x.shape[0]
-  capacities = bucket_capacities(batch, buckets)
+  size = -(-batch // chunks)  # rows per chunk
   count = jnp.sum(is_open, dtype=jnp.int32)
-  cases = [run_closed]
-  cases += [functools.partial(_run_compacted, is_open=is_open, capacity=c, run_open=run_open,
-                              run_closed=run_closed) for c in capacities]
-  if max(capacities, default=0) < batch - 1:
-    # More open rows than the largest bucket holds, but not all of them.
-    cases.append(lambda xs: _select_rows(is_open, run_open(xs), run_closed(xs)))
-  cases.append(run_open)
-  # 0 open -> first case, all open -> last, else the smallest bucket holding
-  # `count` (or, past the buckets, the whole-batch mix just before the last).
-  # Comparisons, not searchsorted: its loop costs more than a small block at batch 1.
-  bucket = 1 + sum((count > c).astype(jnp.int32) for c in capacities)
-  index = jnp.where(count == 0, 0, jnp.where(count == batch, len(cases) - 1, bucket))
-  return jax.lax.switch(index, cases, x)
+  if batch == 1:  # no mix: the block runs or not
+    return jax.lax.cond(count == 0, run_closed, run_open, x)
 
+  def some_open(x):
+    capacity = -(-batch // size) * size
+    # Open row indices first; the tail points past the batch: its gathered
+    # rows are zeros and its results are dropped.
+    rows = jnp.nonzero(is_open, size=capacity, fill_value=batch)[0]
+    packed = x.at[rows].get(mode='fill', fill_value=0)
 
-def _run_compacted(x, *, is_open, capacity, run_open, run_closed):
-  """run_open on a buffer of `capacity` rows holding the open rows of x."""
-  batch = x.shape[0]
-  # Open row indices first; the unused tail of the buffer points past the
-  # batch: it gathers zeros and its results are dropped.
-  rows = jnp.nonzero(is_open, size=capacity, fill_value=batch)[0]
-  computed = run_open(x.at[rows].get(mode='fill', fill_value=0))
-  return run_closed(x).at[rows].set(computed, mode='drop')
+    def run_chunk(i, out):
+      chunk_rows = jax.lax.dynamic_slice_in_dim(rows, i * size, size)
+      computed = run_open(jax.lax.dynamic_slice_in_dim(packed, i * size, size))
+      return out.at[chunk_rows].set(computed, mode='drop')
 
+    return jax.lax.fori_loop(0, (count + size - 1) // size, run_chunk, run_closed(x))
 
-def _select_rows(is_open, if_open, if_closed):
-  return jnp.where(is_open.reshape((-1,) + (1,) * (if_open.ndim - 1)), if_open, if_closed)
+  index = jnp.where(count == 0, 0, jnp.where(count == batch, 2, 1))
+  return jax.lax.switch(index, [run_closed, some_open, run_open], x)
 
 
 @functools.cache

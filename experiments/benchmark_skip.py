@@ -12,7 +12,7 @@ random weights: only the gate decisions matter for speed, and they are set.
 How a rate is set: the gate kernels are random (std 3, so decisions depend on
 the image) and each gated block l gets its own rate r_l, drawn uniformly
 within `--spread` (default 0.1, never above 1) of the rate r, so that the
-blocks' counts of open images fall anywhere in the buckets, as a trained
+blocks' counts of open images fill their last chunks anywhere, as a trained
 model's would. `skip_inference.set_open_counts` then shifts every gate bias
 so that exactly round(r_l x N) of the N benchmark images run block l (N = the
 largest batch, or --images if larger). Fixed blocks always run. A batch of b
@@ -56,8 +56,8 @@ _RATES = flags.DEFINE_list('rates', ['1.0', '0.9', '0.8', '0.7', '0.6', '0.5', '
 _REPEATS = flags.DEFINE_integer('repeats', 3, 'Timed repeats per point (median).')
 _IMAGES = flags.DEFINE_integer('images', 64, 'Images timed per point at small batches.')
 _SPREAD = flags.DEFINE_float('spread', 0.1, 'Per-block rates are the target +- this.')
-_BUCKETS = flags.DEFINE_list('buckets', [str(f) for f in skip_inference.DEFAULT_BUCKETS],
-                             'Buffer capacities of mixed batches, fractions of the batch.')
+_CHUNKS = flags.DEFINE_integer('chunks', skip_inference.DEFAULT_CHUNKS,
+                               'Open samples of mixed batches run in chunks of batch/chunks.')
 _IMAGE_SIZE = flags.DEFINE_integer('image_size', 0, 'Image side (0: the config\'s).')
 _PLOT = flags.DEFINE_string('plot', 'experiments/results/skip_speedup.png',
                             'Where the plot goes; the table goes next to it (.md, .csv).')
@@ -111,7 +111,7 @@ def compile_seconds(fns: dict, variables, batch) -> dict:
   return seconds
 
 
-def benchmark(model, images, batch_sizes, rates, *, repeats: int, spread: float, buckets,
+def benchmark(model, images, batch_sizes, rates, *, repeats: int, spread: float, chunks: int,
               images_per_point: int) -> list[dict]:
   """One row per (batch size, rate); see the module docstring for the columns."""
   costs = accounting.cost_table(model, images.shape[1:])
@@ -121,7 +121,7 @@ def benchmark(model, images, batch_sizes, rates, *, repeats: int, spread: float,
              for r in rates}
   fns = {'masked': jax.jit(lambda v, x: model.apply(v, x, train=False,
                                                     gate_mode='deterministic')),
-         'skip': lambda v, x: skip_inference.skip_apply(model, v, x, buckets=buckets)}
+         'skip': lambda v, x: skip_inference.skip_apply(model, v, x, chunks=chunks)}
   free = [i for i in range(model.num_blocks) if i not in model.fixed_blocks]
   rows = []
   for b in batch_sizes:
@@ -186,10 +186,10 @@ def main(argv):
             + 2 * jax.random.normal(offset, (count, 1, 1, config.data.channels)))
   name = f'{config.model.name}-{config.model.depth}'
   print(f'{name} at {size}x{size}, {jax.default_backend()} ({os.cpu_count()} cores), '
-        f'buckets {_BUCKETS.value}, {_REPEATS.value} repeats', flush=True)
+        f'{_CHUNKS.value} chunks, {_REPEATS.value} repeats', flush=True)
   rows = benchmark(model, images, batch_sizes, [float(r) for r in _RATES.value],
                    repeats=_REPEATS.value, spread=_SPREAD.value,
-                   buckets=tuple(float(f) for f in _BUCKETS.value),
+                   chunks=_CHUNKS.value,
                    images_per_point=_IMAGES.value)
   out, stem = os.path.split(os.path.splitext(_PLOT.value)[0])
   paths = common.write_table(rows, out, stem)

@@ -1,7 +1,8 @@
 """Tests of the skipping inference path: the same logits and gate decisions as
 the masked model on the CIFAR, ImageNet and wide ResNets, at several batch
-sizes and gate patterns (blocks all open, all closed, and every bucket of a
-mixed batch), and the structure that makes it skip."""
+sizes and gate patterns (blocks all open, all closed, and mixed batches
+filling their chunks exactly and partly), and the structure that makes it
+skip."""
 
 import math
 
@@ -66,8 +67,8 @@ def _check_matches_masked(model, variables, x, open_counts):
   assert float(jnp.abs(want_logits).max()) > 0.1  # not a vacuous comparison
 
 
-# Blocks 3 and 6 of ResNet-20 have projection shortcuts. Batch 9 has buckets
-# of 2 to 8 rows: the counts fill buckets exactly and partly.
+# Blocks 3 and 6 of ResNet-20 have projection shortcuts. Batch 9 runs open
+# samples in chunks of 2 rows: the counts fill chunks exactly and partly.
 @pytest.mark.parametrize('batch,open_counts', [
     (1, [1, 0, 1, 0, 0, 1, 0, 1, 1]),
     (9, [9, 0, 1, 3, 4, 5, 7, 8, 2]),
@@ -130,41 +131,38 @@ def test_rejects_soft_and_random_gate_modes(load_config, mode):
     skip_inference.check_skip_mode('hard')
 
 
-_QUARTERS = (0.25, 0.5, 0.75)
-
-
-def test_bucket_capacities():
-  assert skip_inference.bucket_capacities(1) == ()
-  assert skip_inference.bucket_capacities(9) == (2, 3, 4, 5, 6, 7, 8)
-  assert skip_inference.bucket_capacities(256) == tuple(range(32, 256, 32))
-  assert skip_inference.bucket_capacities(4, _QUARTERS) == (1, 2, 3)
-  assert skip_inference.bucket_capacities(9, _QUARTERS) == (3, 5, 7)
-  assert skip_inference.bucket_capacities(32, (0.5,)) == (16,)
-  with pytest.raises(ValueError, match='in \\(0, 1\\)'):
-    skip_inference.bucket_capacities(8, (0.5, 1.0))
-
-
-@pytest.mark.parametrize('batch,want_shapes', [
-    (1, [1]),           # batch 1: a conditional, the branch on the one image
-    (9, [3, 5, 7, 9, 9]),  # quarter buckets, the whole-batch mix, all open
+@pytest.mark.parametrize('batch,chunks,want_shapes', [
+    (1, 8, [1]),      # batch 1: a conditional, the branch on the one image
+    (9, 4, [3, 9]),   # chunks of 3 rows (the mix) and the whole batch (all open)
+    (9, 1, [9, 9]),   # one chunk: the mix runs the whole (gathered) batch
+    (8, 8, [1, 8]),   # chunks of one row
 ])
-def test_run_where_open_every_count(batch, want_shapes):
-  traced = []
+def test_run_where_open_every_count(batch, chunks, want_shapes):
+  traced, runs = [], []
 
   def run_open(x):
     traced.append(x.shape[0])
+    jax.debug.callback(lambda: runs.append(1))  # one per chunk or batch actually run
     return 2 * x + 1
 
   combine = jax.jit(lambda is_open, x: skip_inference.run_where_open(
-      is_open, x, run_open, lambda x: -x, _QUARTERS))
+      is_open, x, run_open, lambda x: -x, chunks))
   x = jnp.arange(batch * 2, dtype=jnp.float32).reshape(batch, 2) + 1
   rng = np.random.default_rng(0)
+  size = -(-batch // chunks)
   for count in range(batch + 1):
     is_open = np.zeros(batch, bool)
     is_open[rng.permutation(batch)[:count]] = True
     want = np.where(is_open[:, None], 2 * x + 1, -x)
+    runs.clear()
     np.testing.assert_array_equal(combine(jnp.asarray(is_open), x), want)
+    jax.effects_barrier()
+    # Nothing runs when no row is open, one whole-batch run when all are,
+    # else as many chunks as the open rows fill.
+    assert len(runs) == (0 if count == 0 else 1 if count == batch else -(-count // size))
   assert traced == want_shapes
+  with pytest.raises(ValueError, match='chunks must be at least 1'):
+    skip_inference.run_where_open(jnp.ones(2, bool), x, run_open, lambda x: -x, 0)
 
 
 @pytest.mark.parametrize('block_class,features,strides,want_convs', [
@@ -187,8 +185,12 @@ def test_closed_block_computes_only_gate_and_shortcut(block_class, features, str
   assert apply.lower(variables, x).compile().as_text().count('convolution(') == want_convs
 
 
-def test_one_conditional_per_gated_block(load_config):
+@pytest.mark.parametrize('batch,want_loops', [(1, 0), (4, 3)])
+def test_one_conditional_per_gated_block(load_config, batch, want_loops):
+  # And, past batch 1, one loop over the chunks of open samples: each block's
+  # branch is compiled twice at most (whole batch and chunk), whatever the count.
   model = models.create_model(load_config('cifar10.py', 'depth=8'))
   variables = _random_variables(model, 32)
-  hlo = skip_inference.skip_apply.lower(model, variables, _images(1, 32)).compile().as_text()
-  assert hlo.count(' conditional(') == 3
+  hlo = skip_inference.skip_apply.lower(model, variables, _images(batch, 32)).as_text()
+  assert hlo.count('stablehlo.case') == 3
+  assert hlo.count('stablehlo.while') == want_loops
