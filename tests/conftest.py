@@ -5,6 +5,7 @@ for the tests that need one. Test files import the plain helpers
 (`from conftest import REPO, ...`); fixtures come by name.
 """
 
+import fcntl
 import json
 import os
 import socket
@@ -83,15 +84,24 @@ def run_module(module: str, *args: str, timeout: float = 300, env=None):
 def train_tiny_run(basetemp, name: str, gated: bool = True) -> str:
   """Trains a depth-8 digits model for one epoch (22 steps) on all devices.
 
-  Trained once per test session: later calls find `final.json`, the
-  metrics dict `train_and_evaluate` returned.
+  Trained once per test session, whichever pytest-xdist worker asks first
+  (the workers share the directory above their own `basetemp`; the others
+  wait for it): later calls find `final.json`, the metrics dict
+  `train_and_evaluate` returned. Tests only read the run.
 
   Returns:
     The workdir.
   """
-  workdir = os.path.join(str(basetemp), name)
-  if os.path.exists(os.path.join(workdir, 'final.json')):
-    return workdir
+  shared = os.path.dirname(str(basetemp)) if os.environ.get('PYTEST_XDIST_WORKER') else basetemp
+  workdir = os.path.join(str(shared), name)
+  with open(workdir + '.lock', 'w') as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+    if not os.path.exists(os.path.join(workdir, 'final.json')):
+      _train_tiny_run(workdir, gated)
+  return workdir
+
+
+def _train_tiny_run(workdir: str, gated: bool) -> None:
   config = load_repo_config('digits.py', f'depth=8,epochs=1,gated={gated}')
   config.train.batch_size = 64           # 22 steps
   config.train.sync_every_steps = 1      # block on every step (multi-device CPU)
@@ -103,7 +113,6 @@ def train_tiny_run(basetemp, name: str, gated: bool = True) -> str:
   final = trainer.train_and_evaluate(config, workdir)
   with open(os.path.join(workdir, 'final.json'), 'w') as f:
     json.dump(final, f)
-  return workdir
 
 
 def final_metrics(workdir: str) -> dict:
