@@ -115,9 +115,9 @@ def _final_state(workdir):
   return checkpoints.restore_from(str(workdir), abstract)
 
 
-def _assert_identical(workdir, reference):
+def _assert_identical(workdir, reference, steps=STEPS):
   ours, ref = _final_state(workdir), _final_state(reference)
-  assert int(ours.step) == int(ref.step) == STEPS
+  assert int(ours.step) == int(ref.step) == steps
   for part in ('params', 'batch_stats', 'opt_state'):
     for x, y in zip(jax.tree.leaves(getattr(ours, part)), jax.tree.leaves(getattr(ref, part))):
       np.testing.assert_array_equal(np.asarray(x), np.asarray(y), err_msg=part)
@@ -188,7 +188,7 @@ def test_sigkill_at_random_moments_then_resume_is_bit_identical(reference, tmp_p
   assert _logged_steps(workdir) == list(range(1, STEPS + 1))
 
 
-def _sigterm_at_step_line(run: Run, pid: int, line_prefix: str = '') -> int:
+def _sigterm_at_step_line(run: Run, pid: int, line_prefix: str = '', steps: int = STEPS) -> int:
   """Sends SIGTERM to `pid` at the third step line (twice: the second lands
   during the save); returns the step the run says it stopped at."""
   for _ in range(3):
@@ -196,7 +196,7 @@ def _sigterm_at_step_line(run: Run, pid: int, line_prefix: str = '') -> int:
   os.kill(pid, signal.SIGTERM)
   os.kill(pid, signal.SIGTERM)
   assert run.finish() == errors.Preempted.exit_code, run.output[-4000:]
-  stops = re.findall(r'stopped by .* at step (\d+) of 24; saved a checkpoint of step \1; run the '
+  stops = re.findall(rf'stopped by .* at step (\d+) of {steps}; saved a checkpoint of step \1; run the '
                      'same command again to resume from there', run.output)
   assert len(stops) >= 1, run.output[-4000:]
   assert 'Traceback' not in run.output
@@ -221,25 +221,27 @@ def test_sigterm_saves_the_step_and_the_rerun_resumes_there(reference, tmp_path)
 
 @pytest.mark.timeout(900)
 def test_sigterm_on_one_of_two_processes_stops_both_at_one_step(tmp_path):
+  steps = 12  # three 2-process runs: half the module's steps
+  shorter = {'train.num_epochs': steps * 32 / 1437}
+  launcher = [sys.executable, '-m', 'adanet_jax.tools.launch', '--processes=2',
+              '--devices_per_process=2', '--timeout=500', '--']
   workdir = tmp_path / 'w'
-  command = [sys.executable, '-m', 'adanet_jax.tools.launch', '--processes=2',
-             '--devices_per_process=2', '--timeout=500', '--', *_args(workdir)]
+  command = [*launcher, *_args(workdir, **shorter)]
   run = Run(command, env=dict(os.environ))
   pid_line = run.wait_for(lambda l: l.startswith('launch: process 1 pid'))
   worker = int(pid_line.split()[4])
-  stopped = _sigterm_at_step_line(run, worker, line_prefix='[0] ')
-  assert 3 <= stopped < STEPS
+  stopped = _sigterm_at_step_line(run, worker, line_prefix='[0] ', steps=steps)
+  assert 3 <= stopped < steps
   assert str(stopped) in os.listdir(workdir / 'checkpoints')
   rerun = Run(command, env=dict(os.environ))
   assert rerun.finish() == 0, rerun.output[-4000:]
   redone = [int(s) for s in STEP_LINE.findall(rerun.output)]
-  assert redone == list(range(stopped + 1, STEPS + 1))
-  assert _logged_steps(workdir) == list(range(1, STEPS + 1))
+  assert redone == list(range(stopped + 1, steps + 1))
+  assert _logged_steps(workdir) == list(range(1, steps + 1))
   reference_2x2 = tmp_path / 'reference_2x2'
-  uninterrupted = Run([*command[:-len(_args(workdir))], *_args(reference_2x2)],
-                      env=dict(os.environ))
+  uninterrupted = Run([*launcher, *_args(reference_2x2, **shorter)], env=dict(os.environ))
   assert uninterrupted.finish() == 0, uninterrupted.output[-4000:]
-  _assert_identical(workdir, reference_2x2)
+  _assert_identical(workdir, reference_2x2, steps)
 
 
 def _damage(step_dir, how: str) -> None:

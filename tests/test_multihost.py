@@ -135,9 +135,9 @@ def test_launcher_timeout_kills_a_hung_job(tmp_path):
   # a third that never comes, so the job hangs until the launcher kills it.
   workdir = str(tmp_path / 'hung')
   start = time.monotonic()
-  out = _launch(workdir, timeout=10, extra=['--num_processes=3'])
+  out = _launch(workdir, timeout=5, extra=['--num_processes=3'])
   assert out.returncode == launch.TIMEOUT_STATUS, out.stdout[-3000:] + out.stderr[-3000:]
-  assert 'launch: timed out after 10 s; killed the 2 process(es) still running' in out.stderr
+  assert 'launch: timed out after 5 s; killed the 2 process(es) still running' in out.stderr
   assert time.monotonic() - start < 80
   pids = [int(p) for p in re.findall(r'^launch: process \d+ pid (\d+)', out.stdout, re.M)]
   assert len(pids) == 2
