@@ -70,11 +70,7 @@ class Runner:
                                                   self.steps_per_epoch)
     self.tx, _ = optim.create_optimizer(config, self.steps_per_epoch)
     self.fixed_blocks = models.fixed_blocks(config)
-    # Placed per device: device_put cannot place a host value on the devices
-    # of other processes.
-    self.hparams = jax.tree.map(
-        lambda x: jax.make_array_from_callback(x.shape, self.replicated, lambda i: x[i]),
-        steps.make_hparams(config, self.steps_per_epoch))
+    self.hparams = self.replicate(steps.make_hparams(config, self.steps_per_epoch))
     self._jitted_train_step = jax.jit(
         steps.make_train_step(config), out_shardings=self.replicated, donate_argnums=0,
         in_shardings=(self.replicated, self.data, self.replicated, self.replicated))
@@ -136,9 +132,15 @@ class Runner:
       local = (jax.device_get(create()) if jax.process_index() == 0 else
                jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), jax.eval_shape(create)))
       state = jax.device_get(multihost_utils.broadcast_one_to_all(local))
+    return self.replicate(state)
+
+  def replicate(self, tree):
+    """Host values (the same on every process) as arrays replicated over the
+    mesh, placed per device: device_put cannot place a host value on the
+    devices of other processes."""
     return jax.tree.map(
         lambda x: jax.make_array_from_callback(np.shape(x), self.replicated,
-                                               lambda i: np.asarray(x)[i]), state)
+                                               lambda i: np.asarray(x)[i]), tree)
 
   def to_global(self, batch: dict) -> dict:
     """A global array sharded over 'data' from this process's share."""
