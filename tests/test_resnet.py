@@ -95,3 +95,30 @@ def test_scanned_inference_equals_unrolled_and_uses_one_loop_per_run():
       variables)).count('scan[')
   assert (count(scanned), count(unrolled)) == (3, 0)
   assert count(_model('basic', scan_min_run=4)) == 0
+
+
+def _scan_grads(body):
+  """Gradients of a bfloat16 scan of `body` (over 5 weight slices), and the
+  dtypes of the stacked residuals its forward scan hands the backward one."""
+  w = jax.random.normal(jax.random.key(2), (5, 8, 8), jnp.bfloat16)
+  x = jax.random.normal(jax.random.key(3), (4, 8), jnp.bfloat16)
+
+  def loss(x, w):
+    y, _ = jax.lax.scan(body, x, w)
+    return jnp.sum(y.astype(jnp.float32) ** 2)
+
+  grad = jax.grad(loss, argnums=(0, 1))
+  scans = [e for e in jax.make_jaxpr(grad)(x, w).eqns if e.primitive.name == 'scan']
+  stacked = {str(v.aval.dtype) for v in scans[0].outvars if v.aval.shape[:1] == (5,)}
+  return jax.jit(grad)(x, w), stacked
+
+
+def test_sixteen_bit_residuals_are_stacked_as_bits_with_the_same_gradients():
+  def body(x, w):
+    return jnp.tanh(x @ w) * x, None
+
+  (dx, dw), stacked = _scan_grads(resnet.sixteen_bit_residuals(body))
+  (want_dx, want_dw), want_stacked = _scan_grads(body)
+  assert 'bfloat16' in want_stacked and 'bfloat16' not in stacked and 'uint16' in stacked
+  np.testing.assert_array_equal(np.asarray(dx, np.float32), np.asarray(want_dx, np.float32))
+  np.testing.assert_array_equal(np.asarray(dw, np.float32), np.asarray(want_dw, np.float32))
