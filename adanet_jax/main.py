@@ -14,7 +14,7 @@ processes on one machine.
 from absl import flags, logging
 import jax
 
-from adanet_jax import cli, config_lib, distributed, jax_setup, trainer
+from adanet_jax import cli, config_lib, distributed, executables, jax_setup, trainer
 
 
 def define_flags() -> dict:
@@ -37,7 +37,7 @@ def main(args) -> None:
   config = config_lib.load_config(args.config, args.overrides, check=False)
   # Before anything touches a JAX backend: JAX refuses to join a job later.
   started = distributed.initialize(args.coordinator_address, args.num_processes, args.process_id)
-  jax_setup.enable_compilation_cache()
+  executables.enable(jax_setup.enable_compilation_cache())
   jax_setup.quiet_library_logs()
   distributed.log_only_on_chief()
   logging.info('JAX %s on %d %s device(s), %d process(es) (%s)', jax.__version__,

@@ -6,7 +6,9 @@ devices (pmap's successor): the batch is split over devices, the state is
 replicated and donated, and the result equals the one-device computation.
 
 The train step is compiled ahead of time before its first call (trace, lower
-and compile, or a load from the persistent compilation cache); how long that
+and compile, or a load from the persistent compilation cache, or a load from
+the executable cache without tracing where the entry point enables it: see
+`executables`); how long that
 took and whether it was a cache load go into the first log record of the
 launch in metrics.jsonl (`run/compile_s`, `run/compile_cached`).
 """
@@ -20,8 +22,9 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 import ml_collections
 import numpy as np
 
-from adanet_jax import (accounting, checkpoints, config_lib, evaluation, input_pipeline, metrics,
-                        models, optim, preemption, rundir, steps, workdir_lock)
+from adanet_jax import (accounting, checkpoints, config_lib, evaluation, executables,
+                        input_pipeline, metrics, models, optim, preemption, rundir, steps,
+                        workdir_lock)
 from adanet_jax.errors import ConfigError, NonFiniteLossError, Preempted
 
 
@@ -76,6 +79,7 @@ class Runner:
         in_shardings=(self.replicated, self.data, self.replicated, self.replicated))
     self._compiled_train_step = None
     self.compile_info = None  # {'compile_s', 'compile_cached'} once compiled
+    self.compile_source = None  # where the compiled step came from (`executables`)
     self.eval_steps = {
         mode: jax.jit(lambda s, b, mode=mode: steps.eval_step(
             s, b, gate_mode=mode, num_classes=config.model.num_classes),
@@ -93,16 +97,18 @@ class Runner:
       the persistent compilation cache else 0.0}.
     """
     logging.info('compiling the train step...')
-    with CacheHitCounter() as hits:
-      start = time.perf_counter()
-      self._compiled_train_step = self._jitted_train_step.lower(
-          state, batch, self.key, self.hparams).compile()
-      seconds = time.perf_counter() - start
-    if hits.count:
-      logging.info('loaded the train step from the compilation cache in %.1f s', seconds)
-    else:
+    start = time.perf_counter()
+    self._compiled_train_step, source = executables.load_or_compile(
+        self._jitted_train_step, (state, batch, self.key, self.hparams),
+        description=self.config.to_dict())
+    seconds = time.perf_counter() - start
+    if source == executables.COMPILED:
       logging.info('compiled the train step in %.1f s', seconds)
-    self.compile_info = {'compile_s': seconds, 'compile_cached': float(hits.count > 0)}
+    else:
+      logging.info('loaded the train step from the %s in %.1f s', source, seconds)
+    self.compile_source = source
+    self.compile_info = {'compile_s': seconds,
+                         'compile_cached': float(source != executables.COMPILED)}
     return self.compile_info
 
   def train_step(self, state, batch: dict, key: jax.Array):
@@ -247,28 +253,6 @@ def _raise_if_nonfinite(sums: dict, checkpointer) -> None:
     raise NonFiniteLossError(
         f'the loss is not finite at step {int(first_bad)} (0-based optimizer step); training '
         f'stopped, {kept}')
-
-
-class CacheHitCounter:
-  """Counts persistent-compilation-cache hits while it is entered (JAX's
-  monitoring events; `count` stays 0 when the cache is off or missed)."""
-
-  HIT_EVENT = '/jax/compilation_cache/cache_hits'
-
-  def __init__(self):
-    self.count = 0
-
-  def _listen(self, event: str, **kwargs) -> None:
-    del kwargs
-    if event == self.HIT_EVENT:
-      self.count += 1
-
-  def __enter__(self):
-    jax.monitoring.register_event_listener(self._listen)
-    return self
-
-  def __exit__(self, *exc_info):
-    jax.monitoring.unregister_event_listener(self._listen)
 
 
 class Progress:

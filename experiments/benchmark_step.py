@@ -10,10 +10,14 @@ identical blocks under one loop) and compute dtype it prints trace+lower,
 compile and first-step seconds on a cold compilation cache, then the mean of
 the next `--steps` steps, images/s and GFLOP/s (3 x the forward FLOPs with
 every block run, the usual training estimate). Then, for the scanned model,
-a second launch of the same job (a subprocess with the same compilation
-cache): seconds from entering its loop (the step not yet traced) until its
-first step starts (trace, lower, load from the cache), and that step's
-time; and the compile time of the skipping inference path against the masked
+three launches of the trainer's step (subprocesses on the same caches, each
+building the trainer's `Runner` as `python -m adanet_jax.main` does):
+seconds from entering the loop (the step not yet traced) until the first
+step starts, and that step's time. The first compiles the trainer's jit
+(other shardings than the one timed before) and keeps it in both caches;
+the second, with the executable cache (`adanet_jax.executables`) off,
+traces and lowers it and loads it from JAX's compilation cache; the third
+loads it from the executable cache without tracing. Last, the compile time of the skipping inference path against the masked
 model at batch `--skip_batch`.
 
 The cache is a fresh temporary directory unless `--cache_dir` is given (then
@@ -36,6 +40,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import types
 from unittest import mock
 
 from absl import app, flags
@@ -45,7 +50,8 @@ import jax.numpy as jnp
 from ml_collections import config_flags
 import numpy as np
 
-from adanet_jax import accounting, jax_setup, models, norm, optim, skip_inference, steps
+from adanet_jax import (accounting, executables, jax_setup, models, norm, optim, skip_inference,
+                        steps, trainer)
 from experiments import torch_step
 
 _CONFIG = config_flags.DEFINE_config_file('config', 'configs/cifar10.py', 'Config file.',
@@ -63,6 +69,8 @@ _SKIP_BATCH = flags.DEFINE_integer('skip_batch', 256,
 _BATCHNORMS = flags.DEFINE_list('batchnorms', ['ours'], "BatchNorms to time: 'ours' "
                                 "(two-pass variance) and/or 'flax' (nn.BatchNorm, one pass).")
 _TORCH = flags.DEFINE_bool('torch', True, 'Also time the PyTorch twin on the same batch.')
+_EXECUTABLE_CACHE = flags.DEFINE_bool('executable_cache', True,
+                                      'Internal, with --launch_only: use the executable cache.')
 _LAUNCH_ONLY = flags.DEFINE_bool('launch_only', False,
                                  'Internal: be the warm launch; print its first-step time.')
 
@@ -116,34 +124,39 @@ def benchmark(config, batch_size: int, num_steps: int, variant: str = 'scanned')
               model_gflops_per_s=3 * 2 * dense_macs * batch_size / step_s / 1e9)
 
 
-def launch_first_step(config, batch_size: int) -> tuple[float, float]:
-  """A fresh jit of the scanned train step, as the trainer's loop makes it.
+def launch_first_step(config, batch_size: int) -> tuple[float, float, str]:
+  """A launch of the trainer's train step: its `Runner`, initial state and
+  first batch, then the first step.
 
   Returns:
-    (seconds from entering the loop until the first step starts: trace,
-    lower and compile or load from the persistent cache; seconds the step
-    then runs).
+    (seconds from entering the loop until the first step starts, as the
+    trainer's loop spends them: trace, lower and compile or load from JAX's
+    cache, or a load from the executable cache; seconds the step then runs;
+    where the step came from).
   """
-  _, state, batch, key, hparams = setup(config, 'scanned', batch_size)
+  shape = (config.data.image_size, config.data.image_size, config.data.channels)
+  runner = trainer.Runner(config, types.SimpleNamespace(image_shape=shape,
+                                                        steps_per_epoch=STEPS_PER_EPOCH))
+  state = runner.init_state()
+  batch = runner.to_global(jax.device_get(example_batch(config, batch_size)))
   t0 = time.perf_counter()
-  step = jax.jit(steps.make_train_step(config), donate_argnums=0)
-  compiled = step.lower(state, batch, key, hparams).compile()
+  runner.compile_train_step(state, batch)
   t1 = time.perf_counter()
-  _, metrics = compiled(state, batch, key, hparams)
+  _, metrics = runner.train_step(state, batch, runner.key)
   jax.block_until_ready(metrics)
-  return t1 - t0, time.perf_counter() - t1
+  return t1 - t0, time.perf_counter() - t1, runner.compile_source
 
 
-def warm_launch(dtype: str, cache_dir: str) -> tuple[float, float]:
+def warm_launch(dtype: str, cache_dir: str, executable_cache: bool) -> tuple[float, float, str]:
   """Runs `launch_first_step` in a new process on `cache_dir`; its figures."""
   args = [a for a in sys.argv[1:] if a.startswith('--config')]
   args += [f'--batch={_BATCH.value}', f'--dtypes={dtype}', f'--cache_dir={cache_dir}',
-           '--launch_only']
+           '--launch_only', f'--executable_cache={executable_cache}']
   out = subprocess.run([sys.executable, '-m', 'experiments.benchmark_step', *args],
                        capture_output=True, text=True, check=True,
                        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-  found = re.search(r'launch_start_s=([0-9.]+) first_step_s=([0-9.]+)', out.stdout)
-  return float(found.group(1)), float(found.group(2))
+  found = re.search(r'launch_start_s=([0-9.]+) first_step_s=([0-9.]+) from=(.*)', out.stdout)
+  return float(found.group(1)), float(found.group(2)), found.group(3)
 
 
 def skip_compile_times(config, batch_size: int) -> tuple[float, float]:
@@ -171,10 +184,12 @@ def configured(base, dtype: str, batch_size: int):
 def main(argv):
   del argv
   cache = jax_setup.enable_compilation_cache(_CACHE.value or tempfile.mkdtemp(prefix='xla_'))
-  if _LAUNCH_ONLY.value:
+  if _LAUNCH_ONLY.value:  # as `python -m adanet_jax.main` runs: both caches on
+    if _EXECUTABLE_CACHE.value:
+      executables.enable(cache)
     config = configured(_CONFIG.value, _DTYPES.value[0], _BATCH.value)
-    start, step = launch_first_step(config, _BATCH.value)
-    print(f'launch_start_s={start:.3f} first_step_s={step:.3f}')
+    start, step, source = launch_first_step(config, _BATCH.value)
+    print(f'launch_start_s={start:.3f} first_step_s={step:.3f} from={source}')
     return
   name = f'{_CONFIG.value.model.name}-{_CONFIG.value.model.depth}'
   print(f'backend {jax.default_backend()}, {jax.device_count()} device(s), {os.cpu_count()} '
@@ -197,10 +212,15 @@ def main(argv):
       if _TORCH.value and variant == 'scanned':
         print_torch_twin(config, _BATCH.value, _STEPS.value, r['step_s'])
     if _WARM.value and 'scanned' in _MODELS.value:
-      start, step = warm_launch(dtype, cache)
-      print(f'{name} {dtype} scanned, second launch (warm cache): first step starts '
-            f'{start:.1f} s after entering the loop (trace, lower, cache load), runs '
-            f'{step:.1f} s', flush=True)
+      # The trainer's jit (its shardings) is not the one timed above: the
+      # first launch compiles it and keeps it in both caches; the second,
+      # without the executable cache, traces, lowers and loads it from JAX's;
+      # the third loads it from the executable cache untraced.
+      for launch, kept in (('first', True), ('second', False), ('third', True)):
+        start, step, source = warm_launch(dtype, cache, kept)
+        print(f'{name} {dtype} scanned, trainer launch {launch} (executable cache '
+              f'{"on" if kept else "off"}): first step starts {start:.1f} s after entering '
+              f'the loop ({source}), runs {step:.1f} s', flush=True)
   if _SKIP_BATCH.value:
     config = configured(_CONFIG.value, 'float32', _SKIP_BATCH.value)
     masked, skipping = skip_compile_times(config, _SKIP_BATCH.value)

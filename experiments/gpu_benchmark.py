@@ -19,13 +19,17 @@ cut-off run keeps what it finished:
      3 x forward MACs x 2 FLOPs per image (backward = 2 x forward), every
      block counted (the masked step computes every block), against the H200's
      790 TFLOP/s dense bfloat16 peak.
-  2. A profile of our ResNet-50 bfloat16 step (jax.profiler; the perfetto
-     trace is copied to the output when small) with the three ops that took
-     the most device time, named with their HLO.
-  3. The full training loop (`trainer.train_and_evaluate`: input from host
-     memory, logging, the final evaluation and checkpoint) on an in-memory
-     synthetic 224 px dataset, ~50 steps at batch 256, against the bare step
-     of part 1 (images/s between log points after the first).
+  2. A profile of the first run's step (ResNet-50 bfloat16; jax.profiler,
+     the perfetto trace copied to the output when small) with the three ops
+     that took the most device time, named with their HLO.
+  3. The full training loop of the first run's model (`trainer.
+     train_and_evaluate`: input from host memory, logging, the final
+     evaluation and checkpoint) on an in-memory synthetic dataset of its
+     image size, ~50 steps at its batch, against the bare step of part 1
+     (images/s between log points after the first).
+
+`--runs=resnet110:float32 --batch=128` picks the runs (the first is
+profiled and looped) and the batch: the same figures on a CPU.
   4. torch.compile of the twin (ResNet-50 bfloat16) in a child process,
      killed after `--torch_compile_cap_s`.
 
@@ -64,6 +68,9 @@ _STEPS = flags.DEFINE_integer('steps', 20, 'Timed steps per measurement.')
 _LOOP_STEPS = flags.DEFINE_integer('loop_steps', 50, 'Steps of the full training loop.')
 _TORCH_COMPILE_CAP = flags.DEFINE_float('torch_compile_cap_s', 150.0,
                                         'Kill torch.compile after this many seconds.')
+_RUNS = flags.DEFINE_list('runs', None, 'MODEL:DTYPE pairs to time, in order (default: '
+                          'all four; the first is also profiled and run in the full loop).')
+_BATCH = flags.DEFINE_integer('batch', 0, 'Batch of every run (0: 256, or 8 with --smoke).')
 _CHILD = flags.DEFINE_string('torch_compile_child', None,
                              'Internal: MODEL:DTYPE to time with torch.compile.')
 
@@ -77,6 +84,7 @@ MODELS = {
 RUNS = (('resnet50', 'bfloat16'), ('resnet110', 'bfloat16'), ('resnet50', 'float32'),
         ('resnet110', 'float32'))
 SMOKE_RUNS = (('resnet50', 'bfloat16'), ('resnet110', 'float32'))
+DTYPES = ('bfloat16', 'float32')
 # A step comparison at full size takes about this long on the H200 (compile
 # included); none starts with less budget left.
 PART_ESTIMATE_S = 70.0
@@ -92,7 +100,7 @@ def load_config(model: str, dtype: str, smoke: bool):
   config = config_lib.load_config(f'{path}:{arg}' if arg else path, check=False)
   config.model.dtype = dtype
   config.data.image_size = size
-  config.train.batch_size = config.eval.batch_size = default_batch
+  config.train.batch_size = config.eval.batch_size = _BATCH.value or default_batch
   config.train.sync_every_steps = 10 if jax.default_backend() == 'cpu' else 100
   return config
 
@@ -327,7 +335,7 @@ class Budget:
 
 
 def run_all(out_dir: str, smoke: bool, budget: Budget, num_steps: int, loop_steps: int,
-            compile_cap_s: float) -> dict:
+            compile_cap_s: float, runs) -> dict:
   """Runs the parts in order while the budget lasts; returns the figures."""
   cache = jax_setup.enable_compilation_cache(tempfile.mkdtemp(prefix='gpu_benchmark_cache_'))
   results = {'backend': jax.default_backend(), 'devices': [str(d) for d in jax.devices()],
@@ -337,7 +345,7 @@ def run_all(out_dir: str, smoke: bool, budget: Budget, num_steps: int, loop_step
                                  f'peak {PEAK_FLOPS / 1e12:.0f} TFLOP/s (H200 dense bf16)',
              'steps': [], 'skipped': [], 'errors': []}
   part_s = 0.0 if smoke else PART_ESTIMATE_S
-  for model, dtype in SMOKE_RUNS if smoke else RUNS:
+  for model, dtype in runs:
     if budget.left() < part_s:
       results['skipped'].append(f'step {model} {dtype}: time budget spent')
       continue
@@ -349,16 +357,16 @@ def run_all(out_dir: str, smoke: bool, budget: Budget, num_steps: int, loop_step
     results['steps'].append({**row, 'at_s': budget.elapsed()})
     print_row(row)
     write_json(out_dir, results)
-    if (model, dtype) == ('resnet50', 'bfloat16'):  # parts 2 and 3, while its runner lives
+    if (model, dtype) == runs[0]:  # parts 2 and 3, while its runner lives
       trace_dir = tempfile.mkdtemp(prefix='gpu_benchmark_trace_')
       results['profile'] = guarded('profile', results, out_dir, lambda: profile_step(
           runner, state, batch, trace_dir, out_dir))
       if results['profile']:
-        print_profile(results['profile'])
+        print_profile(results['profile'], f'{model} {dtype}')
       results['full_loop'] = guarded('full loop', results, out_dir, lambda: full_loop(
-          load_config('resnet50', 'bfloat16', smoke), loop_steps, row['ours']['images_per_s']))
+          load_config(model, dtype, smoke), loop_steps, row['ours']['images_per_s']))
       if results['full_loop']:
-        print_loop(results['full_loop'])
+        print_loop(results['full_loop'], f'{model} {dtype}')
       write_json(out_dir, results)
     del runner, state, batch, done
   if budget.left() > (5 if smoke else 30):
@@ -420,19 +428,19 @@ def print_row(row: dict) -> None:
         + (f' (twin skipped: {twin["skipped"]})' if 'skipped' in twin else ''), flush=True)
 
 
-def print_profile(profile: dict) -> None:
+def print_profile(profile: dict, run: str) -> None:
   if 'top_ops' not in profile:
     print(f'profile: no top ops ({profile.get("top_ops_error")})', flush=True)
     return
-  print(f'profile resnet50 bfloat16: {profile["total_ms_per_step"]:.1f} ms of op time per '
+  print(f'profile {run}: {profile["total_ms_per_step"]:.1f} ms of op time per '
         'step; top ops:', flush=True)
   for op in profile['top_ops']:
     print(f'  {op["name"]}: {op["ms_per_step"]:.2f} ms/step ({100 * op["fraction"]:.1f}%)  '
           f'{op["hlo"][:160]}', flush=True)
 
 
-def print_loop(loop: dict) -> None:
-  print(f'full training loop resnet50 bfloat16, {loop["steps"]} steps: {loop["wall_s"]:.1f} s '
+def print_loop(loop: dict, run: str) -> None:
+  print(f'full training loop {run}, {loop["steps"]} steps: {loop["wall_s"]:.1f} s '
         f'(compile {loop["compile_s"]:.1f} s, cached {bool(loop["compile_cached"])}), '
         f'{loop["loop_images_per_s"]:,.0f} img/s vs bare step {loop["bare_step_images_per_s"]:,.0f} '
         f'= {loop["loop_over_bare"]:.2f}', flush=True)
@@ -463,7 +471,14 @@ def main(argv):
     _one_torch_thread()
   print(f'backend {jax.default_backend()}: {jax.devices()}; budget {budget.seconds:.0f} s',
         flush=True)
-  results = run_all(_OUT.value, smoke, budget, steps, loop_steps, compile_cap)
+  runs = SMOKE_RUNS if smoke else RUNS
+  if _RUNS.value:
+    runs = [tuple(r.split(':')) for r in _RUNS.value]
+    bad = [r for r in runs if len(r) != 2 or r[0] not in MODELS or r[1] not in DTYPES]
+    if bad:
+      raise app.UsageError(f'--runs: {":".join(bad[0])!r} is not MODEL:DTYPE; models: '
+                           f'{", ".join(MODELS)}; dtypes: {", ".join(DTYPES)}')
+  results = run_all(_OUT.value, smoke, budget, steps, loop_steps, compile_cap, runs)
   print(f'done in {results["total_s"]:.0f} s; figures in '
         f'{os.path.join(_OUT.value, "gpu_benchmark.json")}', flush=True)
 

@@ -55,14 +55,17 @@ class Run:
 
   def __init__(self, command: list[str], env=None):
     self.proc = subprocess.Popen(command, cwd=REPO, env=env or _env(), stdout=subprocess.PIPE,
-                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True)
+                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True,
+                                 errors='replace')  # a kill can cut a character in two
     self.lines, self._queue = [], queue.Queue()
     threading.Thread(target=self._pump, daemon=True).start()
 
   def _pump(self):
-    for line in self.proc.stdout:
-      self._queue.put(line.rstrip('\n'))
-    self._queue.put(None)
+    try:
+      for line in self.proc.stdout:
+        self._queue.put(line.rstrip('\n'))
+    finally:  # the end is always seen, whatever stopped the reading
+      self._queue.put(None)
 
   def next_line(self, timeout=1.0):
     """The next output line; '' if none came within `timeout`; None at the end."""
@@ -84,8 +87,10 @@ class Run:
     raise AssertionError('timed out; output:\n' + '\n'.join(self.lines[-40:]))
 
   def finish(self, timeout=300.0) -> int:
-    while self.next_line(timeout) is not None:
-      pass
+    deadline = time.monotonic() + timeout
+    while self.next_line() is not None:
+      if time.monotonic() > deadline:
+        raise AssertionError('no end of output; last lines:\n' + '\n'.join(self.lines[-40:]))
     return self.proc.wait(timeout=timeout)
 
   @property
