@@ -17,7 +17,8 @@ before tracing:
 Anything else that changes the program (a function patched at run time) is
 not seen, so the cache is off unless an entry point turns it on (`enable`):
 `python -m adanet_jax.main` does, in-process library use does not. A
-miss, an unreadable entry (then removed) or a failed write falls back to
+miss, an unreadable or damaged entry (a checksum covers it; it is then
+removed) or a failed write falls back to
 compiling (and JAX's own cache), with a warning for the last two; nothing is
 lost but time. Only a step this process compiled is kept: one loaded from
 JAX's cache serializes without some of its functions, so a launch that found
@@ -143,7 +144,10 @@ def _out_tree(args: tuple, extras_tree):
 
 def _load(path: str, args: tuple):
   with open(path, 'rb') as f:
-    serialized, extras_tree, device_ids = pickle.load(f)
+    digest, payload = pickle.load(f)
+  if hashlib.sha256(payload).hexdigest() != digest:  # a flipped bit could run as machine code
+    raise ValueError('its checksum does not match its contents')
+  serialized, extras_tree, device_ids = pickle.loads(payload)
   by_id = {d.id: d for d in jax.devices()}
   return serialize_executable.deserialize_and_load(
       serialized, jax.tree.structure((args, {})), _out_tree(args, extras_tree),
@@ -160,7 +164,8 @@ def _store(path: str, compiled, args: tuple) -> None:
     serialized, _, _ = serialize_executable.serialize(compiled)
     # The devices it runs on, in order (what JAX's own cache records too).
     devices = compiled._executable._unloaded_executable.device_list  # pylint: disable=protected-access
-    blob = pickle.dumps((serialized, children[1], [d.id for d in devices]))
+    payload = pickle.dumps((serialized, children[1], [d.id for d in devices]))
+    blob = pickle.dumps((hashlib.sha256(payload).hexdigest(), payload))
     os.makedirs(os.path.dirname(path), exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix='.tmp')
     try:

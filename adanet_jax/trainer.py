@@ -5,12 +5,12 @@ Data parallelism is `jax.jit` over arrays sharded on a ('data',) mesh of all
 devices (pmap's successor): the batch is split over devices, the state is
 replicated and donated, and the result equals the one-device computation.
 
-The train step is compiled ahead of time before its first call (trace, lower
-and compile, or a load from the persistent compilation cache, or a load from
-the executable cache without tracing where the entry point enables it: see
-`executables`); how long that
-took and whether it was a cache load go into the first log record of the
-launch in metrics.jsonl (`run/compile_s`, `run/compile_cached`).
+The train step is compiled ahead of time before its first call: trace, lower
+and compile (or load from JAX's persistent compilation cache), or, where the
+entry point turned it on, load from the executable cache without tracing
+(`executables`). How long that took and whether it was a cache load go into
+the first log record of the launch in metrics.jsonl (`run/compile_s`,
+`run/compile_cached`).
 """
 
 import time
@@ -94,7 +94,7 @@ class Runner:
 
     Returns:
       {'compile_s': seconds, 'compile_cached': 1.0 if the executable came from
-      the persistent compilation cache else 0.0}.
+      a cache (JAX's or the executable cache) else 0.0}.
     """
     logging.info('compiling the train step...')
     start = time.perf_counter()

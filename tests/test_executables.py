@@ -82,17 +82,31 @@ def test_key_follows_description_shapes_and_package_source(cache, tmp_path, monk
   assert executables._entry_path(_args(), {'run': 1}) != before
 
 
-def test_damaged_entry_is_removed_and_the_step_compiled_again(cache, caplog):
-  executables.load_or_compile(_step(2.0), _args(), {'run': 1})
+@pytest.mark.parametrize('damage,offset,message', [
+    ('truncated', 2.0, 'could not load'),
+    ('one byte flipped', 2.5, 'its checksum does not match its contents'),
+])
+def test_damaged_entry_is_removed_and_the_step_compiled_again(cache, caplog, damage, offset,
+                                                              message):
+  executables.load_or_compile(_step(offset), _args(), {'run': 1})
   [entry] = _entries(cache)
   path = os.path.join(cache, entry)
+  size = os.path.getsize(path)
   with open(path, 'r+b') as f:
-    f.truncate(os.path.getsize(path) // 2)
+    if damage == 'truncated':
+      f.truncate(size // 2)
+    else:  # in the executable's bytes, past the pickle's header
+      f.seek(size // 2)
+      byte = f.read(1)
+      f.seek(size // 2)
+      f.write(bytes([byte[0] ^ 0x10]))
   with caplog.at_level(logging.WARNING):
-    compiled, source = executables.load_or_compile(_step(2.0), _args(), {'run': 1})
-  assert source == executables.JAX_CACHE and f'could not load {path}' in caplog.text
+    compiled, source = executables.load_or_compile(_step(offset), _args(), {'run': 1})
+  assert source == executables.JAX_CACHE
+  assert f'could not load {path}' in caplog.text and message in caplog.text
   assert _entries(cache) == []
-  np.testing.assert_array_equal(compiled(*_args())[0]['w'], [8.0, 8.5, 9.0])
+  want = 0.5 * np.arange(3.0) + 6 + offset
+  np.testing.assert_array_equal(compiled(*_args())[0]['w'], want)
 
 
 def test_failed_write_warns_and_leaves_nothing(cache, caplog, monkeypatch):
