@@ -36,7 +36,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from adanet_jax import rundir, torch_io
-from adanet_jax.errors import CheckpointWriteError, ConfigError, DamagedCheckpointError
+from adanet_jax.errors import (CheckpointWriteError, ConfigError, DamagedCheckpointError,
+                               os_error_text)
 
 _TMP_SUFFIX = '.orbax-checkpoint-tmp'
 MODEL_FIELDS = ('model', 'gates.hidden', 'data.image_size', 'data.channels')
@@ -172,7 +173,7 @@ class Checkpointer:
       kept = sorted(self.manager.all_steps())
       raise CheckpointWriteError(
           f'writing the checkpoint of step {step} to {self.directory}/{step} failed ('
-          f'{_os_error(e)}); training stopped; earlier checkpoints kept: '
+          f'{os_error_text(e) or _first_line(e)}); training stopped; earlier checkpoints kept: '
           f'{", ".join(map(str, kept)) or "none"}') from None
 
   def _remove_partial(self, step: int) -> None:
@@ -230,16 +231,6 @@ class Checkpointer:
   def close(self) -> None:
     self.manager.wait_until_finished()
     self.manager.close()
-
-
-def _os_error(error: BaseException) -> str:
-  """The OS error inside an orbax/TensorStore write error, else its first line."""
-  seen = error
-  while seen is not None:
-    if isinstance(seen, OSError) and seen.strerror:
-      return f'{seen.strerror} [errno {seen.errno}]'
-    seen = seen.__cause__ or seen.__context__
-  return _first_line(error)
 
 
 def check_init_from(path: str) -> None:

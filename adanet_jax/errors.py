@@ -30,6 +30,14 @@ class CheckpointWriteError(ExpectedError):
   exit_code = 1
 
 
+class WorkdirWriteError(ExpectedError):
+  """A file of the workdir other than a checkpoint (config.json,
+  metrics.jsonl, TensorBoard events) could not be written (a full disk);
+  training stopped, the checkpoints are intact."""
+
+  exit_code = 1
+
+
 class DamagedCheckpointError(ConfigError):
   """No checkpoint step of a directory restores."""
 
@@ -43,3 +51,14 @@ class Preempted(ExpectedError):
   it reached; rerunning the same command resumes there."""
 
   exit_code = 75  # EX_TEMPFAIL (sysexits.h): a temporary failure, run again
+
+
+def os_error_text(error: BaseException) -> str | None:
+  """'strerror [errno N]' of the OSError in `error` or its causes (libraries
+  wrap them variously); None if there is none."""
+  seen = error
+  while seen is not None:
+    if isinstance(seen, OSError) and seen.strerror:
+      return f'{seen.strerror} [errno {seen.errno}]'
+    seen = seen.__cause__ or seen.__context__
+  return None

@@ -7,6 +7,7 @@ metrics.jsonl, and TensorBoard is told to drop them from its event files, so
 each step is shown once however often the run resumed.
 """
 
+import contextlib
 import itertools
 import json
 import os
@@ -19,6 +20,7 @@ from tensorboard.compat.proto import event_pb2, summary_pb2
 from tensorboard.summary.writer.record_writer import RecordWriter
 
 from adanet_jax import console, rundir
+from adanet_jax.errors import WorkdirWriteError, os_error_text
 
 # Numbers event files opened by this process: TensorBoard reads a directory's
 # files in name order, and two opened within a second must not share a name.
@@ -95,15 +97,25 @@ class MetricLogger:
   def __init__(self, workdir: str, num_steps: int = 0, steps_per_epoch: int = 1,
                start_step: int | None = None):
     """`start_step`: the step the run (re)starts from; records past it are
-    dropped from metrics.jsonl (None: keep everything)."""
+    dropped from metrics.jsonl (None: keep everything).
+
+    Raises:
+      WorkdirWriteError: the files cannot be written (a full disk).
+    """
     self.chief = jax.process_index() == 0
     self.console = console.ConsoleWriter(max(num_steps, 1), steps_per_epoch)
-    self.tensorboard = TensorBoardWriter(workdir, start_step) if self.chief else None
-    if self.chief and start_step is not None:
-      rundir.drop_metrics_after(workdir, start_step)
-    self.jsonl = open(os.path.join(workdir, rundir.METRICS_FILE), 'a') if self.chief else None
+    self.tensorboard = self.jsonl = None
+    self.workdir = workdir
+    if not self.chief:
+      return
+    with self._write_errors('the metrics files'):
+      self.tensorboard = TensorBoardWriter(workdir, start_step)
+      if start_step is not None:
+        rundir.drop_metrics_after(workdir, start_step)
+      self.jsonl = open(os.path.join(workdir, rundir.METRICS_FILE), 'a')
 
   def write(self, step: int, metrics: dict) -> None:
+    """Raises WorkdirWriteError when a file cannot be written (a full disk)."""
     scalars, per_block = {}, {}
     for key, value in metrics.items():
       if isinstance(value, (list, tuple)):
@@ -113,11 +125,26 @@ class MetricLogger:
     if not self.chief:
       return
     self.console.write(step, scalars)
-    self.tensorboard.write_scalars(step, {**scalars, **per_block})
-    self.jsonl.write(json.dumps({'step': step, **metrics}) + '\n')
-    self.jsonl.flush()
+    with self._write_errors(f'the metrics of step {step}'):
+      self.tensorboard.write_scalars(step, {**scalars, **per_block})
+      self.jsonl.write(json.dumps({'step': step, **metrics}) + '\n')
+      self.jsonl.flush()
+
+  @contextlib.contextmanager
+  def _write_errors(self, what: str):
+    """OSErrors inside become one WorkdirWriteError line. Each record is
+    flushed whole or cut short; a resume drops a cut line (rundir)."""
+    try:
+      yield
+    except OSError as e:
+      raise WorkdirWriteError(
+          f'writing {what} to {self.workdir} failed ({os_error_text(e) or e}); training '
+          'stopped; run the same command again to resume from the last checkpoint') from None
 
   def close(self) -> None:
-    if self.chief:
-      self.tensorboard.close()
-      self.jsonl.close()
+    """Closes the files. Every record was flushed when written: a failure
+    here (the disk filled meanwhile) loses nothing and is not raised."""
+    for f in (self.tensorboard, self.jsonl):
+      if f is not None:
+        with contextlib.suppress(OSError):
+          f.close()

@@ -25,7 +25,8 @@ import numpy as np
 from adanet_jax import (accounting, checkpoints, config_lib, evaluation, executables,
                         input_pipeline, metrics, models, optim, preemption, rundir, steps,
                         workdir_lock)
-from adanet_jax.errors import ConfigError, NonFiniteLossError, Preempted
+from adanet_jax.errors import (ConfigError, NonFiniteLossError, Preempted, WorkdirWriteError,
+                               os_error_text)
 
 
 def is_time(step: int, every: int, last_step: int) -> bool:
@@ -186,16 +187,26 @@ def _train(config, workdir, dataset, stop) -> dict:
   state = checkpoints.restore_or_init(checkpointer, runner.init_state(), config.init_from)
   # The compiled step wants exactly the shardings it was compiled for.
   state = jax.device_put(state, runner.replicated)
-  if jax.process_index() == 0:
-    rundir.write_config(workdir, config)
-  logger = metrics.MetricLogger(workdir, runner.num_steps, runner.steps_per_epoch,
-                                start_step=int(state.step))
+  logger = None
   try:
+    if jax.process_index() == 0:
+      _write_config(workdir, config)
+    logger = metrics.MetricLogger(workdir, runner.num_steps, runner.steps_per_epoch,
+                                  start_step=int(state.step))
     final = _train_loop(config, workdir, dataset, runner, state, checkpointer, logger, stop)
   finally:  # also on errors: finish pending checkpoint writes
     checkpointer.close()
-    logger.close()
+    if logger is not None:
+      logger.close()
   return final
+
+
+def _write_config(workdir: str, config) -> None:
+  try:
+    rundir.write_config(workdir, config)
+  except OSError as e:
+    raise WorkdirWriteError(f'writing {workdir}/{rundir.CONFIG_FILE} failed '
+                            f'({os_error_text(e) or e}); training did not start') from None
 
 
 def _train_loop(config, workdir, dataset, runner, state, checkpointer, logger, stop) -> dict:

@@ -1,7 +1,7 @@
 """Fault injection on real training processes (`python -m adanet_jax.main`):
 SIGKILL at random moments, SIGTERM (one process and 2 processes x 2
 devices), damaged checkpoints, a second launch on a live workdir, a failing
-checkpoint write. Every interrupted run, rerun, must end bit-identical
+checkpoint or metrics write. Every interrupted run, rerun, must end bit-identical
 (parameters, BatchNorm statistics, optimizer state) to one uninterrupted
 run, shared by the module.
 
@@ -355,3 +355,40 @@ def test_failed_checkpoint_write_stops_at_once_and_keeps_earlier_ones(tmp_path):
   assert 'Traceback' not in run.output
   assert max(int(s) for s in STEP_LINE.findall(run.output)) == 8  # not one step more
   assert sorted(os.listdir(workdir / 'checkpoints')) == ['4', 'model.json']
+
+
+@pytest.mark.timeout(600)
+def test_failed_metrics_write_stops_with_one_line_and_the_rerun_resumes(reference, tmp_path):
+  # metrics.jsonl cannot take the record of step 8, as on a full disk.
+  workdir = tmp_path / 'w'
+  inject = (
+      'import builtins, errno, sys\n'
+      'from adanet_jax import metrics\n'
+      'class Full:\n'
+      '  def __init__(self, f):\n'
+      '    self.f = f\n'
+      '  def write(self, text):\n'
+      '    if text.startswith(\'{"step": 8,\'):\n'
+      '      raise OSError(errno.ENOSPC, "No space left on device")\n'
+      '    return self.f.write(text)\n'
+      '  def __getattr__(self, name):\n'
+      '    return getattr(self.f, name)\n'
+      'def opening(path, *args, **kwargs):\n'
+      '  f = builtins.open(path, *args, **kwargs)\n'
+      '  return Full(f) if str(path).endswith("metrics.jsonl") else f\n'
+      'metrics.open = opening\n'
+      'from adanet_jax import cli, main\n'
+      'sys.argv = ["main"] + sys.argv[1:]\n'
+      'cli.run(main.main, main.define_flags)\n')
+  run = Run([sys.executable, '-c', inject, *_args(workdir)])
+  assert run.finish() == 1, run.output[-4000:]
+  error_lines = [l for l in run.lines if l.startswith('error:')]
+  assert error_lines == [f'error: writing the metrics of step 8 to {workdir} failed (No space '
+                         'left on device [errno 28]); training stopped; run the same command '
+                         'again to resume from the last checkpoint'], run.output[-4000:]
+  assert 'Traceback' not in run.output
+  assert sorted(os.listdir(workdir / 'checkpoints')) == ['4', 'model.json']
+  assert _logged_steps(workdir) == list(range(1, 8))
+  _completed(workdir)  # space again: resumes from step 4
+  _assert_identical(workdir, reference)
+  assert _logged_steps(workdir) == list(range(1, STEPS + 1))
