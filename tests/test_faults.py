@@ -328,13 +328,27 @@ def test_lock_of_another_host_is_taken_over_only_when_its_heartbeat_is_stale(tmp
   assert not path.exists()
 
 
+def _failing_write_run(workdir, patch: str) -> tuple[Run, list[str]]:
+  """Runs the trainer with `patch` (Python run first, making a write fail as
+  on a full disk) to its end; (the run, its `error:` lines). It must exit
+  with status 1 and no traceback."""
+  main = ('import sys\n'
+          'from adanet_jax import cli, main\n'
+          'sys.argv = ["main"] + sys.argv[1:]\n'
+          'cli.run(main.main, main.define_flags)\n')
+  run = Run([sys.executable, '-c', patch + main, *_args(workdir)])
+  assert run.finish() == 1, run.output[-4000:]
+  assert 'Traceback' not in run.output
+  return run, [l for l in run.lines if l.startswith('error:')]
+
+
 @pytest.mark.timeout(600)
 def test_failed_checkpoint_write_stops_at_once_and_keeps_earlier_ones(tmp_path):
   # The write of step 8 fails inside orbax's asynchronous commit, as on a
   # full disk: the temporary directory cannot be renamed into place.
   workdir = tmp_path / 'w'
   inject = (
-      'import errno, os, sys\n'
+      'import errno, os\n'
       'from etils import epath\n'
       'cls = type(epath.Path("/"))\n'
       'rename = cls.rename\n'
@@ -342,17 +356,11 @@ def test_failed_checkpoint_write_stops_at_once_and_keeps_earlier_ones(tmp_path):
       '  if os.path.basename(str(target)) == "8":\n'
       '    raise OSError(errno.ENOSPC, "No space left on device")\n'
       '  return rename(self, target)\n'
-      'cls.rename = failing\n'
-      'from adanet_jax import cli, main\n'
-      'sys.argv = ["main"] + sys.argv[1:]\n'
-      'cli.run(main.main, main.define_flags)\n')
-  run = Run([sys.executable, '-c', inject, *_args(workdir)])
-  assert run.finish() == 1, run.output[-4000:]
-  error_lines = [l for l in run.lines if l.startswith("error:")]
+      'cls.rename = failing\n')
+  run, error_lines = _failing_write_run(workdir, inject)
   assert error_lines == [f'error: writing the checkpoint of step 8 to {workdir}/checkpoints/8 failed '
                     '(No space left on device [errno 28]); training stopped; earlier '
                     'checkpoints kept: 4'], run.output[-4000:]
-  assert 'Traceback' not in run.output
   assert max(int(s) for s in STEP_LINE.findall(run.output)) == 8  # not one step more
   assert sorted(os.listdir(workdir / 'checkpoints')) == ['4', 'model.json']
 
@@ -362,7 +370,7 @@ def test_failed_metrics_write_stops_with_one_line_and_the_rerun_resumes(referenc
   # metrics.jsonl cannot take the record of step 8, as on a full disk.
   workdir = tmp_path / 'w'
   inject = (
-      'import builtins, errno, sys\n'
+      'import builtins, errno\n'
       'from adanet_jax import metrics\n'
       'class Full:\n'
       '  def __init__(self, f):\n'
@@ -376,17 +384,11 @@ def test_failed_metrics_write_stops_with_one_line_and_the_rerun_resumes(referenc
       'def opening(path, *args, **kwargs):\n'
       '  f = builtins.open(path, *args, **kwargs)\n'
       '  return Full(f) if str(path).endswith("metrics.jsonl") else f\n'
-      'metrics.open = opening\n'
-      'from adanet_jax import cli, main\n'
-      'sys.argv = ["main"] + sys.argv[1:]\n'
-      'cli.run(main.main, main.define_flags)\n')
-  run = Run([sys.executable, '-c', inject, *_args(workdir)])
-  assert run.finish() == 1, run.output[-4000:]
-  error_lines = [l for l in run.lines if l.startswith('error:')]
+      'metrics.open = opening\n')
+  run, error_lines = _failing_write_run(workdir, inject)
   assert error_lines == [f'error: writing the metrics of step 8 to {workdir} failed (No space '
                          'left on device [errno 28]); training stopped; run the same command '
                          'again to resume from the last checkpoint'], run.output[-4000:]
-  assert 'Traceback' not in run.output
   assert sorted(os.listdir(workdir / 'checkpoints')) == ['4', 'model.json']
   assert _logged_steps(workdir) == list(range(1, 8))
   _completed(workdir)  # space again: resumes from step 4
