@@ -5,6 +5,8 @@ any `ExpectedError` into one line on stderr and a non-zero exit. Anything
 else is a bug and keeps its traceback.
 """
 
+import contextlib
+
 
 class ExpectedError(Exception):
   """A failure the user can act on; its message says what to do."""
@@ -62,3 +64,14 @@ def os_error_text(error: BaseException) -> str | None:
       return f'{seen.strerror} [errno {seen.errno}]'
     seen = seen.__cause__ or seen.__context__
   return None
+
+
+@contextlib.contextmanager
+def reported_write(what: str, consequence: str):
+  """An OSError inside (a full disk) becomes the one-line WorkdirWriteError
+  'writing <what> failed (<OS error>); <consequence>'."""
+  try:
+    yield
+  except OSError as e:
+    raise WorkdirWriteError(f'writing {what} failed ({os_error_text(e) or e}); '
+                            f'{consequence}') from None

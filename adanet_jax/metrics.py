@@ -20,7 +20,7 @@ from tensorboard.compat.proto import event_pb2, summary_pb2
 from tensorboard.summary.writer.record_writer import RecordWriter
 
 from adanet_jax import console, rundir
-from adanet_jax.errors import WorkdirWriteError, os_error_text
+from adanet_jax.errors import reported_write
 
 # Numbers event files opened by this process: TensorBoard reads a directory's
 # files in name order, and two opened within a second must not share a name.
@@ -130,16 +130,11 @@ class MetricLogger:
       self.jsonl.write(json.dumps({'step': step, **metrics}) + '\n')
       self.jsonl.flush()
 
-  @contextlib.contextmanager
   def _write_errors(self, what: str):
     """OSErrors inside become one WorkdirWriteError line. Each record is
     flushed whole or cut short; a resume drops a cut line (rundir)."""
-    try:
-      yield
-    except OSError as e:
-      raise WorkdirWriteError(
-          f'writing {what} to {self.workdir} failed ({os_error_text(e) or e}); training '
-          'stopped; run the same command again to resume from the last checkpoint') from None
+    return reported_write(f'{what} to {self.workdir}', 'training stopped; run the same command '
+                          'again to resume from the last checkpoint')
 
   def close(self) -> None:
     """Closes the files. Every record was flushed when written: a failure

@@ -25,8 +25,7 @@ import numpy as np
 from adanet_jax import (accounting, checkpoints, config_lib, evaluation, executables,
                         input_pipeline, metrics, models, optim, preemption, rundir, steps,
                         workdir_lock)
-from adanet_jax.errors import (ConfigError, NonFiniteLossError, Preempted, WorkdirWriteError,
-                               os_error_text)
+from adanet_jax.errors import ConfigError, NonFiniteLossError, Preempted, reported_write
 
 
 def is_time(step: int, every: int, last_step: int) -> bool:
@@ -190,7 +189,8 @@ def _train(config, workdir, dataset, stop) -> dict:
   logger = None
   try:
     if jax.process_index() == 0:
-      _write_config(workdir, config)
+      with reported_write(f'{workdir}/{rundir.CONFIG_FILE}', 'training did not start'):
+        rundir.write_config(workdir, config)
     logger = metrics.MetricLogger(workdir, runner.num_steps, runner.steps_per_epoch,
                                   start_step=int(state.step))
     final = _train_loop(config, workdir, dataset, runner, state, checkpointer, logger, stop)
@@ -199,14 +199,6 @@ def _train(config, workdir, dataset, stop) -> dict:
     if logger is not None:
       logger.close()
   return final
-
-
-def _write_config(workdir: str, config) -> None:
-  try:
-    rundir.write_config(workdir, config)
-  except OSError as e:
-    raise WorkdirWriteError(f'writing {workdir}/{rundir.CONFIG_FILE} failed '
-                            f'({os_error_text(e) or e}); training did not start') from None
 
 
 def _train_loop(config, workdir, dataset, runner, state, checkpointer, logger, stop) -> dict:
