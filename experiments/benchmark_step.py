@@ -54,6 +54,7 @@ from adanet_jax import (accounting, executables, jax_setup, models, norm, optim,
                         steps, trainer)
 from experiments import torch_step
 
+FLAGS = flags.FLAGS
 _CONFIG = config_flags.DEFINE_config_file('config', 'configs/cifar10.py', 'Config file.',
                                           lock_config=True)
 _BATCH = flags.DEFINE_integer('batch', 128, 'Global batch size of the train step.')
@@ -90,8 +91,6 @@ def example_batch(config, batch_size: int) -> dict:
 def setup(config, variant: str, batch_size: int):
   """The model of `variant`, its train state, a random batch, the step key and
   the step's runtime hyperparameters."""
-  if variant not in VARIANTS:
-    raise app.UsageError(f'--models: {variant!r} is unknown; allowed: {", ".join(VARIANTS)}')
   model = models.create_model(config)
   if variant == 'unrolled':
     model = model.clone(scan_min_run=None)
@@ -181,8 +180,18 @@ def configured(base, dtype: str, batch_size: int):
   return config
 
 
+def check_flags() -> None:
+  """Bad flag values: one line and exit 1, before anything is created."""
+  for flag, allowed in (('models', VARIANTS), ('dtypes', tuple(models.DTYPES)),
+                        ('batchnorms', tuple(BATCHNORMS))):
+    unknown = [v for v in getattr(FLAGS, flag) if v not in allowed]
+    if unknown:
+      sys.exit(f'error: --{flag}: {unknown[0]!r} is unknown; allowed: {", ".join(allowed)}')
+
+
 def main(argv):
   del argv
+  check_flags()
   cache = jax_setup.enable_compilation_cache(_CACHE.value or tempfile.mkdtemp(prefix='xla_'))
   if _LAUNCH_ONLY.value:  # as `python -m adanet_jax.main` runs: both caches on
     if _EXECUTABLE_CACHE.value:
@@ -194,9 +203,6 @@ def main(argv):
   name = f'{_CONFIG.value.model.name}-{_CONFIG.value.model.depth}'
   print(f'backend {jax.default_backend()}, {jax.device_count()} device(s), {os.cpu_count()} '
         f'CPUs, batch {_BATCH.value}, cache {cache}', flush=True)
-  unknown = set(_BATCHNORMS.value) - set(BATCHNORMS)
-  if unknown:
-    raise app.UsageError(f'--batchnorms: unknown {sorted(unknown)}; allowed: ours, flax')
   for dtype in _DTYPES.value:
     config = configured(_CONFIG.value, dtype, _BATCH.value)
     for variant in _MODELS.value:

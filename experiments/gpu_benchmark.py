@@ -461,8 +461,15 @@ def main(argv):
   if _CHILD.value:
     child_main(_CHILD.value, _SMOKE.value, _STEPS.value)
     return
-  jax_setup.quiet_library_logs()
   smoke = _SMOKE.value
+  runs = SMOKE_RUNS if smoke else RUNS
+  if _RUNS.value:
+    runs = [tuple(r.split(':')) for r in _RUNS.value]
+    bad = [r for r in runs if len(r) != 2 or r[0] not in MODELS or r[1] not in DTYPES]
+    if bad:
+      sys.exit(f'error: --runs: {":".join(bad[0])!r} is not MODEL:DTYPE; models: '
+               f'{", ".join(MODELS)}; dtypes: {", ".join(DTYPES)}')
+  jax_setup.quiet_library_logs()
   budget = Budget(min(_BUDGET.value, SMOKE_BUDGET_S) if smoke else _BUDGET.value)
   steps = min(_STEPS.value, 2) if smoke else _STEPS.value
   loop_steps = min(_LOOP_STEPS.value, 4) if smoke else _LOOP_STEPS.value
@@ -471,13 +478,6 @@ def main(argv):
     _one_torch_thread()
   print(f'backend {jax.default_backend()}: {jax.devices()}; budget {budget.seconds:.0f} s',
         flush=True)
-  runs = SMOKE_RUNS if smoke else RUNS
-  if _RUNS.value:
-    runs = [tuple(r.split(':')) for r in _RUNS.value]
-    bad = [r for r in runs if len(r) != 2 or r[0] not in MODELS or r[1] not in DTYPES]
-    if bad:
-      raise app.UsageError(f'--runs: {":".join(bad[0])!r} is not MODEL:DTYPE; models: '
-                           f'{", ".join(MODELS)}; dtypes: {", ".join(DTYPES)}')
   results = run_all(_OUT.value, smoke, budget, steps, loop_steps, compile_cap, runs)
   print(f'done in {results["total_s"]:.0f} s; figures in '
         f'{os.path.join(_OUT.value, "gpu_benchmark.json")}', flush=True)
