@@ -1,7 +1,6 @@
 """Configs: the fields every config shares, config files with their argument
-strings, command-line overrides, the values derived from other values, and
-the checks every entry point (training, sweeps, notebooks) runs before
-anything is created or compiled.
+strings, command-line overrides, and the configs stored by
+older versions. The checks of the values live in `train/checks.py`.
 
 A config file defines `get_config(arg=None)`; `arg` is a small typed string
 (`configs/cifar10.py:depth=56,target=0.5`, parsed by `parse_arg`). Overrides
@@ -13,13 +12,11 @@ and the value must have its type.
 
 import ast
 import importlib.util
-import math
 import os
 from typing import Any
 
 import ml_collections
 
-from adanet_jax import models, optim
 from adanet_jax.errors import ConfigError
 
 OVERRIDE_PREFIX = '--config.'
@@ -158,16 +155,13 @@ def split_path_arg(config_arg: str) -> tuple[str, str | None]:
   return config_arg, None
 
 
-def load_config(config_arg: str, overrides: dict | None = None,
-                check: bool = True) -> ml_collections.ConfigDict:
+def load_config(config_arg: str, overrides: dict | None = None) -> ml_collections.ConfigDict:
   """The config a command line describes: file, argument string, overrides.
 
   Args:
     config_arg: `path.py` or `path.py:arg`, as `--config=` takes it.
     overrides: `{'a.b': value}`; string values are parsed as the command line
       parses them.
-    check: run `validate`; False for a caller that validates itself (the
-      trainer checks every config it gets, before it creates anything).
 
   Returns:
     The locked config.
@@ -176,8 +170,6 @@ def load_config(config_arg: str, overrides: dict | None = None,
   module = load_module(path)
   config = module.get_config(arg) if arg is not None else module.get_config()
   apply_overrides(config, overrides or {})
-  if check:
-    validate(config)
   return config
 
 
@@ -282,60 +274,3 @@ def _merge(config: ml_collections.ConfigDict, values: dict, prefix: str) -> None
       _merge(config[key], value, f'{prefix}{key}.')
     else:
       config[key] = tuple(value) if isinstance(value, list) else value
-
-
-# (field, test, what is allowed): every value that can be wrong on its own.
-# Written so that NaN fails every test.
-RULES = (
-    ('model.num_classes', lambda v: v > 0, 'must be >= 1'),
-    ('gates.hidden', lambda v: v > 0, 'must be >= 1'),
-    ('gates.temperature', lambda v: v > 0, 'must be > 0'),
-    ('gates.eval_modes', len, 'must name at least one gate mode'),
-    ('loss.weight', lambda v: v >= 0, 'must be >= 0'),
-    ('data.image_size', lambda v: v > 0, 'must be >= 1'),
-    ('data.channels', lambda v: v > 0, 'must be >= 1'),
-    ('optim.base_learning_rate', lambda v: v > 0, 'must be > 0'),
-    ('optim.base_batch_size', lambda v: v > 0, 'must be > 0'),
-    ('optim.momentum', lambda v: 0 <= v < 1, 'must be in [0, 1)'),
-    ('optim.weight_decay', lambda v: v >= 0, 'must be >= 0'),
-    ('optim.decay_factor', lambda v: 0 < v <= 1, 'must be in (0, 1]'),
-    # A warmup as long as the run or longer is allowed: the short test and
-    # smoke runs (a fraction of an epoch) train in warmup only, on purpose.
-    ('optim.warmup_epochs', lambda v: v >= 0, 'must be >= 0'),
-    ('train.batch_size', lambda v: v > 0, 'must be > 0'),
-    ('train.num_epochs', lambda v: v > 0, 'must be > 0'),
-    ('train.log_every_steps', lambda v: v >= 0, 'must be >= 0 (0: only after the last step)'),
-    ('train.eval_every_epochs', lambda v: v >= 0, 'must be >= 0 (0: only after the last step)'),
-    ('train.sync_every_steps', lambda v: v > 0, 'must be >= 1'),
-    ('eval.batch_size', lambda v: v > 0, 'must be > 0'),
-    ('checkpoint.every_steps', lambda v: v >= 0, 'must be >= 0 (0: only after the last step)'),
-    ('checkpoint.keep', lambda v: v > 0, 'must be >= 1 (the checkpoints kept to resume from)'),
-)
-
-
-def validate(config: ml_collections.ConfigDict) -> None:
-  """Every check that needs only the config (not the machine or the data):
-  the value of each field on its own (RULES), then the model's and the
-  optimizer's own checks. `main`, every sweep point (its plan included) and
-  `adanet_jax.load` run it before anything is created or compiled.
-
-  Raises:
-    ConfigError naming the first bad field and what is allowed.
-  """
-  for field, test, allowed in RULES:
-    value = _get(config, field)
-    try:
-      ok = bool(test(value))
-    except TypeError:
-      ok = False
-    if not ok or (isinstance(value, float) and not math.isfinite(value)):
-      raise ConfigError(f'{field}={value!r} {allowed}')
-  models.validate(config)
-  optim.validate(config)
-
-
-def _get(config, field: str):
-  value = config
-  for key in field.split('.'):
-    value = value[key]
-  return value

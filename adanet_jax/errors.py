@@ -1,6 +1,6 @@
 """The errors a user can cause, each reported by the entry points as one line.
 
-Library code raises these and never prints or exits; `adanet_jax.cli` turns
+Library code raises these and never prints or exits; `adanet_jax.runtime.cli` turns
 any `ExpectedError` into one line on stderr and a non-zero exit. Anything
 else is a bug and keeps its traceback.
 """

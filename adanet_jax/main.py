@@ -6,7 +6,7 @@ r"""Training entry point.
 
 The config (file, argument string, overrides) is loaded before JAX starts a
 backend, and its values are checked before anything is written. Multi-process (multi-host) runs: see
-`adanet_jax/distributed.py` for where the settings come from (flags,
+`adanet_jax/runtime/distributed.py` for where the settings come from (flags,
 environment, cluster auto-detection) and `adanet_jax/tools/launch.py` for N
 processes on one machine.
 """
@@ -14,7 +14,9 @@ processes on one machine.
 from absl import flags, logging
 import jax
 
-from adanet_jax import cli, config_lib, distributed, executables, jax_setup, trainer
+from adanet_jax import config_lib
+from adanet_jax.runtime import cli, distributed, jax_setup
+from adanet_jax.train import trainer
 
 
 def define_flags() -> dict:
@@ -34,10 +36,10 @@ def define_flags() -> dict:
 def main(args) -> None:
   cli.require(args, 'config', 'workdir')
   # Values are checked by the trainer, before it creates anything.
-  config = config_lib.load_config(args.config, args.overrides, check=False)
+  config = config_lib.load_config(args.config, args.overrides)
   # Before anything touches a JAX backend: JAX refuses to join a job later.
   started = distributed.initialize(args.coordinator_address, args.num_processes, args.process_id)
-  executables.enable(jax_setup.enable_compilation_cache())
+  jax_setup.enable_compilation_cache()
   jax_setup.quiet_library_logs()
   distributed.log_only_on_chief()
   logging.info('JAX %s on %d %s device(s), %d process(es) (%s)', jax.__version__,

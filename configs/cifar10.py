@@ -2,7 +2,7 @@
 reference code's recipe.
 
 Runbook (one host, all its accelerators; data from tfds `cifar10`, prepared
-once with network access, see `adanet_jax/tfds_pipeline.py`):
+once with network access, see `adanet_jax/data/tfds_pipeline.py`):
 
   python -m adanet_jax.main --config=configs/cifar10.py --workdir=workdirs/cifar10_aig110_t07
   python -m adanet_jax.main --config=configs/cifar10.py:gated=false \

@@ -1,7 +1,7 @@
 """CIFAR-100 ConvNet-AIG: the CIFAR-10 recipe (`configs/cifar10.py`) with 100 classes.
 
 Runbook (one host; data from tfds `cifar100`, prepared once with network
-access, see `adanet_jax/tfds_pipeline.py`):
+access, see `adanet_jax/data/tfds_pipeline.py`):
 
   python -m adanet_jax.main --config=configs/cifar100.py --workdir=workdirs/cifar100_aig110_t07
   python -m adanet_jax.main --config=configs/cifar100.py:gated=false \

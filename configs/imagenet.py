@@ -9,7 +9,7 @@ of 100).
 
 Runbook. Data: tfds `imagenet2012` needs a manual download: put
 ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar into
-<data_dir>/downloads/manual and prepare it once (`adanet_jax/tfds_pipeline.py`
+<data_dir>/downloads/manual and prepare it once (`adanet_jax/data/tfds_pipeline.py`
 prints the exact command when the data is missing). The paper's runs, one
 command each:
 

@@ -6,7 +6,7 @@ this is the natural combination: the Wide ResNet recipe of Zagoruyko &
 Komodakis (2016) for the backbone and optimiser, the ConvNet-AIG CIFAR gate
 loss (t = 0.7, weight 2 averaged over blocks).
 
-Runbook (one host; data from tfds `cifar10`, see `adanet_jax/tfds_pipeline.py`):
+Runbook (one host; data from tfds `cifar10`, see `adanet_jax/data/tfds_pipeline.py`):
 
   python -m adanet_jax.main --config=configs/wide_cifar10.py --workdir=workdirs/cifar10_aig_wrn28_10
   python -m adanet_jax.main --config=configs/wide_cifar10.py:gated=false \

@@ -13,7 +13,7 @@ Writes `accuracy_vs_flops.png` and `accuracy_vs_flops.csv/.md`.
 
 import sys
 
-from adanet_jax import rundir
+from adanet_jax.train import rundir
 from experiments import common
 
 FLAGS = common.new_flags(predicts=False)

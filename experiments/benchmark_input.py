@@ -28,7 +28,10 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from adanet_jax import config_lib, input_pipeline, jax_setup, tfds_pipeline
+from adanet_jax import config_lib
+from adanet_jax.data import input_pipeline, tfds_pipeline
+from adanet_jax.runtime import jax_setup
+from adanet_jax.train import checks
 from experiments.benchmark_step import benchmark  # defines --batch and --steps
 
 FLAGS = flags.FLAGS
@@ -112,7 +115,7 @@ def main(argv):
         f'{"train step img/s":>17}  step')
   with tfds.testing.mock_data(as_dataset_fn=_mock_as_dataset(pools)):
     for name in _CONFIGS.value:
-      config = config_lib.load_config(os.path.join(REPO, 'configs', name))
+      config = checks.validate(config_lib.load_config(os.path.join(REPO, 'configs', name)))
       config.train.batch_size = FLAGS.batch
       config.eval.batch_size = FLAGS.batch
       train_rate, eval_rate = pipeline_rates(config, _BATCHES.value)

@@ -45,7 +45,9 @@ import jax
 import numpy as np
 from ml_collections import config_flags
 
-from adanet_jax import accounting, jax_setup, models, skip_inference
+from adanet_jax.infer import skip_inference
+from adanet_jax.model import accounting, factory
+from adanet_jax.runtime import jax_setup
 from experiments import common
 
 _CONFIG = config_flags.DEFINE_config_file('config', 'configs/cifar10.py', 'Config file.',
@@ -176,7 +178,7 @@ def main(argv):
   del argv
   jax_setup.enable_compilation_cache(_CACHE.value)
   config = _CONFIG.value
-  model = models.create_model(config)
+  model = factory.create_model(config)
   size = _IMAGE_SIZE.value or config.data.image_size
   batch_sizes = sorted(int(b) for b in _BATCH_SIZES.value)
   count = max(max(batch_sizes), _IMAGES.value)

@@ -15,7 +15,7 @@ building the trainer's `Runner` as `python -m adanet_jax.main` does):
 seconds from entering the loop (the step not yet traced) until the first
 step starts, and that step's time. The first compiles the trainer's jit
 (other shardings than the one timed before) and keeps it in both caches;
-the second, with the executable cache (`adanet_jax.executables`) off,
+the second, with the executable cache (`adanet_jax.runtime.executables`) off,
 traces and lowers it and loads it from JAX's compilation cache; the third
 loads it from the executable cache without tracing. Last, the compile time of the skipping inference path against the masked
 model at batch `--skip_batch`.
@@ -24,7 +24,7 @@ The cache is a fresh temporary directory unless `--cache_dir` is given (then
 the "cold" figures are only cold on an empty one).
 
 `--batchnorms=ours,flax` times each line with both BatchNorms back to back:
-'ours' is adanet_jax.norm's (two-pass variance), 'flax' swaps in flax's
+'ours' is adanet_jax.model.norm's (two-pass variance), 'flax' swaps in flax's
 one-pass nn.BatchNorm (the implementation before it); repeat them
 (`ours,flax,ours,flax`) on a busy machine.
 
@@ -50,8 +50,10 @@ import jax.numpy as jnp
 from ml_collections import config_flags
 import numpy as np
 
-from adanet_jax import (accounting, executables, jax_setup, models, norm, optim, skip_inference,
-                        steps, trainer)
+from adanet_jax.infer import skip_inference
+from adanet_jax.model import accounting, factory, norm
+from adanet_jax.runtime import executables, jax_setup
+from adanet_jax.train import optim, steps, trainer
 from experiments import torch_step
 
 FLAGS = flags.FLAGS
@@ -91,7 +93,7 @@ def example_batch(config, batch_size: int) -> dict:
 def setup(config, variant: str, batch_size: int):
   """The model of `variant`, its train state, a random batch, the step key and
   the step's runtime hyperparameters."""
-  model = models.create_model(config)
+  model = factory.create_model(config)
   if variant == 'unrolled':
     model = model.clone(scan_min_run=None)
   tx, _ = optim.create_optimizer(config, STEPS_PER_EPOCH)
@@ -182,7 +184,7 @@ def configured(base, dtype: str, batch_size: int):
 
 def check_flags() -> None:
   """Bad flag values: one line and exit 1, before anything is created."""
-  for flag, allowed in (('models', VARIANTS), ('dtypes', tuple(models.DTYPES)),
+  for flag, allowed in (('models', VARIANTS), ('dtypes', tuple(factory.DTYPES)),
                         ('batchnorms', tuple(BATCHNORMS))):
     unknown = [v for v in getattr(FLAGS, flag) if v not in allowed]
     if unknown:

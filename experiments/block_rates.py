@@ -11,7 +11,9 @@ always run) and `block_rates.csv/.md` (one row per run and block).
 
 import sys
 
-from adanet_jax import inference, models, rundir
+from adanet_jax.infer import inference
+from adanet_jax.model import factory
+from adanet_jax.train import rundir
 from experiments import common
 
 FLAGS = common.new_flags(predicts=False)
@@ -21,8 +23,8 @@ def table_rows(workdir: str, gate_mode: str) -> list[dict]:
   """One row per block: rate, target, whether it downsamples or always runs."""
   config = rundir.read_config(workdir)
   rates = common.final_eval(workdir, gate_mode)['gate_rates']
-  targets = models.block_targets(config)
-  down, fixed = inference.downsampling_blocks(config), models.fixed_blocks(config)
+  targets = factory.block_targets(config)
+  down, fixed = inference.downsampling_blocks(config), factory.fixed_blocks(config)
   return [{'run': common.run_name(workdir), 'block': i, 'downsampling': i in down,
            'always_runs': i in fixed or not config.model.gated, 'target': targets[i],
            'rate': rates[i]} for i in range(len(rates))]

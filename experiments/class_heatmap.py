@@ -15,7 +15,7 @@ import sys
 
 import numpy as np
 
-from adanet_jax import inference
+from adanet_jax.infer import inference
 from experiments import common
 
 FLAGS = common.new_flags(predicts=True)

@@ -15,7 +15,7 @@ import sys
 from absl import flags
 from matplotlib.figure import Figure
 
-from adanet_jax import rundir
+from adanet_jax.train import rundir
 
 DEFAULT_OUT = 'experiments/results'
 

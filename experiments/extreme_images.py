@@ -18,7 +18,7 @@ import sys
 from absl import flags
 import numpy as np
 
-from adanet_jax import inference
+from adanet_jax.infer import inference
 from experiments import common
 
 FLAGS = common.new_flags(predicts=True)

@@ -31,7 +31,7 @@ import numpy as np
 import optax
 from PIL import Image
 
-from adanet_jax import inference
+from adanet_jax.infer import inference
 from experiments import common
 
 FLAGS = common.new_flags(predicts=True, gate_mode=False)

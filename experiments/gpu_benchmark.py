@@ -56,7 +56,7 @@ from absl import app, flags  # noqa: E402
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from adanet_jax import jax_setup  # noqa: E402
+from adanet_jax.runtime import jax_setup  # noqa: E402
 
 PEAK_FLOPS = 790e12  # H200 dense bfloat16 tensor-core peak
 _OUT = flags.DEFINE_string('out', os.environ.get('OUT', 'gpu_benchmark_out'),
@@ -97,7 +97,7 @@ def load_config(model: str, dtype: str, smoke: bool):
   file, arg, size, default_batch = MODELS[model][1 if smoke else 0]
   repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   path = os.path.join(repo, 'configs', file)
-  config = config_lib.load_config(f'{path}:{arg}' if arg else path, check=False)
+  config = config_lib.load_config(f'{path}:{arg}' if arg else path)
   config.model.dtype = dtype
   config.data.image_size = size
   config.train.batch_size = config.eval.batch_size = _BATCH.value or default_batch
@@ -108,7 +108,7 @@ def load_config(model: str, dtype: str, smoke: bool):
 def synthetic_dataset(config, num_train: int, num_eval: int):
   """An in-memory dataset of normal float32 images (the tfds pipeline's
   output type) with cycling labels."""
-  from adanet_jax import digits  # pylint: disable=import-outside-toplevel
+  from adanet_jax.data import digits  # pylint: disable=import-outside-toplevel
   shape = (config.data.image_size, config.data.image_size, config.data.channels)
   rng = np.random.default_rng(0)
   images = rng.standard_normal((num_train + num_eval, *shape), dtype=np.float32)
@@ -121,9 +121,9 @@ def synthetic_dataset(config, num_train: int, num_eval: int):
 
 def model_flops_per_image(config) -> float:
   """3 x forward MACs x 2 FLOPs, every block counted."""
-  from adanet_jax import accounting, models  # pylint: disable=import-outside-toplevel
+  from adanet_jax.model import accounting, factory  # pylint: disable=import-outside-toplevel
   shape = (config.data.image_size, config.data.image_size, config.data.channels)
-  return 3 * 2 * accounting.cost_table(models.create_model(config), shape).dense
+  return 3 * 2 * accounting.cost_table(factory.create_model(config), shape).dense
 
 
 def time_ours(config, num_steps: int) -> tuple[dict, tuple]:
@@ -131,7 +131,7 @@ def time_ours(config, num_steps: int) -> tuple[dict, tuple]:
 
   Returns the figures and (runner, state, batch) for the parts that follow.
   """
-  from adanet_jax import trainer  # pylint: disable=import-outside-toplevel
+  from adanet_jax.train import trainer  # pylint: disable=import-outside-toplevel
   dataset = synthetic_dataset(config, config.train.batch_size, config.eval.batch_size)
   runner = trainer.Runner(config, dataset)
   state = runner.init_state()
@@ -264,7 +264,7 @@ def top_ops(trace_dir: str, hlo_text: str, num_steps: int, top: int = 3) -> dict
 
 def full_loop(config, num_steps: int, bare_images_per_s: float) -> dict:
   """Part 3: the real trainer on an in-memory dataset against the bare step."""
-  from adanet_jax import trainer  # pylint: disable=import-outside-toplevel
+  from adanet_jax.train import trainer  # pylint: disable=import-outside-toplevel
   b = config.train.batch_size
   dataset = synthetic_dataset(config, 2 * b, b)
   epochs = num_steps / dataset.steps_per_epoch

@@ -10,7 +10,7 @@ target-rate loss, reduction 'mean', the config's weight,
 `fix_target_one=False`). Against the float64 twin it prints the relative
 error (max |a - b| / max |b|) of the gates' fc1 kernel gradient and of the
 train-mode gate logits for: the float32 twin, adanet_jax before (flax's
-`nn.BatchNorm`: one-pass variance) and after (`adanet_jax.norm.BatchNorm`),
+`nn.BatchNorm`: one-pass variance) and after (`adanet_jax.model.norm.BatchNorm`),
 and the loss difference. CIFAR ResNet-110 runs at 32x32, ResNet-50 at 64x64.
 """
 
@@ -25,7 +25,9 @@ import jax.numpy as jnp
 import numpy as np
 import torch
 
-from adanet_jax import config_lib, jax_setup, models, norm, torch_io
+from adanet_jax import config_lib
+from adanet_jax.model import factory, norm, torch_io
+from adanet_jax.runtime import jax_setup
 from experiments import torch_twin
 
 _MODELS = flags.DEFINE_list('models', ['resnet110', 'resnet50'], 'resnet110 and/or resnet50.')
@@ -48,14 +50,14 @@ def fc1_gradients(grads_by_key) -> np.ndarray:
 def measure(name: str, batch: int, weights: str) -> dict:
   """Relative errors against float64 for one model; see the module docstring."""
   path, arg, size = _CONFIGS[name]
-  config = config_lib.load_config(f'{path}:{arg}' if arg else path, check=False)
+  config = config_lib.load_config(f'{path}:{arg}' if arg else path)
   config.data.image_size = size
   config.gates.fix_target_one = False
-  targets, weight = models.block_targets(config), config.loss.weight
+  targets, weight = factory.block_targets(config), config.loss.weight
   rng = np.random.RandomState(0)
   images = rng.randn(batch, size, size, 3).astype(np.float32)
   labels = rng.randint(0, config.model.num_classes, batch)
-  noise = -np.log(-np.log(rng.uniform(1e-6, 1 - 1e-6, (batch, models.num_blocks(config.model), 2))))
+  noise = -np.log(-np.log(rng.uniform(1e-6, 1 - 1e-6, (batch, factory.num_blocks(config.model), 2))))
   net32 = torch_twin.from_config(config).train()
   if weights == 'random':
     torch_twin.randomize_(net32, seed=1)
@@ -73,7 +75,7 @@ def measure(name: str, batch: int, weights: str) -> dict:
   for label, patch in (('ours before (one-pass)', before),
                        ('ours after (two-pass)', contextlib.nullcontext())):
     with patch:
-      model = models.create_model(config)
+      model = factory.create_model(config)
       shape = jnp.zeros((1, size, size, 3))
       template = jax.eval_shape(functools.partial(model.init, jax.random.key(0), shape,
                                                   train=False))

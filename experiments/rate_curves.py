@@ -16,7 +16,9 @@ import sys
 
 import numpy as np
 
-from adanet_jax import inference, models, rundir
+from adanet_jax.infer import inference
+from adanet_jax.model import factory
+from adanet_jax.train import rundir
 from experiments import common
 
 FLAGS = common.new_flags(predicts=False, gate_mode=False)
@@ -37,7 +39,7 @@ def curves(workdir: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 def highlighted_blocks(config) -> dict[int, str]:
   """Blocks drawn in colour, with their legend labels: downsampling and last."""
   labels = {i: f'block {i} (downsampling)' for i in inference.downsampling_blocks(config)}
-  last = models.num_blocks(config.model) - 1
+  last = factory.num_blocks(config.model) - 1
   labels[last] = f'block {last} (last)'
   return labels
 
@@ -56,7 +58,7 @@ def plot_curves(workdir: str, ax=None):
   for block in others:
     ax.plot(epochs, rates[:, block], lw=0.8, color='0.6',
             label='other blocks' if block == others[0] else None)
-  for t in sorted({t for t in models.block_targets(config) if t < 1}):
+  for t in sorted({t for t in factory.block_targets(config) if t < 1}):
     ax.axhline(t, ls='--', color='k', lw=1, label=f'target {t:g}')
   ax.set(title=f'{common.run_name(workdir)}: execution rate per block during training\n'
                f'({config.gates.train_mode} gates, training batches)',
@@ -70,7 +72,7 @@ def table_rows(workdir: str) -> list[dict]:
   """Per block: first and last logged rate, target, downsampling."""
   config = rundir.read_config(workdir)
   steps, _, rates = curves(workdir)
-  targets, down = models.block_targets(config), inference.downsampling_blocks(config)
+  targets, down = factory.block_targets(config), inference.downsampling_blocks(config)
   return [{'run': common.run_name(workdir), 'block': b, 'downsampling': b in down,
            'target': targets[b], f'rate_step{steps[0]}': float(rates[0, b]),
            f'rate_step{steps[-1]}': float(rates[-1, b])} for b in range(rates.shape[1])]

@@ -15,7 +15,8 @@ import time
 
 import numpy as np
 
-from adanet_jax import models, optim
+from adanet_jax.model import factory
+from adanet_jax.train import optim
 
 
 class TwinUnavailable(RuntimeError):
@@ -58,7 +59,7 @@ def make_step(config, images: np.ndarray, labels: np.ndarray, device: str,
   x = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2))).to(device)
   x = x.contiguous(memory_format=memory_format)
   y = torch.from_numpy(np.asarray(labels, np.int64)).to(device)
-  targets = torch.tensor(models.block_targets(config), dtype=torch.float32, device=device)
+  targets = torch.tensor(factory.block_targets(config), dtype=torch.float32, device=device)
   o = config.optim
   opt = torch.optim.SGD(net.parameters(), lr=optim.learning_rate(config), momentum=o.momentum,
                         nesterov=o.nesterov, weight_decay=o.weight_decay)

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from adanet_jax import models
+from adanet_jax.model import factory
 
 GATE_MODES = ('sample', 'deterministic', 'expected')
 
@@ -152,7 +152,7 @@ class ResNet(nn.Module):
   Args:
     block: 'basic', 'bottleneck' or 'preact'.
     stage_sizes, stage_widths: blocks and block widths per stage.
-    stem: 'cifar', 'imagenet' or 'wrn' (as `adanet_jax.resnet.ResNet`).
+    stem: 'cifar', 'imagenet' or 'wrn' (as `adanet_jax.model.resnet.ResNet`).
     stem_width: channels of the stem conv.
     num_classes: classes of the head.
     in_channels: image channels.
@@ -219,12 +219,12 @@ class ResNet(nn.Module):
 
 
 def from_config(config) -> ResNet:
-  """The twin of `adanet_jax.models.create_model(config)` (float32, fresh init)."""
-  models.validate(config)
+  """The twin of `adanet_jax.model.factory.create_model(config)` (float32, fresh init)."""
+  factory.validate(config)
   m = config.model
-  sizes = models.stage_sizes(m)
+  sizes = factory.stage_sizes(m)
   common = dict(num_classes=m.num_classes, in_channels=config.data.channels, gated=m.gated,
-                fixed_blocks=models.fixed_blocks(config), hidden=config.gates.hidden)
+                fixed_blocks=factory.fixed_blocks(config), hidden=config.gates.hidden)
   k = m.width
   if m.name == 'cifar_resnet':
     return ResNet('basic', sizes, (16 * k, 32 * k, 64 * k), 'cifar', 16 * k, **common)
@@ -301,7 +301,7 @@ def apply_with_noise(model, variables, images, noise, **kwargs):
   """adanet_jax's `model.apply` in gate mode 'sample' with given Gumbel noise.
 
   Args:
-    model: an `adanet_jax.resnet.ResNet`.
+    model: an `adanet_jax.model.resnet.ResNet`.
     variables: its {'params', 'batch_stats'}.
     images: NHWC.
     noise: (B, blocks, 2) the noise of every block, as the twin's `noise`.
@@ -353,14 +353,14 @@ def twin_train_forward_backward(net: ResNet, images, labels, noise, targets, wei
 
 
 def our_train_forward_backward(model, variables, images, labels, noise, targets, weight: float):
-  """The same pass in adanet_jax, with the loss of `adanet_jax.losses` ('mean').
+  """The same pass in adanet_jax, with the loss of `adanet_jax.train.losses` ('mean').
 
   Returns:
     (loss, aux, new batch_stats, gradients of the params), as numpy; jitted
     per call (the model is closed over).
   """
   import jax  # pylint: disable=import-outside-toplevel
-  from adanet_jax import losses  # pylint: disable=import-outside-toplevel
+  from adanet_jax.train import losses  # pylint: disable=import-outside-toplevel
 
   images, noise = np.asarray(images, np.float32), np.asarray(noise, np.float32)
 

@@ -28,8 +28,10 @@ sys.path.insert(0, REPO)
 import jax  # noqa: E402
 import pytest  # noqa: E402
 
-from adanet_jax import (checkpoints, config_lib, jax_setup, models, optim, steps,  # noqa: E402
-                        trainer)
+from adanet_jax import config_lib
+from adanet_jax.model import factory
+from adanet_jax.runtime import jax_setup
+from adanet_jax.train import checkpoints, optim, steps, trainer
 
 jax_setup.enable_compilation_cache()
 
@@ -38,7 +40,7 @@ def load_repo_config(name: str, arg: str | None = None):
   """`configs/<name>` with an optional argument string (not validated, so a
   test may change it first)."""
   path = os.path.join(REPO, 'configs', name)
-  return config_lib.load_config(path if arg is None else f'{path}:{arg}', check=False)
+  return config_lib.load_config(path if arg is None else f'{path}:{arg}')
 
 
 @pytest.fixture
@@ -68,7 +70,7 @@ def restore_state(config, workdir):
   """(step, train state) of the latest checkpoint of `workdir`, on this process."""
   checkpointer = checkpoints.Checkpointer(str(workdir), config)
   tx, _ = optim.create_optimizer(config, steps_per_epoch=1)
-  abstract = steps.create_train_state(config, models.create_model(config), tx,
+  abstract = steps.create_train_state(config, factory.create_model(config), tx,
                                       jax.random.key(9))
   step, state = checkpointer.latest_step(), checkpointer.restore(abstract)
   checkpointer.close()
@@ -130,7 +132,7 @@ def gated_run(tmp_path_factory):
 @pytest.fixture(scope='session')
 def loaded(gated_run):
   """`adanet_jax.load` of the gated tiny run."""
-  from adanet_jax import inference  # pylint: disable=import-outside-toplevel
+  from adanet_jax.infer import inference  # pylint: disable=import-outside-toplevel
   return inference.load(gated_run)
 
 
@@ -162,7 +164,7 @@ def slurm_cluster(tmp_path_factory):
   except (OSError, subprocess.TimeoutExpired) as e:
     out, reason = None, str(e)
   if out is None or out.returncode != 0:
-    subprocess.run(['bash', SLURM_CLUSTER_SCRIPT, 'stop', str(directory)], check=False)
+    subprocess.run(['bash', SLURM_CLUSTER_SCRIPT, 'stop', str(directory)])
     message = f'no SLURM cluster: {reason}'
     if os.environ.get('CI') == 'true':
       pytest.fail(message)
@@ -170,4 +172,4 @@ def slurm_cluster(tmp_path_factory):
   try:
     yield dict(os.environ, SLURM_CONF=str(directory / 'slurm.conf'))
   finally:
-    subprocess.run(['bash', SLURM_CLUSTER_SCRIPT, 'stop', str(directory)], check=False)
+    subprocess.run(['bash', SLURM_CLUSTER_SCRIPT, 'stop', str(directory)])

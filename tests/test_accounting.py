@@ -9,11 +9,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from adanet_jax import accounting, models
+from adanet_jax.model import accounting, factory
 
 
 def _table(config, **kwargs):
-  model = models.create_model(config)
+  model = factory.create_model(config)
   s, c = config.data.image_size, config.data.channels
   return _cost_table(model, (s, s, c), **kwargs)
 
@@ -91,7 +91,7 @@ def _xla_matmul_macs(fn, *args) -> float:
 @pytest.mark.parametrize('name,arg', [('cifar10.py', 'depth=20'), ('imagenet.py', 'resnet50')])
 def test_macs_agree_with_xla_cost_analysis(load_config, name, arg):
   config = load_config(name, arg)
-  model = models.create_model(config)
+  model = factory.create_model(config)
   s = config.data.image_size
   x = jnp.zeros((1, s, s, 3))
   # Shapes suffice (nothing runs): no eager initialisation.

@@ -1,12 +1,12 @@
-"""Tests of `adanet_jax.augment`: CIFAR crops and flips, random-resized crop
+"""Tests of `adanet_jax.data.augment`: CIFAR crops and flips, random-resized crop
 boxes, ImageNet evaluation preprocessing."""
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from adanet_jax import augment
-from adanet_jax.augment import IMAGENET_MEAN, IMAGENET_STD
+from adanet_jax.data import augment
+from adanet_jax.data.augment import IMAGENET_MEAN, IMAGENET_STD
 
 
 def _cifar_crops(image, seeds):

@@ -1,9 +1,9 @@
-"""Tests of `adanet_jax.batches`: padding with a mask, process shares, checks."""
+"""Tests of `adanet_jax.data.batches`: padding with a mask, process shares, checks."""
 
 import numpy as np
 import pytest
 
-from adanet_jax import batches
+from adanet_jax.data import batches
 from adanet_jax.errors import ConfigError
 
 

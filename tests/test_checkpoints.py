@@ -1,11 +1,11 @@
-"""Tests of `adanet_jax.checkpoints`: a workdir remembers its model and
+"""Tests of `adanet_jax.train.checkpoints`: a workdir remembers its model and
 refuses another one untouched; `restore_from` reads any step read-only."""
 
 import os
 
 import pytest
 
-from adanet_jax import checkpoints
+from adanet_jax.train import checkpoints
 from adanet_jax.errors import ConfigError
 from conftest import tiny_config
 

@@ -1,4 +1,4 @@
-"""Tests of `adanet_jax.cli`: an expected failure of any entry point is one
+"""Tests of `adanet_jax.runtime.cli`: an expected failure of any entry point is one
 line on stderr (`error: ...`), a non-zero exit, no traceback and no file
 created or changed; an unexpected one keeps its traceback; overrides reach
 the entry point."""
@@ -14,7 +14,8 @@ from conftest import REPO
 # A tiny entry point: flags --fail (an expected failure) and --crash (a bug).
 ENTRY_POINT = '''
 from absl import flags
-from adanet_jax import cli, errors
+from adanet_jax import errors
+from adanet_jax.runtime import cli
 
 def define_flags():
   return dict(fail=flags.DEFINE_bool('fail', False, ''),

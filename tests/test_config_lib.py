@@ -7,6 +7,7 @@ import pytest
 
 from adanet_jax import config_lib
 from adanet_jax.errors import ConfigError
+from adanet_jax.train import checks
 from conftest import REPO, load_repo_config
 
 DIGITS = os.path.join(REPO, 'configs', 'digits.py')
@@ -84,7 +85,7 @@ def test_values_that_cannot_train_are_refused(field, value, message):
   section, key = field.split('.')
   config[section][key] = value
   with pytest.raises(ConfigError) as e:
-    config_lib.validate(config)
+    checks.validate(config)
   assert str(e.value).startswith(message), str(e.value)
 
 

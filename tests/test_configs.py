@@ -7,6 +7,7 @@ import os
 import pytest
 
 from adanet_jax import config_lib
+from adanet_jax.train import checks
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'configs')
 CONFIG_FILES = sorted(os.path.basename(p) for p in glob.glob(os.path.join(CONFIG_DIR, '*.py')))
@@ -15,7 +16,7 @@ CONFIG_FILES = sorted(os.path.basename(p) for p in glob.glob(os.path.join(CONFIG
 @pytest.mark.parametrize('name', CONFIG_FILES)
 def test_every_config_loads_validates_and_is_locked(load_config, name):
   config = load_config(name)
-  config_lib.validate(config)
+  checks.validate(config)
   config.seed = 7  # an override of an existing field
   assert config.seed == 7
   with pytest.raises(AttributeError):

@@ -10,7 +10,8 @@ import sys
 
 import pytest
 
-from adanet_jax import console
+from adanet_jax.runtime import console
+from adanet_jax.train import progress
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOISE = ('oneDNN custom operations', 'All log messages before absl::InitializeLog',
@@ -18,7 +19,7 @@ NOISE = ('oneDNN custom operations', 'All log messages before absl::InitializeLo
 
 
 def test_format_duration():
-  assert [console.format_duration(s) for s in (0, 59.4, 59.6, 3599, 3600, 90061, float('nan'),
+  assert [progress.format_duration(s) for s in (0, 59.4, 59.6, 3599, 3600, 90061, float('nan'),
                                                float('inf'), -1)] == [
       '0:00:00', '0:00:59', '0:01:00', '0:59:59', '1:00:00', '25:01:01', '-:--:--', '-:--:--',
       '-:--:--']
@@ -29,9 +30,9 @@ SCALARS = {'train/loss': 1.97413, 'train/gate_rate': 0.847775, 'train/images_per
 
 
 def test_progress_line_plain_and_with_bar():
-  assert console.progress_line(44, 440, 11, SCALARS) == (
+  assert progress.progress_line(44, 440, 11, SCALARS) == (
       'step  44/440 | epoch 4.0/40.0 | 1,235 img/s | loss 1.9741 | exec rate 0.848 | eta 1:02:05')
-  assert console.progress_line(110, 440, 11, {'train/loss': 0.5}, bar=True) == (
+  assert progress.progress_line(110, 440, 11, {'train/loss': 0.5}, bar=True) == (
       '[#####---------------] step 110/440 | epoch 10.0/40.0 | loss 0.5000')
 
 
@@ -39,7 +40,7 @@ def test_eval_lines_one_per_mode():
   record = {'eval/deterministic/accuracy': 0.975, 'eval/deterministic/loss': 0.1,
             'eval/deterministic/gate_rate': 0.6125, 'eval/deterministic/gflops_per_image': 0.0012,
             'eval/sample/accuracy': 0.5}
-  assert console.eval_lines(440, record) == [
+  assert progress.eval_lines(440, record) == [
       'eval at step 440 (deterministic gates) | accuracy 97.50% | loss 0.1000 | exec rate 0.613 | '
       '1.200 MFLOPs/image',
       'eval at step 440 (sample gates) | accuracy 50.00%']
@@ -51,7 +52,7 @@ def test_console_writer_bar_only_on_a_terminal():
       return True
   plain, terminal = io.StringIO(), Terminal()
   for stream in (plain, terminal):
-    console.ConsoleWriter(20, 10, stream).write(10, {'train/loss': 1.0})
+    progress.ConsoleWriter(20, 10, stream).write(10, {'train/loss': 1.0})
   assert plain.getvalue() == 'step 10/20 | epoch 1.0/2.0 | loss 1.0000\n'
   assert terminal.getvalue() == '[##########----------] step 10/20 | epoch 1.0/2.0 | loss 1.0000\n'
 

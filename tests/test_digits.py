@@ -1,9 +1,9 @@
-"""Tests of `adanet_jax.digits`: the fixed split, the data order as a function
+"""Tests of `adanet_jax.data.digits`: the fixed split, the data order as a function
 of (seed, step), and evaluation batches that hold every test image once."""
 
 import numpy as np
 
-from adanet_jax import digits
+from adanet_jax.data import digits
 from conftest import tiny_config
 
 

@@ -1,11 +1,12 @@
-"""Tests of `adanet_jax.evaluation`: the summary of the summed eval outputs,
+"""Tests of `adanet_jax.train.evaluation`: the summary of the summed eval outputs,
 MACs from the branches that ran (all of them in `expected` mode), and the
 per-class x per-block matrix."""
 
 import numpy as np
 import pytest
 
-from adanet_jax import accounting, evaluation
+from adanet_jax.model import accounting
+from adanet_jax.train import evaluation
 from adanet_jax.tools import summary
 from conftest import final_metrics
 

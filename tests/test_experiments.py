@@ -9,7 +9,7 @@ import pytest
 
 from experiments import (accuracy_vs_flops, block_rates, class_heatmap, common, extreme_images,
                          fgsm, rate_curves)
-from adanet_jax import rundir
+from adanet_jax.train import rundir
 from conftest import REPO, final_metrics, train_tiny_run
 
 PNG_MAGIC = b'\x89PNG\r\n\x1a\n'

@@ -26,8 +26,10 @@ import jax
 import numpy as np
 import pytest
 
-from adanet_jax import (checkpoints, config_lib, errors, inference, models, preemption, rundir,
-                        workdir_lock)
+from adanet_jax import config_lib, errors
+from adanet_jax.infer import inference
+from adanet_jax.model import factory
+from adanet_jax.train import checkpoints, preemption, rundir, workdir_lock
 from adanet_jax.tools import launch
 from conftest import REPO
 STEPS = 24
@@ -116,7 +118,7 @@ def _config():
 def _final_state(workdir):
   """The latest checkpoint of `workdir` on one device, whatever topology wrote it."""
   config = _config()
-  abstract = inference._abstract_state(config, models.create_model(config), jax.devices()[0])  # pylint: disable=protected-access
+  abstract = inference._abstract_state(config, factory.create_model(config), jax.devices()[0])  # pylint: disable=protected-access
   return checkpoints.restore_from(str(workdir), abstract)
 
 

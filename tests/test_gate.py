@@ -5,15 +5,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from adanet_jax import models, resnet
-from adanet_jax.gate import Gate, check_gate_mode, straight_through_gate
+from adanet_jax.model import factory, resnet
+from adanet_jax.model.gate import Gate, check_gate_mode, straight_through_gate
 
 SIGMOID_1_9 = 1 / (1 + np.exp(-1.9))
 
 
 def _resnet20(load_config):
   config = load_config('cifar10.py', 'depth=20')
-  return models.create_model(config)
+  return factory.create_model(config)
 
 
 def test_fresh_gate_probability_is_sigmoid_1_9(load_config):
@@ -134,8 +134,8 @@ def test_unknown_gate_mode_is_refused(load_config):
   config = load_config('cifar10.py', 'depth=20')
   config.gates.train_mode = 'hard'
   with pytest.raises(ValueError, match='gates.train_mode: gate mode .hard. is unknown'):
-    models.validate(config)
+    factory.validate(config)
   config = load_config('cifar10.py', 'depth=20')
   config.gates.eval_modes = ('deterministic', 'soft')
   with pytest.raises(ValueError, match='gates.eval_modes: gate mode .soft. is unknown'):
-    models.validate(config)
+    factory.validate(config)

@@ -115,3 +115,66 @@ def test_every_entry_point_imports_into_one_process_defining_no_flag():
                        timeout=120)
   assert out.returncode == 0, out.stderr[-2000:]
   assert out.stdout.strip().splitlines()[-1] == '[]'
+
+
+# Floors of the package, lowest first: a module imports only from its own
+# floor or below. The model (the paper) sits on the base alone.
+FLOORS = {
+    'adanet_jax.errors': 0, 'adanet_jax.config_lib': 0,
+    'adanet_jax.model': 1, 'adanet_jax.data': 2, 'adanet_jax.train': 3,
+    'adanet_jax.infer': 4, 'adanet_jax.runtime': 5,
+    'adanet_jax.main': 6, 'adanet_jax.tools': 6, 'adanet_jax': 6,
+}
+
+
+def _floor(module: str) -> int:
+  """The floor of `module`: that of its longest listed prefix."""
+  prefixes = [p for p in FLOORS if module == p or module.startswith(p + '.')]
+  return FLOORS[max(prefixes, key=len)]
+
+
+def test_every_module_has_a_floor_and_the_walker_sees_subpackages():
+  graph = _graph()
+  assert 'adanet_jax.model.gate' in graph['adanet_jax.model.resnet']
+  assert _floor('adanet_jax.model.resnet') == 1 and _floor('adanet_jax.tools.sweep') == 6
+  assert {m.split('.')[1] for m in graph if m != 'adanet_jax'} == {
+      'errors', 'config_lib', 'model', 'data', 'train', 'infer', 'runtime', 'main', 'tools'}
+
+
+def test_no_import_from_a_higher_floor():
+  upward = [(m, i) for m, imported in _graph().items() for i in imported
+            if _floor(i) > _floor(m)]
+  assert not upward, upward
+
+
+def test_the_model_imports_only_itself_the_config_and_the_errors():
+  allowed = ('adanet_jax.model', 'adanet_jax.config_lib', 'adanet_jax.errors')
+  for module, imported in _graph().items():
+    if module.startswith('adanet_jax.model'):
+      outside = {i for i in imported if not i.startswith(allowed) and i != 'adanet_jax'}
+      assert not outside, (module, outside)
+
+
+def test_importing_the_library_changes_no_environment_variable():
+  # The dependencies first (what they set on import is theirs: `import jax`
+  # sets TPU_SKIP_MDS_QUERY), then every library module (not entry points).
+  library = sorted(m for m in _module_files() if m not in _entry_points())
+  code = ('import os, logging, jax, flax, optax, orbax.checkpoint, tensorflow, '
+          'tensorflow_datasets\n'
+          'before = dict(os.environ)\n'
+          'handlers = list(logging.getLogger().handlers)\n'
+          'config = {k: getattr(jax.config, k) for k in ("jax_compilation_cache_dir", '
+          '"jax_persistent_cache_min_compile_time_secs", "jax_platforms")}\n' +
+          ''.join(f'import {m}\n' for m in library) +
+          'changed = {k for k in set(before) | set(os.environ) '
+          'if before.get(k) != os.environ.get(k)}\n'
+          'assert not changed, changed\n'
+          'assert list(logging.getLogger().handlers) == handlers\n'
+          'assert config == {k: getattr(jax.config, k) for k in config}\n'
+          f'print({len(library)})\n')
+  env = {k: v for k, v in os.environ.items() if k not in (
+      'TF_ENABLE_ONEDNN_OPTS', 'TF_CPP_MIN_LOG_LEVEL', 'GRPC_VERBOSITY')}
+  out = subprocess.run([sys.executable, '-c', code], cwd=REPO, capture_output=True, text=True,
+                       timeout=300, env=env)
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert int(out.stdout.strip().splitlines()[-1]) == len(library) > 30

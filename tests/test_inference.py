@@ -1,4 +1,4 @@
-"""Tests of `adanet_jax.inference`: a checkpoint trained on 8 devices loads on
+"""Tests of `adanet_jax.infer.inference`: a checkpoint trained on 8 devices loads on
 one, and `predict` reproduces the trainer's evaluation exactly."""
 
 import json
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import adanet_jax
-from adanet_jax import inference
+from adanet_jax.infer import inference
 from adanet_jax.errors import ConfigError
 from conftest import REPO, final_metrics
 

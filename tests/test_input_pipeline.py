@@ -1,9 +1,9 @@
-"""Tests of `adanet_jax.input_pipeline`: the dataset a config names, checked
+"""Tests of `adanet_jax.data.input_pipeline`: the dataset a config names, checked
 against the model config."""
 
 import pytest
 
-from adanet_jax import input_pipeline
+from adanet_jax.data import input_pipeline
 from adanet_jax.errors import ConfigError
 
 

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from adanet_jax import losses, optim
+from adanet_jax.train import losses, optim
 
 # 4 images x 3 blocks of hard gate values; batch means (0.75, 0.25, 0.5).
 GATES = jnp.array([[1, 0, 1], [1, 1, 0], [0, 0, 1], [1, 0, 0]], jnp.float32)

@@ -1,4 +1,4 @@
-"""Tests of `adanet_jax.metrics`: sums on the device, means on the host."""
+"""Tests of `adanet_jax.train.metrics`: sums on the device, means on the host."""
 
 import os
 import subprocess
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from tensorboard.backend.event_processing import event_accumulator
 
-from adanet_jax import metrics
+from adanet_jax.train import metrics
 
 
 def test_accumulate_sums_and_keeps_the_first_nonfinite_step():

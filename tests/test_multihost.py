@@ -2,7 +2,7 @@
 localhost: 2 processes x 2 CPU devices equal 1 process x 4 devices, from
 scratch and when resuming another topology's checkpoint; only process 0
 writes; the launcher's timeout kills a hung job. Also where the distributed
-settings come from (`adanet_jax.distributed`).
+settings come from (`adanet_jax.runtime.distributed`).
 """
 
 import json
@@ -17,7 +17,9 @@ import jax
 import numpy as np
 import pytest
 
-from adanet_jax import checkpoints, distributed, models, optim, steps
+from adanet_jax.model import factory
+from adanet_jax.runtime import distributed
+from adanet_jax.train import checkpoints, optim, steps
 from adanet_jax.tools import launch
 from adanet_jax.errors import ConfigError
 from conftest import REPO, restore_state

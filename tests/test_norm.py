@@ -1,4 +1,4 @@
-"""Tests of adanet_jax.norm: PyTorch's BatchNorm numerics with flax's variables,
+"""Tests of adanet_jax.model.norm: PyTorch's BatchNorm numerics with flax's variables,
 and the choice of BatchNorm gamma init."""
 
 import flax.linen as nn
@@ -7,7 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from adanet_jax import checkpoints, models, norm
+from adanet_jax.model import factory, norm
+from adanet_jax.train import checkpoints
 from adanet_jax.errors import ConfigError
 
 
@@ -34,7 +35,7 @@ def test_model_checkpoint_layout_unchanged(load_config, monkeypatch, config_name
   shape = (1, size, size, 3)
 
   def layout():
-    model = models.create_model(config)
+    model = factory.create_model(config)
     return _tree(jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros(shape),
                                                    train=False)))
   ours = layout()
@@ -108,10 +109,10 @@ def test_bfloat16_keeps_float32_statistics():
 def _bn_scales(config):
   """{path: scale} of every BatchNorm of a fresh model of the config's family.
 
-  The initialisers come from `models.create_model`; the network is cut to one
+  The initialisers come from `factory.create_model`; the network is cut to one
   block per stage at 8x8 so that initialising it is cheap.
   """
-  model = models.create_model(config)
+  model = factory.create_model(config)
   small = model.clone(stage_sizes=(1,) * len(model.stage_sizes),
                       stage_widths=tuple(8 * 2**i for i in range(len(model.stage_sizes))))
   variables = small.init(jax.random.key(0), jnp.zeros((1, 8, 8, 3)), train=False)
@@ -132,7 +133,7 @@ def test_reference_gamma_init_where_the_reference_has_it(load_config, config_nam
   scales = _bn_scales(config)
   uniform = {p for p in scales if uniform_where == 'everywhere' or p.endswith('gate/fc1_bn')}
   assert any(p.endswith('shortcut_bn') for p in scales) or config_name == 'wide_cifar10.py'
-  assert len([p for p in uniform if 'gate' in p]) == len(models.stage_sizes(config.model))
+  assert len([p for p in uniform if 'gate' in p]) == len(factory.stage_sizes(config.model))
   for path, scale in scales.items():
     if path in uniform:
       assert 0 <= scale.min() and scale.max() < 1 and scale.std() > 0.15, path
@@ -149,7 +150,7 @@ def test_gamma_init_field(load_config):
   config.model.bn_gamma_init = 'uniform'
   with pytest.raises(ConfigError, match=r"^model.bn_gamma_init='uniform' is unknown; allowed: "
                                         r'ones, reference$'):
-    models.validate(config)
+    factory.validate(config)
   # An init-only choice: workdirs written before the field existed still match.
   config.model.bn_gamma_init = 'reference'
   assert 'model.bn_gamma_init' not in checkpoints.model_signature(config)

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from adanet_jax import optim
+from adanet_jax.train import optim
 from adanet_jax.errors import ConfigError
 
 

@@ -4,7 +4,8 @@ request while it is active; the handlers before it come back afterwards."""
 import os
 import signal
 
-from adanet_jax import errors, preemption
+from adanet_jax import errors
+from adanet_jax.train import preemption
 
 
 def test_signals_are_recorded_and_the_old_handlers_restored():

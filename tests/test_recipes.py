@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from adanet_jax import input_pipeline, models, optim, tfds_pipeline, trainer
+from adanet_jax.data import input_pipeline, tfds_pipeline
+from adanet_jax.model import factory
+from adanet_jax.train import optim, trainer
 from conftest import REPO
 
 CONFIG_FILES = sorted(os.path.basename(p) for p in glob.glob(os.path.join(REPO, 'configs', '*.py')))
@@ -34,7 +36,7 @@ def test_cifar10_recipe_is_the_reference(load_config):
   assert (c.model.name, c.model.depth, c.model.width, c.model.gated) == ('cifar_resnet', 110, 1,
                                                                          True)
   assert (c.data.name, c.model.num_classes) == ('cifar10', 10)
-  assert models.block_targets(c) == (0.7,) * 54
+  assert factory.block_targets(c) == (0.7,) * 54
   assert (c.loss.weight, c.loss.reduction) == (2.0, 'mean')
   assert (c.train.batch_size, c.train.num_epochs) == (256, 350.0)
   assert c.optim.decay_fractions == (150 / 350, 250 / 350)
@@ -45,7 +47,7 @@ def test_cifar10_recipe_is_the_reference(load_config):
   c.train.batch_size = 512  # the LR follows the batch
   assert optim.learning_rate(c) == 0.2
   plain = load_config('cifar10.py', 'gated=false')
-  assert not plain.model.gated and models.block_targets(plain) == (1.0,) * 54
+  assert not plain.model.gated and factory.block_targets(plain) == (1.0,) * 54
 
 
 def test_cifar100_is_the_cifar10_recipe_with_100_classes(load_config):
@@ -67,7 +69,7 @@ def test_cifar100_is_the_cifar10_recipe_with_100_classes(load_config):
 ])
 def test_imagenet_recipes_are_the_reference(load_config, arch, t, targets):
   c = load_config('imagenet.py', f'{arch},t={t}')
-  assert models.block_targets(c) == targets
+  assert factory.block_targets(c) == targets
   assert (c.model.name, c.model.num_classes, c.data.name, c.data.image_size) == (
       'imagenet_resnet', 1000, 'imagenet2012', 224)
   assert (c.loss.weight, c.loss.reduction) == (1.0, 'mean')
@@ -77,22 +79,22 @@ def test_imagenet_recipes_are_the_reference(load_config, arch, t, targets):
   np.testing.assert_allclose(_lr_at_epochs(c, [0, 29.99, 30, 60, 90, 99.99]),
                              [0.1, 0.1, 0.01, 0.001, 1e-4, 1e-4], rtol=1e-6)
   plain = load_config('imagenet.py', f'{arch},gated=false')
-  assert not plain.model.gated and models.block_targets(plain) == (1.0,) * len(targets)
-  assert models.fixed_blocks(plain) == ()
+  assert not plain.model.gated and factory.block_targets(plain) == (1.0,) * len(targets)
+  assert factory.fixed_blocks(plain) == ()
 
 
 def test_wide_recipe(load_config):
   c = load_config('wide_cifar10.py')
   assert (c.model.name, c.model.depth, c.model.width, c.data.name) == ('wide_resnet', 28, 10,
                                                                        'cifar10')
-  assert models.num_blocks(c.model) == 12 and models.block_targets(c) == (0.7,) * 12
+  assert factory.num_blocks(c.model) == 12 and factory.block_targets(c) == (0.7,) * 12
   assert (c.train.batch_size, c.train.num_epochs) == (128, 200.0)
   assert c.optim.decay_fractions == (0.3, 0.6, 0.8)
   assert (c.optim.nesterov, c.optim.decay_factor, c.optim.weight_decay) == (True, 0.2, 5e-4)
   assert optim.learning_rate(c) == 0.1
   # WRN-28-10 without gates has the Wide ResNet paper's 36,479,194 parameters.
   plain = load_config('wide_cifar10.py', 'gated=false')
-  params = jax.eval_shape(lambda: models.create_model(plain).init(
+  params = jax.eval_shape(lambda: factory.create_model(plain).init(
       {'params': jax.random.key(0)}, np.zeros((1, 32, 32, 3), np.float32), train=False))
   assert sum(x.size for x in jax.tree.leaves(params['params'])) == 36_479_194
 
@@ -124,7 +126,7 @@ def test_every_config_trains_a_step_and_evaluates_the_whole_split(load_config, m
   assert int(state.step) == 1
   for mode in config.gates.eval_modes:
     assert results[f'eval/{mode}/count'] == dataset.num_eval
-    assert len(results[f'eval/{mode}/gate_rates']) == models.num_blocks(config.model)
+    assert len(results[f'eval/{mode}/gate_rates']) == factory.num_blocks(config.model)
     assert np.isfinite(results[f'eval/{mode}/loss'])
 
 

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from adanet_jax import resnet
+from adanet_jax.model import resnet
 
 
 def _model(block, stages=3, **kwargs):

@@ -1,4 +1,4 @@
-"""Tests of `adanet_jax.rundir`: the run directory's files and their readers."""
+"""Tests of `adanet_jax.train.rundir`: the run directory's files and their readers."""
 
 import json
 import os
@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from adanet_jax import rundir
+from adanet_jax.train import rundir
 from adanet_jax.errors import ConfigError
 from conftest import load_repo_config
 

@@ -11,7 +11,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from adanet_jax import models, resnet, skip_inference
+from adanet_jax.infer import skip_inference
+from adanet_jax.model import factory, resnet
 from adanet_jax.errors import ConfigError
 
 
@@ -74,7 +75,7 @@ def _check_matches_masked(model, variables, x, open_counts):
     (9, [9, 0, 1, 3, 4, 5, 7, 8, 2]),
 ])
 def test_cifar_resnet_matches_masked(load_config, batch, open_counts):
-  model = models.create_model(load_config('cifar10.py', 'depth=20'))
+  model = factory.create_model(load_config('cifar10.py', 'depth=20'))
   variables = _random_variables(model, 32)
   _check_matches_masked(model, variables, _images(batch, 32), open_counts)
 
@@ -82,7 +83,7 @@ def test_cifar_resnet_matches_masked(load_config, batch, open_counts):
 def test_scanned_runs_skip_like_masked(load_config):
   # Blocks 1-3 of each stage of ResNet-26 run under one lax.scan (as the long
   # runs of ResNet-110 do by default); their skipping runs in the loop body.
-  model = models.create_model(load_config('cifar10.py', 'depth=26')).clone(scan_min_run=2)
+  model = factory.create_model(load_config('cifar10.py', 'depth=26')).clone(scan_min_run=2)
   variables = _random_variables(model, 16)
   _check_matches_masked(model, variables, _images(9, 16), [9, 0, 1, 3, 4, 5, 7, 8, 2, 0, 6, 9])
 
@@ -94,7 +95,7 @@ def test_scanned_runs_skip_like_masked(load_config):
     (3, [0, 0, 3, 0, 0, 1, 2, 0, 3, 2, 1, 0, 2, 0, 1, 0]),
 ])
 def test_imagenet_resnet50_matches_masked(load_config, batch, open_counts):
-  model = models.create_model(load_config('imagenet.py', 'resnet50'))
+  model = factory.create_model(load_config('imagenet.py', 'resnet50'))
   assert model.fixed_blocks == (0, 1, 3, 7, 13, 15)
   variables = _random_variables(model, 64)
   _check_matches_masked(model, variables, _images(batch, 64), open_counts)
@@ -105,14 +106,14 @@ def test_wide_resnet_matches_masked(load_config):
   # projection of blocks 1 and 2 reads relu(bn1(x)).
   config = load_config('cifar10.py')
   config.model.name, config.model.depth, config.model.width = 'wide_resnet', 10, 2
-  model = models.create_model(config)
+  model = factory.create_model(config)
   variables = _random_variables(model, 32)
   _check_matches_masked(model, variables, _images(5, 32), [3, 0, 2])
   _check_matches_masked(model, variables, _images(5, 32), [0, 5, 4])
 
 
 def test_ungated_model_runs_every_block(load_config):
-  model = models.create_model(load_config('cifar10.py', 'depth=8,gated=false'))
+  model = factory.create_model(load_config('cifar10.py', 'depth=8,gated=false'))
   variables = _random_variables(model, 32)
   x = _images(3, 32)
   want_logits, want = _masked(model, variables, x)
@@ -123,7 +124,7 @@ def test_ungated_model_runs_every_block(load_config):
 
 @pytest.mark.parametrize('mode', ['expected', 'sample'])
 def test_rejects_soft_and_random_gate_modes(load_config, mode):
-  model = models.create_model(load_config('cifar10.py', 'depth=8'))
+  model = factory.create_model(load_config('cifar10.py', 'depth=8'))
   variables = _random_variables(model, 32)
   with pytest.raises(ConfigError, match="needs gate_mode='deterministic'"):
     skip_inference.skip_apply(model, variables, _images(1, 32), gate_mode=mode)
@@ -189,7 +190,7 @@ def test_closed_block_computes_only_gate_and_shortcut(block_class, features, str
 def test_one_conditional_per_gated_block(load_config, batch, want_loops):
   # And, past batch 1, one loop over the chunks of open samples: each block's
   # branch is compiled twice at most (whole batch and chunk), whatever the count.
-  model = models.create_model(load_config('cifar10.py', 'depth=8'))
+  model = factory.create_model(load_config('cifar10.py', 'depth=8'))
   variables = _random_variables(model, 32)
   hlo = skip_inference.skip_apply.lower(model, variables, _images(batch, 32)).as_text()
   assert hlo.count('stablehlo.case') == 3

@@ -1,4 +1,4 @@
-"""Tests of `adanet_jax.steps`: the train step's metric sums and the eval
+"""Tests of `adanet_jax.train.steps`: the train step's metric sums and the eval
 step's masked sums; the train step with runtime hyperparameters equals the
 step with the same numbers fixed at trace time (the form before they became
 runtime values), and one compiled step serves every value of them."""
@@ -11,7 +11,9 @@ import numpy as np
 import optax
 import pytest
 
-from adanet_jax import input_pipeline, losses, models, optim, steps
+from adanet_jax.data import input_pipeline
+from adanet_jax.model import factory
+from adanet_jax.train import losses, optim, steps
 from conftest import tiny_config
 
 
@@ -46,7 +48,7 @@ def _fixed_train_step(state, batch, key, *, config, schedule):
     (logits, aux), updates = state.apply_fn(
         {'params': params, 'batch_stats': state.batch_stats}, batch['image'], train=True,
         gate_mode=config.gates.train_mode, rngs=rngs, mutable=['batch_stats'])
-    loss, _ = losses.total_loss(logits, batch['label'], aux, models.block_targets(config),
+    loss, _ = losses.total_loss(logits, batch['label'], aux, factory.block_targets(config),
                                 config.loss.weight, config.loss.reduction)
     return loss, updates
 
@@ -73,7 +75,7 @@ def _config(load_config, schedule, **optim_fields):
 def test_runtime_hparams_step_equals_fixed_step(load_config, schedule, optim_fields):
   config = _config(load_config, schedule, **optim_fields)
   dataset = input_pipeline.create_dataset(config)
-  model = models.create_model(config)
+  model = factory.create_model(config)
   key = jax.random.key(config.seed)
   hparams = steps.make_hparams(config, STEPS_PER_EPOCH)
   new_step = jax.jit(steps.make_train_step(config))
@@ -114,7 +116,7 @@ def test_schedule_equals_optax_schedule_exactly(load_config, schedule, optim_fie
 def test_other_hparams_reuse_the_compiled_step(load_config):
   config = _config(load_config, 'cosine', warmup_epochs=1.0)
   dataset = input_pipeline.create_dataset(config)
-  state = steps.create_train_state(config, models.create_model(config),
+  state = steps.create_train_state(config, factory.create_model(config),
                                    optim.create_optimizer(config, STEPS_PER_EPOCH)[0],
                                    jax.random.key(0))
   batch, key = dataset.train_batch(0), jax.random.key(0)
@@ -139,7 +141,7 @@ def test_call_time_temperature_replaces_the_attribute(load_config):
 
   def gate_grads(temperature_attr, temperature_call):
     config.gates.temperature = temperature_attr
-    model = models.create_model(config)
+    model = factory.create_model(config)
     variables = model.init({'params': jax.random.key(0)}, images, train=False)
 
     def gate_sum(params):
@@ -159,7 +161,7 @@ def test_call_time_temperature_replaces_the_attribute(load_config):
 
 def _state(config):
   tx, _ = optim.create_optimizer(config, steps_per_epoch=44)
-  return steps.create_train_state(config, models.create_model(config), tx, jax.random.key(0))
+  return steps.create_train_state(config, factory.create_model(config), tx, jax.random.key(0))
 
 
 def _batch(n=6, seed=0):

@@ -12,9 +12,10 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from adanet_jax import input_pipeline, tfds_pipeline, trainer
+from adanet_jax.data import input_pipeline, tfds_pipeline
+from adanet_jax.train import trainer
 from adanet_jax.errors import ConfigError
-from adanet_jax.augment import CIFAR_MEAN, CIFAR_STD, IMAGENET_MEAN, IMAGENET_STD
+from adanet_jax.data.augment import CIFAR_MEAN, CIFAR_STD, IMAGENET_MEAN, IMAGENET_STD
 from conftest import run_module
 
 

@@ -1,4 +1,4 @@
-"""Tests of adanet_jax.torch_io against the PyTorch twin (experiments/torch_twin.py):
+"""Tests of adanet_jax.model.torch_io against the PyTorch twin (experiments/torch_twin.py):
 weights in and out, and the numerics of a training step.
 
 CIFAR checks use ResNet-20 at 8x8 (the issue's ResNet-110 compiles for about
@@ -18,7 +18,9 @@ import pytest
 
 torch = pytest.importorskip('torch', reason='torch is not installed (pip install torch==2.13.0)')
 
-from adanet_jax import checkpoints, inference, models, optim, steps, torch_io  # noqa: E402
+from adanet_jax.infer import inference  # noqa: E402
+from adanet_jax.model import factory, torch_io
+from adanet_jax.train import checkpoints, optim, steps
 from adanet_jax.errors import ConfigError  # noqa: E402
 from experiments import torch_twin  # noqa: E402
 
@@ -71,7 +73,7 @@ def _assert_same_outputs(ours, theirs):
                                                    ('wide_cifar10.py', 'depth=10,width=2', 8)])
 def test_twin_weights_and_export_give_same_outputs(load_config, config_name, arg, size):
   config = _config(load_config, config_name, arg, size)
-  model = models.create_model(config)
+  model = factory.create_model(config)
   net = torch_twin.randomize_(torch_twin.from_config(config), seed=1).eval()
   state_dict = {k: v.numpy() for k, v in net.state_dict().items()}
   variables = torch_io.import_state_dict(state_dict, _template(model, size))
@@ -94,8 +96,8 @@ def test_twin_weights_and_export_give_same_outputs(load_config, config_name, arg
 
 def test_training_step_matches_twin(load_config):
   config = _config(load_config, 'cifar10.py', 'depth=20', 8)
-  model = models.create_model(config)
-  targets = models.block_targets(config)
+  model = factory.create_model(config)
+  targets = factory.block_targets(config)
   net32 = torch_twin.randomize_(torch_twin.from_config(config), seed=3).train()
   net64 = copy.deepcopy(net32).double()
   template = _template(model, 8)
@@ -180,7 +182,7 @@ def resnet50_template():
   config = config_lib.load_config(os.path.join(REPO, 'configs', 'imagenet.py') + ':resnet50',
                                   check=False)
   config.data.image_size = 32
-  return _template(models.create_model(config), 32)
+  return _template(factory.create_model(config), 32)
 
 
 def test_torchvision_resnet50_initialises_gated_model(resnet50_template, tmp_path):
@@ -245,7 +247,7 @@ def test_reference_layout_errors_name_the_tensor(load_config, tmp_path):
   sd = {f'module.{k}': v.numpy() for k, v in net.state_dict().items()}
   sd['module.layer3.0.fc1.weight'] = np.zeros((16, 32, 3, 3), np.float32)
   path = _save(sd, tmp_path / 'aig.pth')
-  template = jax.tree.map(jnp.zeros_like, _template(models.create_model(config), 8))
+  template = jax.tree.map(jnp.zeros_like, _template(factory.create_model(config), 8))
   with pytest.raises(ConfigError) as error:
     torch_io.restore_variables(path, template)
   assert str(error.value) == (

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from tensorboard.backend.event_processing import event_accumulator
 
-from adanet_jax import checkpoints, input_pipeline, steps, trainer
+from adanet_jax.data import input_pipeline
+from adanet_jax.train import checkpoints, steps, trainer
 from adanet_jax.errors import ConfigError
 from conftest import restore_state, tiny_config
 

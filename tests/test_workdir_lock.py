@@ -7,7 +7,8 @@ import socket
 
 import pytest
 
-from adanet_jax import errors, rundir, workdir_lock
+from adanet_jax import errors
+from adanet_jax.train import rundir, workdir_lock
 from adanet_jax.errors import ConfigError
 
 

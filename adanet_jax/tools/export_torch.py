@@ -14,7 +14,10 @@ import os
 
 from absl import flags
 
-from adanet_jax import cli, inference, rundir, torch_io
+from adanet_jax.infer import inference
+from adanet_jax.model import torch_io
+from adanet_jax.runtime import cli
+from adanet_jax.train import rundir
 from adanet_jax.errors import ConfigError
 
 

@@ -9,7 +9,7 @@ Everything after `--` goes to every process unchanged. Process i gets
 `XLA_FLAGS=--xla_force_host_platform_device_count=K` (K =
 --devices_per_process), `JAX_PLATFORMS=cpu`, and the distributed settings in
 the environment (`JAX_COORDINATOR_ADDRESS=127.0.0.1:<free port>`,
-`JAX_NUM_PROCESSES=N`, `JAX_PROCESS_ID=i`; see `adanet_jax/distributed.py`).
+`JAX_NUM_PROCESSES=N`, `JAX_PROCESS_ID=i`; see `adanet_jax/runtime/distributed.py`).
 Its output (stdout and stderr) is printed line by line prefixed with `[i] `.
 
 Exit status: 0 when every process exits with 0; when one fails, the others
@@ -30,7 +30,7 @@ import time
 
 from absl import flags
 
-from adanet_jax import cli
+from adanet_jax.runtime import cli
 
 
 def define_flags() -> dict:

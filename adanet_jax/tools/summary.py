@@ -13,7 +13,10 @@ from absl import flags
 import jax
 import jax.numpy as jnp
 
-from adanet_jax import accounting, cli, config_lib, models
+from adanet_jax import config_lib
+from adanet_jax.model import accounting, factory
+from adanet_jax.runtime import cli
+from adanet_jax.train import checks
 
 
 def define_flags() -> dict:
@@ -23,13 +26,13 @@ def define_flags() -> dict:
 
 def summarize(config) -> dict:
   """Returns the summary of the model `config` describes as a dict."""
-  model = models.create_model(config)
+  model = factory.create_model(config)
   shape = (config.data.image_size, config.data.image_size, config.data.channels)
   params = jax.eval_shape(lambda: model.init(
       {'params': jax.random.key(0)}, jnp.zeros((1, *shape)), train=False))['params']
   costs = accounting.cost_table(model, shape)
-  fixed = set(models.fixed_blocks(config))
-  targets = models.block_targets(config)
+  fixed = set(factory.fixed_blocks(config))
+  targets = factory.block_targets(config)
   blocks = []
   for i, name in enumerate(costs.blocks):
     block_params = _count(params[name])
@@ -75,7 +78,7 @@ def _count(tree) -> int:
 def main(args) -> None:
   cli.require(args, 'config')
   jax.config.update('jax_platforms', 'cpu')  # shapes only: no accelerator needed
-  summary = summarize(config_lib.load_config(args.config, args.overrides))
+  summary = summarize(checks.validate(config_lib.load_config(args.config, args.overrides)))
   print(json.dumps(summary) if args.json else format_table(summary))
 
 

@@ -40,9 +40,12 @@ import time
 
 from absl import flags
 
-from adanet_jax import cli, config_lib, rundir
+from adanet_jax import config_lib
+from adanet_jax.runtime import cli
+from adanet_jax.train import rundir
 from adanet_jax.errors import ConfigError, ExpectedError
 from adanet_jax.tools import sweep_summary
+from adanet_jax.train import checks
 
 
 STOP_GRACE_S = 20.0  # seconds a stopped point gets between SIGTERM and SIGKILL
@@ -106,7 +109,7 @@ def load_points(config_arg: str, sweep: str, common: dict) -> list[dict]:
     raise ConfigError(f'sweep {sweep!r} has points with the same overrides: {names}')
   for point in points:
     try:
-      config_lib.load_config(config_arg, {**common, **point})
+      checks.validate(config_lib.load_config(config_arg, {**common, **point}))
     except ConfigError as e:
       raise ConfigError(f'sweep point {point_name(point)}: {e}') from None
   return points

@@ -1,7 +1,7 @@
 """Summary of a sweep: one row per point, read from its workdir, a markdown and
 CSV table, and accuracy against GFLOPs with the Pareto front marked.
 
-Figures come from each workdir's files, read through `adanet_jax.rundir`:
+Figures come from each workdir's files, read through `adanet_jax.train.rundir`:
 the sweep status (overrides, status, wall time), the run's config (gated or
 not, the evaluation mode), its last evaluation, and the compile figures of
 its first launch: the seconds to trace, lower and compile the train step, or
@@ -11,7 +11,7 @@ to load it from the persistent compilation cache (`compile_cached` = 1).
 import csv
 import os
 
-from adanet_jax import rundir
+from adanet_jax.train import rundir
 from adanet_jax.errors import ConfigError
 
 OUTPUT_FILES = ('summary.md', 'summary.csv', 'accuracy_vs_gflops.png')

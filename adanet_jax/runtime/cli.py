@@ -19,6 +19,7 @@ from typing import Callable
 from absl import app, flags
 
 from adanet_jax import config_lib
+from adanet_jax.runtime import console
 from adanet_jax.errors import ConfigError, ExpectedError
 
 
@@ -42,6 +43,8 @@ def run(main: Callable[[types.SimpleNamespace], int | None], define_flags: Calla
     passthrough: whether arguments after `--` are accepted (and passed on
       untouched in `rest`).
   """
+  # Before anything loads TensorFlow or gRPC, which read these once.
+  console.quiet_native_logs()
   holders = define_flags()
   parsed = {}
 

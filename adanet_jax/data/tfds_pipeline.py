@@ -24,7 +24,7 @@ Split sizes come from SPLIT_SIZES, not from tfds metadata: mock data
 (`tfds.testing.mock_data`) carries none, and tests override the table. A
 split that yields another number of examples than the table says is an error.
 
-Decoding and augmentation: `adanet_jax.augment`.
+Decoding and augmentation: `adanet_jax.data.augment`.
 """
 
 import dataclasses
@@ -36,7 +36,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from adanet_jax import augment, batches, jax_setup
+from adanet_jax.data import augment, batches
 from adanet_jax.errors import ConfigError
 
 # Global examples per split: (train, eval). Tests replace entries (mock data
@@ -246,8 +246,21 @@ def create_dataset(config: ml_collections.ConfigDict) -> TfdsDataset:
   ~/tensorflow_datasets). TF, used only for input, is kept off the
   accelerators first.
   """
-  jax_setup.hide_accelerators_from_tf()
+  hide_accelerators_from_tf()
   return TfdsDataset(config.data.name, batch_size=config.train.batch_size,
                      eval_batch_size=config.eval.batch_size, seed=config.seed,
                      image_size=config.data.image_size,
                      data_dir=config.data.data_dir or None)
+
+
+def hide_accelerators_from_tf() -> None:
+  """Keeps TF (used only for input) off GPUs and TPUs, which belong to JAX.
+
+  Imports TF: call it only where a TF pipeline is about to be built.
+  """
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  for kind in ('GPU', 'TPU'):
+    try:
+      tf.config.set_visible_devices([], kind)
+    except (RuntimeError, ValueError):  # TF already initialised, or no such device kind
+      pass

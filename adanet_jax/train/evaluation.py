@@ -10,7 +10,7 @@ them), the paper-style GFLOPs, and the per-class x per-block execution matrix
 import jax
 import numpy as np
 
-from adanet_jax import accounting
+from adanet_jax.model import accounting
 
 
 def summarize(sums: dict, costs: accounting.CostTable, fixed_blocks, gated: bool) -> dict:

@@ -46,7 +46,7 @@ def decay_steps(config: ml_collections.ConfigDict, steps_per_epoch: int) -> tupl
 
 def validate(config: ml_collections.ConfigDict) -> None:
   """Raises ConfigError for a schedule that cannot be built (the value of
-  each number on its own is checked by `config_lib.validate`)."""
+  each number on its own is checked by `checks.validate`)."""
   o = config.optim
   if o.schedule not in SCHEDULES:
     raise ConfigError(f'optim.schedule={o.schedule!r} is unknown; allowed: {", ".join(SCHEDULES)}')

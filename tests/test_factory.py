@@ -5,12 +5,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from adanet_jax import models
+from adanet_jax.model import factory
 from adanet_jax.errors import ConfigError
 
 
 def _params(config):
-  model = models.create_model(config)
+  model = factory.create_model(config)
   s, c = config.data.image_size, config.data.channels
   variables = jax.eval_shape(lambda: model.init(
       {'params': jax.random.key(0)}, jnp.zeros((1, s, s, c)), train=False))
@@ -32,15 +32,15 @@ def test_parameter_counts_match_reference(load_config, name, arg, want_total, wa
 
 
 def test_block_counts_and_fixed_blocks(load_config):
-  assert models.num_blocks(load_config('cifar10.py').model) == 54
-  assert models.num_blocks(load_config('imagenet.py', 'resnet152').model) == 50
+  assert factory.num_blocks(load_config('cifar10.py').model) == 54
+  assert factory.num_blocks(load_config('imagenet.py', 'resnet152').model) == 50
   r50 = load_config('imagenet.py', 'resnet50,t=0.4')
-  assert models.block_targets(r50) == (1, 1, 0.8, 1, .4, .4, .4, 1, .4, .4, .4, .4, .4, 1, .7, 1)
-  assert models.fixed_blocks(r50) == (0, 1, 3, 7, 13, 15)
+  assert factory.block_targets(r50) == (1, 1, 0.8, 1, .4, .4, .4, 1, .4, .4, .4, .4, .4, 1, .7, 1)
+  assert factory.fixed_blocks(r50) == (0, 1, 3, 7, 13, 15)
   r50.gates.fix_target_one = False  # reference behaviour: stochastic, out of the loss
-  assert models.fixed_blocks(r50) == ()
+  assert factory.fixed_blocks(r50) == ()
   r101 = load_config('imagenet.py', 'resnet101,t=0.3')
-  assert models.block_targets(r101) == (1.0,) * 8 + (0.3,) * 25
+  assert factory.block_targets(r101) == (1.0,) * 8 + (0.3,) * 25
 
 
 def _apply(model, variables, x, gate_mode):
@@ -60,7 +60,7 @@ def _shapes(model, x):
 def test_fixed_blocks_always_execute_and_plain_model_has_no_gates(load_config):
   config = load_config('cifar10.py', 'depth=20')
   config.loss.targets = (1, 1, 1, 0.5, 0.5, 0.5, 0.5, 0.5, 1)
-  model = models.create_model(config)
+  model = factory.create_model(config)
   x = jax.random.normal(jax.random.key(0), (8, 32, 32, 3))
   variables = model.init({'params': jax.random.key(1)}, x, train=False)
   p = variables['params']
@@ -74,14 +74,14 @@ def test_fixed_blocks_always_execute_and_plain_model_has_no_gates(load_config):
   np.testing.assert_array_equal(aux['probs'][:, [0, 1, 2, 8]], 1.0)
 
   plain = load_config('cifar10.py', 'depth=20,gated=false')
-  model = models.create_model(plain)
+  model = factory.create_model(plain)
   variables = model.init({'params': jax.random.key(1)}, x, train=False)
   assert not any('gate' in block for block in variables['params'].values()
                  if isinstance(block, dict))
   logits, aux = _apply(model, variables, x, 'sample')
   assert logits.shape == (8, 10)
   np.testing.assert_array_equal(aux['gates'], 1.0)
-  assert models.block_targets(plain) == (1.0,) * 9
+  assert factory.block_targets(plain) == (1.0,) * 9
 
 
 def test_wide_resnet_shapes(load_config):
@@ -89,7 +89,7 @@ def test_wide_resnet_shapes(load_config):
   config.model.name = 'wide_resnet'
   config.model.depth = 16
   config.model.width = 2
-  model = models.create_model(config)
+  model = factory.create_model(config)
   x = jnp.zeros((2, 32, 32, 3))
   variables, (logits, aux) = _shapes(model, x)
   assert logits.shape == (2, 10) and aux['gates'].shape == (2, 6)
@@ -103,7 +103,7 @@ def test_wide_resnet_shapes(load_config):
 def test_bfloat16_compute_keeps_float32_parameters(load_config):
   config = load_config('cifar10.py', 'depth=20')
   config.model.dtype = 'bfloat16'
-  model = models.create_model(config)
+  model = factory.create_model(config)
   x = jnp.zeros((2, 32, 32, 3))
   variables, (logits, aux) = _shapes(model, x)
   assert {v.dtype for v in jax.tree.leaves(variables)} == {jnp.dtype('float32')}
@@ -128,7 +128,7 @@ def test_bad_model_config_is_refused_with_field_name(load_config, field, value, 
   section, key = field.split('.')
   config[section][key] = value
   with pytest.raises(ConfigError, match=message):
-    models.validate(config)
+    factory.validate(config)
 
 
 def test_bad_imagenet_depth_is_refused(load_config):
@@ -136,6 +136,6 @@ def test_bad_imagenet_depth_is_refused(load_config):
   config.model.depth = 34
   with pytest.raises(ConfigError, match=r'model.depth=34 is not allowed for imagenet_resnet: '
                                         r'allowed depths are \[50, 101, 152\]'):
-    models.validate(config)
+    factory.validate(config)
   with pytest.raises(ValueError, match=r"arch='resnet18' is unknown; allowed: resnet50, "):
     load_config('imagenet.py', 'resnet18')

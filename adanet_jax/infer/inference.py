@@ -23,9 +23,13 @@ import jax
 import ml_collections
 import numpy as np
 
-from adanet_jax import (accounting, batches, checkpoints, config_lib, evaluation, input_pipeline,
-                        models, optim, rundir, skip_inference, steps, torch_io)
+from adanet_jax import config_lib
+from adanet_jax.data import batches, input_pipeline
+from adanet_jax.infer import skip_inference
+from adanet_jax.model import accounting, factory, torch_io
+from adanet_jax.train import checkpoints, evaluation, optim, rundir, steps
 from adanet_jax.errors import ConfigError
+from adanet_jax.train import checks
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,7 +45,7 @@ class Prediction:
       (`expected` mode computes every branch).
     probs: (N, blocks) the gates' execution probabilities.
     macs: (N,) exact MACs of each image given `executed` (1 MAC = one
-      multiply-add; see `adanet_jax.accounting`).
+      multiply-add; see `adanet_jax.model.accounting`).
   """
   logits: np.ndarray
   gates: np.ndarray
@@ -130,7 +134,7 @@ class LoadedModel:
         `eval.batch_size`. Fewer images run as one smaller batch.
       seed: Gumbel noise seed of mode 'sample' (batch i uses fold_in(seed, i),
         so the noise depends on the batch size).
-      skip: compute only the blocks that execute (`adanet_jax.skip_inference`;
+      skip: compute only the blocks that execute (`adanet_jax.infer.skip_inference`;
         deterministic gates only). Same outputs up to float rounding.
 
       input_scale: required for integer images, refused for float ones:
@@ -239,7 +243,7 @@ def load(path: str, device: jax.Device | None = None,
     path: a workdir, its `checkpoints` directory (the latest step is
       loaded), one step directory inside it (`checkpoints/<step>`), or a
       `.pth`/`.pt` file (a reference-layout ConvNet-AIG or torchvision ResNet
-      state_dict, see `adanet_jax.torch_io`).
+      state_dict, see `adanet_jax.model.torch_io`).
     device: where the parameters go; default the first local device.
     config: the model's config; required for a PyTorch file (which holds
       none), not allowed otherwise (the workdir's own config is used).
@@ -254,8 +258,8 @@ def load(path: str, device: jax.Device | None = None,
                       'config.json; config= is only for PyTorch files')
   workdir, step = _resolve(path)
   config = rundir.read_config(workdir)
-  config_lib.validate(config)
-  model = models.create_model(config)
+  checks.validate(config)
+  model = factory.create_model(config)
   abstract = _abstract_state(config, model, device or jax.local_devices()[0])
   state = _restore(workdir, abstract, step)
   return LoadedModel(config=config, model=model, params=state.params,
@@ -268,8 +272,8 @@ def _load_torch(path: str, device: jax.Device, config) -> LoadedModel:
     raise ConfigError(f'{path!r} is a PyTorch file and holds no config: pass config=, e.g. '
                       "adanet_jax.load(path, config=config_lib.load_config('configs/"
                       "cifar10.py'))")
-  config_lib.validate(config)
-  model = models.create_model(config)
+  checks.validate(config)
+  model = factory.create_model(config)
   shape = (config.data.image_size, config.data.image_size, config.data.channels)
   # Fresh variables on `device` (the template; gates of a torchvision file keep them).
   with jax.default_device(device):
@@ -330,7 +334,7 @@ def class_block_rates(labels: np.ndarray, executed: np.ndarray, num_classes: int
 
 def downsampling_blocks(config: ml_collections.ConfigDict) -> tuple[int, ...]:
   """Indices of the blocks that downsample: the first of every stage but the first."""
-  return tuple(int(i) for i in np.cumsum(models.stage_sizes(config.model))[:-1])
+  return tuple(int(i) for i in np.cumsum(factory.stage_sizes(config.model))[:-1])
 
 
 
@@ -338,5 +342,5 @@ def gated_blocks(config: ml_collections.ConfigDict) -> tuple[int, ...]:
   """Blocks whose gate decides per image (none in a gates-off model)."""
   if not config.model.gated:
     return ()
-  fixed = set(models.fixed_blocks(config))
-  return tuple(i for i in range(models.num_blocks(config.model)) if i not in fixed)
+  fixed = set(factory.fixed_blocks(config))
+  return tuple(i for i in range(factory.num_blocks(config.model)) if i not in fixed)

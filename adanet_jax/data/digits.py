@@ -12,7 +12,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from adanet_jax import batches
+from adanet_jax.data import batches
 
 # Images whose index is a multiple of this are the test set.
 DIGITS_TEST_EVERY = 5

@@ -51,9 +51,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from adanet_jax import resnet
+from adanet_jax.model import resnet
 from adanet_jax.errors import ConfigError
-from adanet_jax.gate import Gate, check_gate_mode
+from adanet_jax.model.gate import Gate, check_gate_mode
 
 # The open samples of a mixed batch run in chunks of ceil(batch / CHUNKS)
 # rows: at most one chunk per block is partly computed in vain (1/8 of the

@@ -21,7 +21,8 @@ import ml_collections
 import numpy as np
 import optax
 
-from adanet_jax import accounting, losses, models, optim
+from adanet_jax.model import accounting, factory
+from adanet_jax.train import losses, optim
 
 # Named rng streams derived from fold_in(seed key, step).
 GUMBEL_STREAM = 0
@@ -58,7 +59,7 @@ def make_hparams(config: ml_collections.ConfigDict, steps_per_epoch: int) -> dic
   """
   return {
       **optim.optimizer_hparams(config, steps_per_epoch),
-      'targets': np.asarray(models.block_targets(config), np.float32),
+      'targets': np.asarray(factory.block_targets(config), np.float32),
       'loss_weight': np.asarray(config.loss.weight, np.float32),
       'temperature': np.asarray(config.gates.temperature, np.float32),
   }

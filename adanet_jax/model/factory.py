@@ -6,9 +6,9 @@ anything is compiled.
 import jax.numpy as jnp
 import ml_collections
 
-from adanet_jax import norm, resnet
+from adanet_jax.model import norm, resnet
 from adanet_jax.errors import ConfigError
-from adanet_jax.gate import check_gate_mode
+from adanet_jax.model.gate import check_gate_mode
 
 IMAGENET_STAGES = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
 MODEL_NAMES = ('cifar_resnet', 'wide_resnet', 'imagenet_resnet')
@@ -127,7 +127,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
 
 
 def create_model(config: ml_collections.ConfigDict) -> resnet.ResNet:
-  """The ResNet that `config` describes; `config_lib.validate` (which runs
+  """The ResNet that `config` describes; `checks.validate` (which runs
   `validate`) has checked it."""
   m = config.model
   sizes = stage_sizes(m)

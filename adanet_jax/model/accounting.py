@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from adanet_jax.gate import Gate
+from adanet_jax.model.gate import Gate
 
 _BLOCK_NAME = re.compile(r'^stage\d+_block\d+$')
 

@@ -3,7 +3,7 @@
 Resume order, in one place (`restore_or_init`): the latest checkpoint in
 `workdir/checkpoints`, else the checkpoint `config.init_from` names
 (parameters and BatchNorm statistics only; step and optimizer start fresh;
-a `.pth`/`.pt` path is a PyTorch file, read by `adanet_jax.torch_io`), else
+a `.pth`/`.pt` path is a PyTorch file, read by `adanet_jax.model.torch_io`), else
 the freshly initialised state.
 
 A workdir remembers the model it was trained with (`model.json` beside the
@@ -35,7 +35,8 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
-from adanet_jax import rundir, torch_io
+from adanet_jax.model import torch_io
+from adanet_jax.train import rundir
 from adanet_jax.errors import (CheckpointWriteError, ConfigError, DamagedCheckpointError,
                                os_error_text)
 
@@ -216,7 +217,7 @@ class Checkpointer:
       self._move_aside(bad, error, restored_step=step)
     if damaged:
       if jax.process_count() > 1:
-        multihost_utils.sync_global_devices('adanet_jax.checkpoints.moved_aside')
+        multihost_utils.sync_global_devices('adanet_jax.train.checkpoints.moved_aside')
       self.manager.reload()
     return restored
 

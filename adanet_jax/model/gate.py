@@ -13,7 +13,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from adanet_jax import norm
+from adanet_jax.model import norm
 from adanet_jax.errors import ConfigError
 
 GATE_MODES = ('sample', 'deterministic', 'expected')

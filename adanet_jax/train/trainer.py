@@ -6,11 +6,9 @@ devices (pmap's successor): the batch is split over devices, the state is
 replicated and donated, and the result equals the one-device computation.
 
 The train step is compiled ahead of time before its first call: trace, lower
-and compile (or load from JAX's persistent compilation cache), or, where the
-entry point turned it on, load from the executable cache without tracing
-(`executables`). How long that took and whether it was a cache load go into
-the first log record of the launch in metrics.jsonl (`run/compile_s`,
-`run/compile_cached`).
+and compile (or load from JAX's persistent compilation cache). How long that
+took and whether it was a cache load go into the first log record of the
+launch in metrics.jsonl (`run/compile_s`, `run/compile_cached`).
 """
 
 import time
@@ -22,9 +20,9 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 import ml_collections
 import numpy as np
 
-from adanet_jax import (accounting, checkpoints, config_lib, evaluation, executables,
-                        input_pipeline, metrics, models, optim, preemption, rundir, steps,
-                        workdir_lock)
+from adanet_jax.data import input_pipeline
+from adanet_jax.model import accounting, factory
+from adanet_jax.train import checks, checkpoints, evaluation, metrics, optim, preemption, rundir, steps, workdir_lock
 from adanet_jax.errors import ConfigError, NonFiniteLossError, Preempted, reported_write
 
 
@@ -34,23 +32,6 @@ def is_time(step: int, every: int, last_step: int) -> bool:
   Runs every `every` steps (never if `every` <= 0) and always after the last.
   """
   return step == last_step or (every > 0 and step % every == 0)
-
-
-def check_run_config(config: ml_collections.ConfigDict) -> None:
-  """Checks the config (`config_lib.validate`) and what depends on the
-  machine, before anything is created or compiled."""
-  config_lib.validate(config)
-  if config.init_from:  # refused before the workdir is created
-    checkpoints.check_init_from(config.init_from)
-  n = jax.device_count()
-  for field, size in (('train.batch_size', config.train.batch_size),
-                      ('eval.batch_size', config.eval.batch_size)):
-    if size <= 0 or size % n:
-      raise ConfigError(f'{field}={size} must be a positive multiple of the device count '
-                        f'({n} devices)')
-  if not 1 <= config.train.sync_every_steps <= 10 and jax.default_backend() == 'cpu':
-    raise ConfigError(f'train.sync_every_steps={config.train.sync_every_steps} must be '
-                      'in [1, 10] on CPU (more queued steps can deadlock XLA:CPU)')
 
 
 class Runner:
@@ -65,21 +46,20 @@ class Runner:
                               axis_types=(jax.sharding.AxisType.Auto,), devices=devices)
     self.replicated = NamedSharding(self.mesh, P())
     self.data = NamedSharding(self.mesh, P('data'))
-    self.model = models.create_model(config)
+    self.model = factory.create_model(config)
     self.costs = accounting.cost_table(self.model, dataset.image_shape)
     self.steps_per_epoch = dataset.steps_per_epoch
     self.num_steps = optim.epochs_to_steps(config.train.num_epochs, self.steps_per_epoch)
     self.eval_every_steps = optim.epochs_to_steps(config.train.eval_every_epochs,
                                                   self.steps_per_epoch)
     self.tx, _ = optim.create_optimizer(config, self.steps_per_epoch)
-    self.fixed_blocks = models.fixed_blocks(config)
+    self.fixed_blocks = factory.fixed_blocks(config)
     self.hparams = self.replicate(steps.make_hparams(config, self.steps_per_epoch))
     self._jitted_train_step = jax.jit(
         steps.make_train_step(config), out_shardings=self.replicated, donate_argnums=0,
         in_shardings=(self.replicated, self.data, self.replicated, self.replicated))
     self._compiled_train_step = None
     self.compile_info = None  # {'compile_s', 'compile_cached'} once compiled
-    self.compile_source = None  # where the compiled step came from (`executables`)
     self.eval_steps = {
         mode: jax.jit(lambda s, b, mode=mode: steps.eval_step(
             s, b, gate_mode=mode, num_classes=config.model.num_classes),
@@ -94,21 +74,17 @@ class Runner:
 
     Returns:
       {'compile_s': seconds, 'compile_cached': 1.0 if the executable came from
-      a cache (JAX's or the executable cache) else 0.0}.
+      JAX's persistent compilation cache else 0.0}.
     """
     logging.info('compiling the train step...')
     start = time.perf_counter()
-    self._compiled_train_step, source = executables.load_or_compile(
-        self._jitted_train_step, (state, batch, self.key, self.hparams),
-        description=self.config.to_dict())
+    with CacheHitCounter() as hits:
+      self._compiled_train_step = self._jitted_train_step.lower(
+          state, batch, self.key, self.hparams).compile()
     seconds = time.perf_counter() - start
-    if source == executables.COMPILED:
-      logging.info('compiled the train step in %.1f s', seconds)
-    else:
-      logging.info('loaded the train step from the %s in %.1f s', source, seconds)
-    self.compile_source = source
-    self.compile_info = {'compile_s': seconds,
-                         'compile_cached': float(source != executables.COMPILED)}
+    logging.info('%s the train step in %.1f s',
+                 'loaded' if hits.count else 'compiled', seconds)
+    self.compile_info = {'compile_s': seconds, 'compile_cached': float(hits.count > 0)}
     return self.compile_info
 
   def train_step(self, state, batch: dict, key: jax.Array):
@@ -174,7 +150,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, dataset=
     errors.WorkdirInUseError: another live run holds `workdir`.
     errors.CheckpointWriteError: a checkpoint could not be written.
   """
-  check_run_config(config)
+  checks.check_run_config(config)
   with workdir_lock.acquire(workdir), preemption.StopRequest() as stop:
     return _train(config, workdir, dataset, stop)
 
@@ -241,7 +217,7 @@ def _save_and_stop(step: int, state, sums, checkpointer, saved: bool, message: s
   if not saved:
     checkpointer.save(step, state)
   if jax.process_count() > 1:  # no process exits before every part of the save is written
-    multihost_utils.sync_global_devices('adanet_jax.trainer.preempted')
+    multihost_utils.sync_global_devices('adanet_jax.train.trainer.preempted')
   raise Preempted(message)
 
 
@@ -256,6 +232,28 @@ def _raise_if_nonfinite(sums: dict, checkpointer) -> None:
     raise NonFiniteLossError(
         f'the loss is not finite at step {int(first_bad)} (0-based optimizer step); training '
         f'stopped, {kept}')
+
+
+class CacheHitCounter:
+  """Counts persistent-compilation-cache hits while it is entered (JAX's
+  public monitoring events; `count` stays 0 when the cache is off or missed)."""
+
+  HIT_EVENT = '/jax/compilation_cache/cache_hits'
+
+  def __init__(self):
+    self.count = 0
+
+  def _listen(self, event: str, **kwargs) -> None:
+    del kwargs
+    if event == self.HIT_EVENT:
+      self.count += 1
+
+  def __enter__(self):
+    jax.monitoring.register_event_listener(self._listen)
+    return self
+
+  def __exit__(self, *exc_info):
+    jax.monitoring.unregister_event_listener(self._listen)
 
 
 class Progress:

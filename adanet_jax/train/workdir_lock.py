@@ -27,7 +27,7 @@ import jax
 from jax.experimental import multihost_utils
 import numpy as np
 
-from adanet_jax import rundir
+from adanet_jax.train import rundir
 from adanet_jax.errors import ConfigError, WorkdirInUseError
 
 HEARTBEAT_S = 30.0

@@ -149,7 +149,7 @@ def _join(coordinator_address=None, num_processes=None, process_id=None, **kwarg
                'coordinator %s', f'all {num_processes} processes have' if num_processes
                else 'all processes of the cluster job have',
                coordinator_address or '(detected from the cluster environment)')
-  from adanet_jax import console  # pylint: disable=import-outside-toplevel
+  from adanet_jax.runtime import console  # pylint: disable=import-outside-toplevel
   with console.native_output_filtered(drop_prefixes=('[Gloo]',)):
     jax.distributed.initialize(coordinator_address, num_processes, process_id, **kwargs)
     connect_collectives()
@@ -168,7 +168,7 @@ def connect_collectives() -> None:
   """
   if jax.process_count() == 1 or jax.default_backend() != 'cpu':
     return
-  multihost_utils.sync_global_devices('adanet_jax.distributed.connect_collectives')
+  multihost_utils.sync_global_devices('adanet_jax.runtime.distributed.connect_collectives')
   mesh = jax.make_mesh((jax.device_count(),), ('data',),
                        axis_types=(jax.sharding.AxisType.Auto,))
   ones = jax.make_array_from_process_local_data(NamedSharding(mesh, P('data')),

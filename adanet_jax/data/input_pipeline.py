@@ -9,9 +9,9 @@ A dataset gives the trainer:
     one padded, with a `mask` that is 1 on real examples and 0 on padding.
   - `num_train`, `num_eval`, `num_classes`, `image_shape`, `steps_per_epoch`.
 
-The datasets: `digits` (`adanet_jax.digits`, offline) and the tfds datasets
-`cifar10`, `cifar100`, `imagenet2012` (`adanet_jax.tfds_pipeline`). Padding
-and process shares: `adanet_jax.batches`.
+The datasets: `digits` (`adanet_jax.data.digits`, offline) and the tfds datasets
+`cifar10`, `cifar100`, `imagenet2012` (`adanet_jax.data.tfds_pipeline`). Padding
+and process shares: `adanet_jax.data.batches`.
 """
 
 from typing import Iterator, Protocol
@@ -19,7 +19,7 @@ from typing import Iterator, Protocol
 import ml_collections
 import numpy as np
 
-from adanet_jax import digits
+from adanet_jax.data import digits
 from adanet_jax.errors import ConfigError
 
 DATASETS = ('digits', 'cifar10', 'cifar100', 'imagenet2012')
@@ -49,7 +49,7 @@ def create_dataset(config: ml_collections.ConfigDict) -> Dataset:
   if name == 'digits':
     dataset = digits.load_digits(config)
   else:
-    from adanet_jax import tfds_pipeline  # pylint: disable=import-outside-toplevel
+    from adanet_jax.data import tfds_pipeline  # pylint: disable=import-outside-toplevel
     dataset = tfds_pipeline.create_dataset(config)
   want = (config.data.image_size, config.data.image_size, config.data.channels)
   if dataset.image_shape != want:

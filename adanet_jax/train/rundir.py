@@ -2,9 +2,9 @@
 
   <workdir>/config.json        the resolved config of the run (process 0 writes it)
   <workdir>/metrics.jsonl      one JSON object per log or evaluation step
-  <workdir>/checkpoints/       orbax checkpoints (`adanet_jax.checkpoints`)
+  <workdir>/checkpoints/       orbax checkpoints (`adanet_jax.train.checkpoints`)
   <workdir>/checkpoints_damaged/<step>-<time>   steps that failed to restore, set aside
-  <workdir>/workdir.lock       the live run's lock (`adanet_jax.workdir_lock`)
+  <workdir>/workdir.lock       the live run's lock (`adanet_jax.train.workdir_lock`)
   <workdir>/eval/class_block_rates_<mode>_step<N>.csv   per class x per block rates
   <workdir>/sweep_status.json  a sweep point's status (`adanet_jax.tools.sweep`)
   <workdir>/log.txt            a sweep point's console output

@@ -42,16 +42,3 @@ class _LibraryInfoFilter(logging.Filter):
 def quiet_library_logs() -> None:
   """Keeps the console to our own progress lines and library warnings."""
   absl_logging.get_absl_handler().addFilter(_LibraryInfoFilter())
-
-
-def hide_accelerators_from_tf() -> None:
-  """Keeps TF (used only for input) off GPUs and TPUs, which belong to JAX.
-
-  Imports TF: call it only where a TF pipeline is about to be built.
-  """
-  import tensorflow as tf  # pylint: disable=import-outside-toplevel
-  for kind in ('GPU', 'TPU'):
-    try:
-      tf.config.set_visible_devices([], kind)
-    except (RuntimeError, ValueError):  # TF already initialised, or no such device kind
-      pass

@@ -25,8 +25,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from adanet_jax import norm
-from adanet_jax.gate import Gate, check_gate_mode, torch_bias_init
+from adanet_jax.model import norm
+from adanet_jax.model.gate import Gate, check_gate_mode, torch_bias_init
 
 # PyTorch's default conv/linear init (the reference CIFAR model keeps it) and He
 # fan-out normal (the reference ImageNet model).

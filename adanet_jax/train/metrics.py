@@ -19,7 +19,7 @@ import numpy as np
 from tensorboard.compat.proto import event_pb2, summary_pb2
 from tensorboard.summary.writer.record_writer import RecordWriter
 
-from adanet_jax import console, rundir
+from adanet_jax.train import progress, rundir
 from adanet_jax.errors import reported_write
 
 # Numbers event files opened by this process: TensorBoard reads a directory's
@@ -89,7 +89,7 @@ class TensorBoardWriter:
 
 
 class MetricLogger:
-  """Writes metric dicts to the console (`console.ConsoleWriter`: a progress
+  """Writes metric dicts to the console (`progress.ConsoleWriter`: a progress
   line per log step, a line per evaluation mode), TensorBoard
   (`TensorBoardWriter`; a per-block list becomes `name/block07` scalars) and
   metrics.jsonl (everything, lists kept)."""
@@ -103,7 +103,7 @@ class MetricLogger:
       WorkdirWriteError: the files cannot be written (a full disk).
     """
     self.chief = jax.process_index() == 0
-    self.console = console.ConsoleWriter(max(num_steps, 1), steps_per_epoch)
+    self.console = progress.ConsoleWriter(max(num_steps, 1), steps_per_epoch)
     self.tensorboard = self.jsonl = None
     self.workdir = workdir
     if not self.chief:

@@ -1,0 +1,1 @@
+"""Datasets: the interface, digits, tfds pipelines, augmentation, batching."""

@@ -1,0 +1,1 @@
+"""Inference: loading a trained model, predicting, skipping closed blocks."""

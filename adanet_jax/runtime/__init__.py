@@ -1,0 +1,1 @@
+"""Process start-up for entry points: CLI, distributed start-up, console, JAX settings."""

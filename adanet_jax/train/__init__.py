@@ -1,0 +1,1 @@
+"""Training: step, optimizer, losses, loop, evaluation, metrics, checkpoints, run directory."""
