@@ -6,8 +6,8 @@ ConvNet-AIG code) computes:
 - The batch variance takes two passes, the mean first and then the mean of the
   squared deviations. Flax's one pass (E[x^2] - E[x]^2) cancels
   catastrophically when a feature's spread is small next to its mean, which is
-  the usual case for the gates' 16 hidden units: against a float64 run, the
-  gate-path errors were 10-40x PyTorch's own float32 errors.
+  the usual case for the gates' 16 hidden units (the gate path then loses
+  float32 precision that PyTorch keeps; figures in the README).
 - The running variance is updated with the unbiased batch variance
   (x n/(n-1), n = elements per channel over the whole batch); normalisation
   itself uses the biased one.
