@@ -11,12 +11,17 @@ environment, cluster auto-detection) and `adanet_jax/tools/launch.py` for N
 processes on one machine.
 """
 
-from absl import flags, logging
+import logging
+
+from absl import flags
 import jax
 
 from adanet_jax import config_lib
 from adanet_jax.runtime import cli, distributed, jax_setup
 from adanet_jax.train import trainer
+
+# Named, not __name__: run as `python -m adanet_jax.main` that is '__main__'.
+logger = logging.getLogger('adanet_jax.main')
 
 
 def define_flags() -> dict:
@@ -42,8 +47,8 @@ def main(args) -> None:
   jax_setup.enable_compilation_cache()
   jax_setup.quiet_library_logs()
   distributed.log_only_on_chief()
-  logging.info('JAX %s on %d %s device(s), %d process(es) (%s)', jax.__version__,
-               jax.device_count(), jax.default_backend(), jax.process_count(), started)
+  logger.info('JAX %s on %d %s device(s), %d process(es) (%s)', jax.__version__,
+              jax.device_count(), jax.default_backend(), jax.process_count(), started)
   final = trainer.train_and_evaluate(config, args.workdir)
   if jax.process_index() != 0:  # the final metrics are the same on every process
     return

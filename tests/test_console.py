@@ -91,6 +91,9 @@ def test_training_and_load_print_no_noise(tmp_path):
   assert progress[-1].startswith('step 9/9 | epoch 0.2/0.2 | ')
   assert 'eval at step 9 (deterministic gates) | accuracy ' in out.stdout
   assert 'train/loss=' not in text  # the old key=value dump
+  # Log lines only from our own modules: the libraries' INFO lines are quieted.
+  sources = set(re.findall(r'^[IWE]\d{4} [\d:.]+ +\d+ ([\w.]+):\d+\]', text, re.M))
+  assert sources == {'main.py', 'trainer.py'}, text[-3000:]
 
   load = subprocess.run(
       [sys.executable, '-c', 'import sys, adanet_jax; m = adanet_jax.load(sys.argv[1]); '

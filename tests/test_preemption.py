@@ -19,3 +19,9 @@ def test_signals_are_recorded_and_the_old_handlers_restored():
                                    'step 4; run the same command again to resume from there')
   assert {s: signal.getsignal(s) for s in preemption.SIGNALS} == before
   assert errors.Preempted('x').exit_code == errors.Preempted.exit_code == 75
+
+
+def test_one_process_has_no_preemption_service():
+  # JAX starts it only in `jax.distributed.initialize`; one process asks its own flag.
+  assert not preemption.preemption_service_running()
+  assert not preemption.StopRequest().should_stop(1)

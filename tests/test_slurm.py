@@ -43,7 +43,7 @@ def test_srun_two_tasks_equal_one_process_with_two_devices(slurm_cluster, load_c
                        cwd=REPO, env=env, capture_output=True, text=True, timeout=500)
   log = out.stdout + out.stderr
   assert out.returncode == 0, log[-5000:]
-  assert 'JAX 0.10.2 on 2 cpu device(s), 2 process(es) (cluster environment SlurmCluster)' in log
+  assert 'JAX 0.10.2 on 2 cpu device(s), 2 process(es) (cluster environment detected by JAX)' in log
   assert '[Gloo]' not in log
   _assert_same_state(_config(load_config), workdir, reference)
 

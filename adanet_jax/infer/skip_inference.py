@@ -14,12 +14,11 @@ for the whole batch, outside any vmap:
   rows are scattered back over the block's output with the branch left out,
   relu(shortcut(x)) (post-activation blocks) or shortcut(x) (pre-activation).
   At most one chunk is partly wasted. The block is compiled once for the
-  whole batch and once for a chunk, whatever the count: compiling it once per
-  possible buffer size (1/8, 2/8, ... of the batch) made the skipping path
-  compile 4.4x as long as the masked model at batch 256, the loop 1.6x
-  (ResNet-110, CPU), for the same run time at batch 256 and up to 8% more
-  at batch 32 (chunks of 4 rows). On a GPU the loop's trip count, like the
-  switch's index, is read by the host.
+  whole batch and once for a chunk, whatever the count, because compiling it
+  once per possible buffer size (1/8, 2/8, ... of the batch) multiplied the
+  compile time for little run time (figures: README, "Skipping closed blocks
+  for real"). On a GPU the loop's trip count, like the switch's index, is
+  read by the host.
 
 `lax.switch` on the number of open samples picks one of these, so only the
 chosen one runs. In inference BatchNorm uses its running averages, one sample

@@ -8,23 +8,26 @@ comes from the first of:
      `JAX_PROCESS_ID` (what `adanet_jax.tools.launch` sets).
 Then:
   - all three set: `initialize` with exactly those, no auto-detection;
-  - some set, inside a cluster JAX recognises: JAX detects the rest;
-  - none set, inside a cluster JAX recognises (Cloud TPU VM, SLURM `srun`,
-    Open MPI, Kubernetes JobSet): `initialize()` with no arguments, JAX
-    detects everything. Under SLURM JAX also gives each process only the
-    accelerator of its local rank (one process per GPU); set
-    `JAX_LOCAL_DEVICE_IDS` for another layout;
-  - none set, no cluster: one process, no `initialize`.
+  - otherwise `initialize` with those that are set, and JAX's own
+    auto-detection fills in the rest:
+    - inside a cluster JAX recognises (Cloud TPU VM, SLURM `srun`, Open MPI,
+      Kubernetes JobSet) it joins that job. Under SLURM JAX also gives each
+      process only the accelerator of its local rank (one process per GPU);
+      set `JAX_LOCAL_DEVICE_IDS` for another layout;
+    - outside any, JAX raises ValueError (a setting it cannot define) before
+      it starts anything: with none set, the run is one process; with some
+      set, a ConfigError names what is missing.
 
 `initialize` must run before any JAX computation (JAX refuses otherwise), so
 entry points call it first.
 """
 
 import dataclasses
+import logging
 import os
 from typing import Mapping
 
-from absl import logging
+from absl import logging as absl_logging
 import jax
 from jax.experimental import multihost_utils
 import jax.numpy as jnp
@@ -36,6 +39,8 @@ from adanet_jax.errors import ConfigError
 ENV_COORDINATOR = 'JAX_COORDINATOR_ADDRESS'  # also read by JAX itself
 ENV_NUM_PROCESSES = 'JAX_NUM_PROCESSES'
 ENV_PROCESS_ID = 'JAX_PROCESS_ID'
+
+logger = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,22 +100,6 @@ def _int_setting(flag_value: int | None, environ: Mapping[str, str], name: str) 
     raise ConfigError(f'environment variable {name}={raw!r} must be an integer') from None
 
 
-def detected_cluster() -> str | None:
-  """The cluster environment JAX's auto-detection would use, or None.
-
-  Returns:
-    The name of JAX's cluster class (e.g. 'SlurmCluster', 'GceTpuCluster'),
-    or None outside any cluster JAX knows.
-  """
-  # JAX exports no detection API; its cluster registry is what
-  # `jax.distributed.initialize()` consults, so asking it keeps us in step.
-  from jax._src import clusters  # pylint: disable=import-outside-toplevel
-  for env in clusters.ClusterEnv._cluster_types:  # pylint: disable=protected-access
-    if not env.opt_in_only_method and env.is_env_present():
-      return env.__name__
-  return None
-
-
 def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
                process_id: int | None = None, environ: Mapping[str, str] | None = None) -> str:
   """Joins the distributed job the flags, environment or cluster describe.
@@ -121,34 +110,41 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
 
   Returns:
     How the process started, for the log: 'single process', 'explicit
-    settings' or 'cluster environment <name>'.
+    settings' or 'cluster environment detected by JAX'.
+
+  Raises:
+    ConfigError: some settings are given, and no cluster environment
+      supplies the rest.
   """
   settings = resolve_settings(coordinator_address, num_processes, process_id, environ)
   if settings.complete:
     # Explicit settings win: no cluster detection (which could, e.g. under
     # SLURM, also restrict the visible devices).
+    logger.info('joining the jax.distributed job: waiting until all %d processes have '
+                'connected to the coordinator %s', settings.num_processes,
+                settings.coordinator_address)
     _join(*settings.values(), cluster_detection_method='deactivate')
     return 'explicit settings'
-  cluster = detected_cluster()
-  if cluster is None:
+  try:
+    # JAX detects what is None from the cluster environment it recognises;
+    # outside any, it raises ValueError (a setting it cannot define) before
+    # it connects or changes anything.
+    _join(*settings.values())
+  except ValueError:
+    if jax.distributed.is_initialized():
+      raise
     if not settings.empty:
       raise ConfigError(
           'incomplete distributed settings (coordinator address, process count, process id = '
           f'{settings.values()}) and no cluster environment to detect the rest: give all three '
-          f'(flags, or {ENV_COORDINATOR} / {ENV_NUM_PROCESSES} / {ENV_PROCESS_ID})')
+          f'(flags, or {ENV_COORDINATOR} / {ENV_NUM_PROCESSES} / {ENV_PROCESS_ID})') from None
     return 'single process'
-  _join(*settings.values())  # JAX detects what is None
-  return f'cluster environment {cluster}'
+  return 'cluster environment detected by JAX'
 
 
 def _join(coordinator_address=None, num_processes=None, process_id=None, **kwargs) -> None:
-  """`jax.distributed.initialize(...)`, then `connect_collectives`; says first
-  what it waits for, and keeps gloo's connection lines off the console
-  unless something fails."""
-  logging.info('joining the jax.distributed job: waiting until %s connected to the '
-               'coordinator %s', f'all {num_processes} processes have' if num_processes
-               else 'all processes of the cluster job have',
-               coordinator_address or '(detected from the cluster environment)')
+  """`jax.distributed.initialize(...)`, then `connect_collectives`, keeping
+  gloo's connection lines off the console unless something fails."""
   from adanet_jax.runtime import console  # pylint: disable=import-outside-toplevel
   with console.native_output_filtered(drop_prefixes=('[Gloo]',)):
     jax.distributed.initialize(coordinator_address, num_processes, process_id, **kwargs)
@@ -180,4 +176,4 @@ def log_only_on_chief() -> None:
   """Keeps INFO logs to process 0; the others still log warnings and errors,
   so a failure on any process shows up."""
   if jax.process_index() != 0:
-    logging.set_verbosity(logging.WARNING)
+    absl_logging.set_verbosity(absl_logging.WARNING)  # the root logger's level

@@ -21,7 +21,6 @@ that cannot be written (full disk, I/O error) stops training at once with
 """
 
 import contextlib
-import glob
 import json
 import logging
 import os
@@ -40,7 +39,8 @@ from adanet_jax.train import rundir
 from adanet_jax.errors import (CheckpointWriteError, ConfigError, DamagedCheckpointError,
                                os_error_text)
 
-_TMP_SUFFIX = '.orbax-checkpoint-tmp'
+logger = logging.getLogger(__name__)
+
 MODEL_FIELDS = ('model', 'gates.hidden', 'data.image_size', 'data.channels')
 # Model fields that only choose an initialisation: a checkpoint restores over
 # them, so workdirs written before they existed keep loading.
@@ -74,25 +74,22 @@ def step_dirs(directory: str) -> list[int]:
                  if n.isdigit() and os.path.isdir(os.path.join(directory, n))), reverse=True)
 
 
-class _DropOrbaxNoise(logging.Filter):
-  """Drops orbax's warnings about read-only managers and its logged tracebacks
-  of a failed save or restore (we report those ourselves, in one line)."""
-
-  def filter(self, record: logging.LogRecord) -> bool:
-    return '/orbax/' not in record.pathname or record.levelno < logging.WARNING
-
-
 @contextlib.contextmanager
 def _quiet_orbax():
-  handler = absl_logging.get_absl_handler()
-  noise = _DropOrbaxNoise()
-  handler.addFilter(noise)
-  logging.getLogger('absl').addFilter(noise)
+  """Silences orbax inside the block: its warnings about read-only managers
+  and empty or stray step directories, and its logged tracebacks of a failed
+  save or restore (we report those ourselves, in one line).
+
+  Orbax logs through absl's logger, which our own modules do not use, so the
+  block raises that logger's level above CRITICAL and restores it afterwards.
+  """
+  absl_logger = absl_logging.get_absl_logger()
+  level = absl_logger.level
+  absl_logger.setLevel(logging.CRITICAL + 1)
   try:
     yield
   finally:
-    handler.removeFilter(noise)
-    logging.getLogger('absl').removeFilter(noise)
+    absl_logger.setLevel(level)
 
 
 def _first_line(error: BaseException) -> str:
@@ -181,8 +178,10 @@ class Checkpointer:
     """Removes the unfinished (temporary) directory of a failed save: it is
     no checkpoint, only in the way of the space a rerun needs."""
     if jax.process_index() == 0:
-      for path in glob.glob(os.path.join(self.directory, f'{step}{_TMP_SUFFIX}*')):
-        shutil.rmtree(path, ignore_errors=True)
+      # Orbax's own account of its unfinished directories: their naming is its business.
+      for unfinished in ocp.step.all_temporary_paths(self.directory):
+        if unfinished.get_final().name == str(step):
+          shutil.rmtree(unfinished.get(), ignore_errors=True)
 
   def restore(self, state, step: int | None = None):
     """Restores into the shapes, dtypes and shardings of `state`."""
@@ -226,8 +225,8 @@ class Checkpointer:
     if jax.process_index() == 0:
       os.makedirs(os.path.dirname(target), exist_ok=True)
       os.rename(os.path.join(self.directory, str(step)), target)
-    absl_logging.warning('checkpoint step %d does not restore (%s); moved to %s, resuming from '
-                         'step %d', step, _first_line(error), target, restored_step)
+    logger.warning('checkpoint step %d does not restore (%s); moved to %s, resuming from '
+                   'step %d', step, _first_line(error), target, restored_step)
 
   def close(self) -> None:
     self.manager.wait_until_finished()
@@ -283,8 +282,8 @@ def restore_from(path: str, state, step: int | None = None):
       restored, error = _restore_step(manager, candidate, state)
       if restored is not None:
         for bad, bad_error in damaged:
-          absl_logging.warning('checkpoint step %d of %s does not restore (%s); loaded step '
-                               '%d instead', bad, path, _first_line(bad_error), candidate)
+          logger.warning('checkpoint step %d of %s does not restore (%s); loaded step '
+                         '%d instead', bad, path, _first_line(bad_error), candidate)
         return restored
       damaged.append((candidate, error))
   finally:

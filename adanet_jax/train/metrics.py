@@ -59,7 +59,7 @@ class TensorBoardWriter:
   """Scalars in a TensorBoard event file of `logdir`, written record by record.
 
   Written with TensorBoard's own protos and record framing, not through
-  TensorFlow, whose import costs every start of a run 3-4 s. A run resumed
+  TensorFlow, whose import would slow every start of a run (README). A run resumed
   at `start_step` writes a SessionLog START event at start_step + 1: on
   reading it TensorBoard discards the steps after `start_step` that earlier
   event files hold (logged before an interruption, logged again now).

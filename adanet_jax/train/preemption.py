@@ -15,7 +15,10 @@ service does that: `jax.distributed.initialize` installs its own SIGTERM
 handler on every process, a notice on any process reaches all of them, and
 `multihost_utils.reached_preemption_sync_point(step)`, asked at every step,
 turns True on all processes at the same step. SIGINT is passed on to that
-handler as SIGTERM, so Ctrl-C on one process stops the whole job alike.
+handler as SIGTERM, so Ctrl-C on one process stops the whole job alike. JAX
+starts the service in `initialize` when its public config
+`jax_enable_preemption_service` is on (the default); with it off, the
+processes agree through a tiny allgather of their flags at every step.
 
 A second signal while the checkpoint is written changes nothing: the request
 is already recorded and the save runs to its end.
@@ -26,11 +29,21 @@ import signal
 import threading
 
 import jax
-from jax._src import distributed as jax_distributed  # the preemption service's state
 from jax.experimental import multihost_utils
 
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+def preemption_service_running() -> bool:
+  """Whether JAX's preemption service runs in this job.
+
+  `jax.distributed.initialize` starts it when the config
+  `jax_enable_preemption_service` is on at that moment; entry points never
+  change the config afterwards, so reading it now tells the same.
+  """
+  return (jax.process_count() > 1 and jax.distributed.is_initialized()
+          and bool(jax.config.jax_enable_preemption_service))
 
 
 class StopRequest:
@@ -40,8 +53,7 @@ class StopRequest:
   def __init__(self):
     self.signal_name = None
     self._previous = {}
-    self._service = jax.process_count() > 1 and (
-        jax_distributed.global_state.preemption_sync_manager is not None)
+    self._service = preemption_service_running()
 
   def __enter__(self):
     # Handlers can only be set from the main thread; elsewhere (a notebook

@@ -11,9 +11,9 @@ took and whether it was a cache load go into the first log record of the
 launch in metrics.jsonl (`run/compile_s`, `run/compile_cached`).
 """
 
+import logging
 import time
 
-from absl import logging
 import jax
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
@@ -24,6 +24,8 @@ from adanet_jax.data import input_pipeline
 from adanet_jax.model import accounting, factory
 from adanet_jax.train import checks, checkpoints, evaluation, metrics, optim, preemption, rundir, steps, workdir_lock
 from adanet_jax.errors import ConfigError, NonFiniteLossError, Preempted, reported_write
+
+logger = logging.getLogger(__name__)
 
 
 def is_time(step: int, every: int, last_step: int) -> bool:
@@ -76,14 +78,13 @@ class Runner:
       {'compile_s': seconds, 'compile_cached': 1.0 if the executable came from
       JAX's persistent compilation cache else 0.0}.
     """
-    logging.info('compiling the train step...')
+    logger.info('compiling the train step...')
     start = time.perf_counter()
     with CacheHitCounter() as hits:
       self._compiled_train_step = self._jitted_train_step.lower(
           state, batch, self.key, self.hparams).compile()
     seconds = time.perf_counter() - start
-    logging.info('%s the train step in %.1f s',
-                 'loaded' if hits.count else 'compiled', seconds)
+    logger.info('%s the train step in %.1f s', 'loaded' if hits.count else 'compiled', seconds)
     self.compile_info = {'compile_s': seconds, 'compile_cached': float(hits.count > 0)}
     return self.compile_info
 
