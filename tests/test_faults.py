@@ -335,7 +335,8 @@ def _failing_write_run(workdir, patch: str) -> tuple[Run, list[str]]:
   on a full disk) to its end; (the run, its `error:` lines). It must exit
   with status 1 and no traceback."""
   main = ('import sys\n'
-          'from adanet_jax import cli, main\n'
+          'from adanet_jax import main\n'
+          'from adanet_jax.runtime import cli\n'
           'sys.argv = ["main"] + sys.argv[1:]\n'
           'cli.run(main.main, main.define_flags)\n')
   run = Run([sys.executable, '-c', patch + main, *_args(workdir)])
@@ -373,7 +374,7 @@ def test_failed_metrics_write_stops_with_one_line_and_the_rerun_resumes(referenc
   workdir = tmp_path / 'w'
   inject = (
       'import builtins, errno\n'
-      'from adanet_jax import metrics\n'
+      'from adanet_jax.train import metrics\n'
       'class Full:\n'
       '  def __init__(self, f):\n'
       '    self.f = f\n'
