@@ -11,7 +11,7 @@ compile and first-step seconds on a cold compilation cache, then the mean of
 the next `--steps` steps, images/s and GFLOP/s (3 x the forward FLOPs with
 every block run, the usual training estimate). Then, for the scanned model,
 three launches of the trainer's step (subprocesses on the same caches, each
-building the trainer's `Runner` as `python -m adanet_jax.main` does):
+building the trainer's `setup` as `python -m adanet_jax.main` does):
 seconds from entering the loop (the step not yet traced) until the first
 step starts, and that step's time. The first compiles the trainer's jit
 (other shardings than the one timed before) and keeps it in both caches;
@@ -53,7 +53,7 @@ import numpy as np
 from adanet_jax.infer import skip_inference
 from adanet_jax.model import accounting, factory, norm
 from adanet_jax.runtime import executables, jax_setup
-from adanet_jax.train import optim, steps, trainer
+from adanet_jax.train import optim, plan as plan_lib, steps, trainer
 from experiments import torch_step
 
 FLAGS = flags.FLAGS
@@ -96,16 +96,17 @@ def setup(config, variant: str, batch_size: int):
   model = factory.create_model(config)
   if variant == 'unrolled':
     model = model.clone(scan_min_run=None)
-  tx, _ = optim.create_optimizer(config, STEPS_PER_EPOCH)
-  state = steps.create_train_state(config, model, tx, jax.random.key(0))
+  plan = plan_lib.make_plan(config, STEPS_PER_EPOCH)
+  tx, schedule = optim.create_optimizer(plan.optimizer)
+  state = steps.create_train_state(model, tx, plan.image_shape, jax.random.key(0))
   return (model, state, example_batch(config, batch_size), jax.random.key(config.seed),
-          steps.make_hparams(config, STEPS_PER_EPOCH))
+          steps.make_hparams(plan), steps.make_train_step(plan, schedule))
 
 
 def benchmark(config, batch_size: int, num_steps: int, variant: str = 'scanned') -> dict:
   """Times one config and model variant; returns the figures as a dict."""
-  model, state, batch, key, hparams = setup(config, variant, batch_size)
-  step = jax.jit(steps.make_train_step(config), donate_argnums=0)
+  model, state, batch, key, hparams, train_step = setup(config, variant, batch_size)
+  step = jax.jit(train_step, donate_argnums=0)
   t0 = time.perf_counter()
   lowered = step.lower(state, batch, key, hparams)
   t1 = time.perf_counter()
@@ -126,8 +127,8 @@ def benchmark(config, batch_size: int, num_steps: int, variant: str = 'scanned')
 
 
 def launch_first_step(config, batch_size: int) -> tuple[float, float, str]:
-  """A launch of the trainer's train step: its `Runner`, initial state and
-  first batch, then the first step.
+  """A launch of the trainer's train step: its `trainer.setup`, initial state
+  and first batch, then the first step.
 
   Returns:
     (seconds from entering the loop until the first step starts, as the
@@ -136,16 +137,17 @@ def launch_first_step(config, batch_size: int) -> tuple[float, float, str]:
     where the step came from).
   """
   shape = (config.data.image_size, config.data.image_size, config.data.channels)
-  runner = trainer.Runner(config, types.SimpleNamespace(image_shape=shape,
-                                                        steps_per_epoch=STEPS_PER_EPOCH))
-  state = runner.init_state()
-  batch = runner.to_global(jax.device_get(example_batch(config, batch_size)))
+  parts = trainer.setup(config, types.SimpleNamespace(image_shape=shape,
+                                                     steps_per_epoch=STEPS_PER_EPOCH))
+  state = parts.init_state()
+  batch = parts.placement.to_global(jax.device_get(example_batch(config, batch_size)))
   t0 = time.perf_counter()
-  runner.compile_train_step(state, batch)
+  info = parts.train_step.compile(state, batch)
   t1 = time.perf_counter()
-  _, metrics = runner.train_step(state, batch, runner.key)
+  _, metrics = parts.train_step(state, batch)
   jax.block_until_ready(metrics)
-  return t1 - t0, time.perf_counter() - t1, runner.compile_source
+  return t1 - t0, time.perf_counter() - t1, 'cache' if info['compile_cached'] else 'compiled'
+
 
 
 def warm_launch(dtype: str, cache_dir: str, executable_cache: bool) -> tuple[float, float, str]:

@@ -11,7 +11,7 @@ time budget `--budget_s` is spent, the JSON rewritten after every part so a
 cut-off run keeps what it finished:
   1. Train steps at batch 256 of ResNet-50 (224 px, the ImageNet config) and
      ResNet-110 (32 px, the CIFAR config), bfloat16 then float32: ours (the
-     trainer's `Runner`: its real jit, shardings and runtime hyperparameters;
+     trainer's `setup`: its real jit, shardings and runtime hyperparameters;
      trace + lower + compile seconds) and the PyTorch twin on the same batch
      (eager, channels_last, `torch.autocast` bfloat16 for bfloat16; PyTorch's
      default TF32 convolutions for float32, as XLA's default precision).
@@ -127,27 +127,28 @@ def model_flops_per_image(config) -> float:
 
 
 def time_ours(config, num_steps: int) -> tuple[dict, tuple]:
-  """Our train step through the trainer's Runner on one fixed batch.
+  """Our train step through the trainer's `setup` on one fixed batch.
 
-  Returns the figures and (runner, state, batch) for the parts that follow.
+  Returns the figures and (train step, state, batch) for the parts that follow.
   """
   from adanet_jax.train import trainer  # pylint: disable=import-outside-toplevel
   dataset = synthetic_dataset(config, config.train.batch_size, config.eval.batch_size)
-  runner = trainer.Runner(config, dataset)
-  state = runner.init_state()
-  batch = runner.to_global(dataset.train_batch(0))
-  info = runner.compile_train_step(state, batch)
+  parts = trainer.setup(config, dataset)
+  state = parts.init_state()
+  batch = parts.placement.to_global(dataset.train_batch(0))
+  runner = parts.train_step
+  info = runner.compile(state, batch)
   t0 = time.perf_counter()
-  state, metrics = runner.train_step(state, batch, runner.key)
+  state, metrics = runner(state, batch)
   jax.block_until_ready(metrics)
   t1 = time.perf_counter()
   for _ in range(2):  # untimed: let allocations settle
-    state, metrics = runner.train_step(state, batch, runner.key)
+    state, metrics = runner(state, batch)
   jax.block_until_ready(metrics)
   t2 = time.perf_counter()
   on_cpu = jax.default_backend() == 'cpu'  # XLA:CPU can deadlock on many queued steps
   for _ in range(num_steps):  # queued back to back on accelerators, as in training
-    state, metrics = runner.train_step(state, batch, runner.key)
+    state, metrics = runner(state, batch)
     if on_cpu:
       jax.block_until_ready(metrics)
   jax.block_until_ready(metrics)
@@ -206,17 +207,18 @@ def step_comparison(model: str, dtype: str, smoke: bool, num_steps: int):
 
 
 def profile_step(runner, state, batch, trace_dir: str, out_dir: str, num_steps: int = 3):
-  """Part 2: a profile of a few steps; the top device-time ops, named."""
+  """Part 2: a profile of a few steps (`runner`: the compiled train step); the
+  top device-time ops, named."""
   for _ in range(2):
-    state, metrics = runner.train_step(state, batch, runner.key)
+    state, metrics = runner(state, batch)
   jax.block_until_ready(metrics)
   with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
     for _ in range(num_steps):
-      state, metrics = runner.train_step(state, batch, runner.key)
+      state, metrics = runner(state, batch)
     jax.block_until_ready(metrics)
   result = {'steps': num_steps, 'trace_dir': trace_dir}
   try:
-    hlo_text = runner._compiled_train_step.as_text()  # pylint: disable=protected-access
+    hlo_text = runner.executable.as_text()
     result.update(top_ops(trace_dir, hlo_text, num_steps))
   except Exception as e:  # pylint: disable=broad-except
     result['top_ops_error'] = f'{type(e).__name__}: {e}'

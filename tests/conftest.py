@@ -31,7 +31,7 @@ import pytest  # noqa: E402
 from adanet_jax import config_lib
 from adanet_jax.model import factory
 from adanet_jax.runtime import jax_setup
-from adanet_jax.train import checkpoints, optim, steps, trainer
+from adanet_jax.train import checkpoints, optim, plan as plan_lib, steps, trainer
 
 jax_setup.enable_compilation_cache()
 
@@ -69,9 +69,10 @@ def tiny_config(**overrides):
 def restore_state(config, workdir):
   """(step, train state) of the latest checkpoint of `workdir`, on this process."""
   checkpointer = checkpoints.Checkpointer(str(workdir), config)
-  tx, _ = optim.create_optimizer(config, steps_per_epoch=1)
-  abstract = steps.create_train_state(config, factory.create_model(config), tx,
-                                      jax.random.key(9))
+  plan = plan_lib.make_plan(config, steps_per_epoch=1)  # only the state's shapes matter
+  tx, _ = optim.create_optimizer(plan.optimizer)
+  abstract = steps.abstract_train_state(factory.create_model(config), tx, plan.image_shape,
+                                        jax.sharding.SingleDeviceSharding(jax.devices()[0]))
   step, state = checkpointer.latest_step(), checkpointer.restore(abstract)
   checkpointer.close()
   return step, state

@@ -93,7 +93,7 @@ def test_training_and_load_print_no_noise(tmp_path):
   assert 'train/loss=' not in text  # the old key=value dump
   # Log lines only from our own modules: the libraries' INFO lines are quieted.
   sources = set(re.findall(r'^[IWE]\d{4} [\d:.]+ +\d+ ([\w.]+):\d+\]', text, re.M))
-  assert sources == {'main.py', 'trainer.py'}, text[-3000:]
+  assert sources == {'main.py', 'compilation.py'}, text[-3000:]
 
   load = subprocess.run(
       [sys.executable, '-c', 'import sys, adanet_jax; m = adanet_jax.load(sys.argv[1]); '

@@ -1,14 +1,18 @@
 """Tests of `adanet_jax.train.evaluation`: the summary of the summed eval outputs,
 MACs from the branches that ran (all of them in `expected` mode), and the
-per-class x per-block matrix."""
+per-class x per-block matrix; the evaluator returns them and writes nothing."""
 
+import os
+
+import jax
 import numpy as np
 import pytest
 
+from adanet_jax.data import input_pipeline
 from adanet_jax.model import accounting
-from adanet_jax.train import evaluation
+from adanet_jax.train import evaluation, rundir, trainer
 from adanet_jax.tools import summary
-from conftest import final_metrics
+from conftest import final_metrics, restore_state
 
 COSTS = accounting.CostTable(blocks=('b0', 'b1', 'b2'), outside=100, branch=(10, 20, 40),
                              shortcut=(0, 5, 0), gate=(1, 1, 0), gate_pool_adds=(4, 4, 4))
@@ -53,3 +57,23 @@ def test_trainer_macs_equal_predict_and_summary(gated_run, loaded):
   deterministic = loaded.predict(images)
   assert final['eval/deterministic/macs_per_image'] == pytest.approx(deterministic.macs.mean(),
                                                                      rel=1e-12)
+
+
+@pytest.mark.timeout(300)
+def test_evaluator_returns_what_the_trainer_wrote_and_writes_nothing(gated_run):
+  config = rundir.read_config(gated_run)
+  dataset = input_pipeline.create_dataset(config)
+  setup = trainer.setup(config, dataset)   # all 8 devices, as the run
+  step, state = restore_state(config, gated_run)
+  assert step == 22
+  before = sorted(os.listdir(os.path.join(gated_run, rundir.EVAL_DIR)))
+  results, matrices = setup.evaluator(jax.device_put(state, setup.placement.replicated), dataset)
+  assert sorted(os.listdir(os.path.join(gated_run, rundir.EVAL_DIR))) == before
+  final = final_metrics(gated_run)
+  assert results == {k: v for k, v in final.items() if k.startswith('eval/')}
+  assert sorted(matrices) == ['deterministic', 'expected']
+  for mode, matrix in matrices.items():
+    written = np.loadtxt(rundir.class_block_rates_path(gated_run, mode, 22), delimiter=',',
+                         skiprows=1)
+    np.testing.assert_array_equal(written[:, 0], np.arange(10))
+    np.testing.assert_allclose(written[:, 1:], matrix, rtol=0, atol=5e-7)  # 6 decimals

@@ -1,11 +1,10 @@
-"""Tests of the losses and of coupled weight decay against hand-computed values."""
+"""Tests of the losses against hand-computed values."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
-from adanet_jax.train import losses, optim
+from adanet_jax.train import losses
 
 # 4 images x 3 blocks of hard gate values; batch means (0.75, 0.25, 0.5).
 GATES = jnp.array([[1, 0, 1], [1, 1, 0], [0, 0, 1], [1, 0, 0]], jnp.float32)
@@ -43,23 +42,3 @@ def test_total_loss_adds_weighted_rate_to_cross_entropy():
   loss, parts = losses.total_loss(logits, labels, {'gates': GATES}, (0.6,) * 3, 2.0, 'mean')
   np.testing.assert_allclose(parts['ce'], ce_hand, rtol=1e-6)
   np.testing.assert_allclose(loss, ce_hand + 2.0 * 0.155 / 3, rtol=1e-6)
-
-
-def test_coupled_weight_decay_is_added_before_momentum(load_config):
-  config = load_config('cifar10.py', 'depth=20')
-  config.optim.schedule = 'constant'
-  config.optim.weight_decay = 0.01
-  config.train.batch_size = 256  # lr = 0.1
-  tx, _ = optim.create_optimizer(config, steps_per_epoch=10)
-  p = {'w': jnp.array([1.0, -2.0])}
-  g = {'w': jnp.array([0.5, 0.25])}
-  state = tx.init(p)
-  upd, state = tx.update(g, state, p)
-  p1 = optax.apply_updates(p, upd)
-  # PyTorch SGD: d = g + wd p; buf = d; p -= lr buf
-  d0 = np.array([0.5, 0.25]) + 0.01 * np.array([1.0, -2.0])
-  np.testing.assert_allclose(p1['w'], np.array([1.0, -2.0]) - 0.1 * d0, rtol=1e-6)
-  upd, state = tx.update(g, state, p1)
-  p2 = optax.apply_updates(p1, upd)
-  buf = 0.9 * d0 + (np.array([0.5, 0.25]) + 0.01 * np.asarray(p1['w']))
-  np.testing.assert_allclose(p2['w'], np.asarray(p1['w']) - 0.1 * buf, rtol=1e-6)

@@ -12,7 +12,7 @@ import tensorflow_datasets as tfds
 
 from adanet_jax.data import input_pipeline, tfds_pipeline
 from adanet_jax.model import factory
-from adanet_jax.train import optim, trainer
+from adanet_jax.train import optim, plan as plan_lib, trainer
 from conftest import REPO
 
 CONFIG_FILES = sorted(os.path.basename(p) for p in glob.glob(os.path.join(REPO, 'configs', '*.py')))
@@ -27,8 +27,8 @@ EVAL_BATCH = {'digits': 184}   # its real 360 test images: 184 + 176 real (8 pad
 
 
 def _lr_at_epochs(config, epochs, steps_per_epoch=100):
-  schedule = optim.create_schedule(config, steps_per_epoch)
-  return [float(schedule(optim.epochs_to_steps(e, steps_per_epoch))) for e in epochs]
+  schedule = optim.create_schedule(plan_lib.make_plan(config, steps_per_epoch).optimizer)
+  return [float(schedule(plan_lib.epochs_to_steps(e, steps_per_epoch))) for e in epochs]
 
 
 def test_cifar10_recipe_is_the_reference(load_config):
@@ -110,24 +110,25 @@ def _mock_dataset(config, monkeypatch):
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize('name', CONFIG_FILES)
 def test_every_config_trains_a_step_and_evaluates_the_whole_split(load_config, monkeypatch,
-                                                                  tmp_path, name):
+                                                                  name):
   config = load_config(name, SMALL_ARGS.get(name))
   config.train.batch_size = 8
   config.eval.batch_size = EVAL_BATCH.get(config.data.name, 16)
   config.data.image_size = TEST_IMAGE_SIZE.get(config.data.name, config.data.image_size)
   with tfds.testing.mock_data(num_examples=MOCK_EXAMPLES):
     dataset = _mock_dataset(config, monkeypatch)
-    runner = trainer.Runner(config, dataset, devices=jax.devices()[:1])
-    state, metrics = runner.train_step(runner.init_state(),
-                                       runner.to_global(dataset.train_batch(0)), runner.key)
+    setup = trainer.setup(config, dataset, devices=jax.devices()[:1])
+    state, metrics = setup.train_step(setup.init_state(),
+                                      setup.placement.to_global(dataset.train_batch(0)))
     metrics = jax.device_get(metrics)
     assert metrics['count'] == 8 and np.isfinite(metrics['loss'])
-    results = runner.evaluate(state, dataset, str(tmp_path), step=1)
+    results, matrices = setup.evaluator(state, dataset)
   assert int(state.step) == 1
   for mode in config.gates.eval_modes:
     assert results[f'eval/{mode}/count'] == dataset.num_eval
     assert len(results[f'eval/{mode}/gate_rates']) == factory.num_blocks(config.model)
     assert np.isfinite(results[f'eval/{mode}/loss'])
+    assert matrices[mode].shape == (config.model.num_classes, factory.num_blocks(config.model))
 
 
 # bfloat16 against float32, same parameters, batch and Gumbel noise. bf16 keeps
@@ -150,9 +151,9 @@ def test_bfloat16_step_matches_float32_step(load_config, monkeypatch):
     config.train.batch_size = 16
     with tfds.testing.mock_data(num_examples=MOCK_EXAMPLES):
       dataset = _mock_dataset(config, monkeypatch)
-      runner = trainer.Runner(config, dataset, devices=jax.devices()[:1])
-      state, metrics = runner.train_step(runner.init_state(),
-                                         runner.to_global(dataset.train_batch(0)), runner.key)
+      setup = trainer.setup(config, dataset, devices=jax.devices()[:1])
+      state, metrics = setup.train_step(setup.init_state(),
+                                        setup.placement.to_global(dataset.train_batch(0)))
     results[dtype] = jax.device_get(metrics)
     # Parameters and BatchNorm statistics stay float32 whatever the compute dtype.
     assert {x.dtype for x in jax.tree.leaves((state.params, state.batch_stats))} == {

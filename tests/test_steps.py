@@ -1,7 +1,8 @@
 """Tests of `adanet_jax.train.steps`: the train step's metric sums and the eval
-step's masked sums; the train step with runtime hyperparameters equals the
-step with the same numbers fixed at trace time (the form before they became
-runtime values), and one compiled step serves every value of them."""
+step's masked sums; the train step (the optimizer held by the state, the
+loss numbers runtime values) equals a step written out with optax and every
+number fixed from the config, and one compiled step serves every value of the
+loss targets, loss weight and gate temperature."""
 
 import functools
 
@@ -13,7 +14,7 @@ import pytest
 
 from adanet_jax.data import input_pipeline
 from adanet_jax.model import factory
-from adanet_jax.train import losses, optim, steps
+from adanet_jax.train import losses, optim, plan as plan_lib, steps
 from conftest import tiny_config
 
 
@@ -21,14 +22,15 @@ STEPS_PER_EPOCH = 2  # short epochs, so that 4 steps cross warmup and decay boun
 
 
 def _fixed_schedule(config, steps_per_epoch):
-  """The schedule built by optax from Python numbers (the fixed form)."""
+  """The schedule built by optax from the config's numbers, written out here."""
   o = config.optim
-  peak = optim.learning_rate(config)
-  warmup = optim.epochs_to_steps(o.warmup_epochs, steps_per_epoch)
-  total = optim.epochs_to_steps(config.train.num_epochs, steps_per_epoch)
+  peak = o.base_learning_rate * config.train.batch_size / o.base_batch_size
+  warmup = round(o.warmup_epochs * steps_per_epoch)
+  total = round(config.train.num_epochs * steps_per_epoch)
+  drops = [round(f * total) for f in o.decay_fractions]
   main = {
       'step': lambda: optax.piecewise_constant_schedule(
-          peak, {s - warmup: o.decay_factor for s in optim.decay_steps(config, steps_per_epoch)}),
+          peak, {s - warmup: o.decay_factor for s in drops}),
       'cosine': lambda: optax.cosine_decay_schedule(peak, max(total - warmup, 1)),
       'constant': lambda: optax.constant_schedule(peak),
   }[o.schedule]()
@@ -72,23 +74,27 @@ def _config(load_config, schedule, **optim_fields):
     ('cosine', dict(warmup_epochs=1.0)),
     ('step', dict(decay_fractions=(1 / 3, 0.5), warmup_epochs=0.0, nesterov=True)),
 ])
-def test_runtime_hparams_step_equals_fixed_step(load_config, schedule, optim_fields):
+def test_train_step_equals_step_written_out(load_config, schedule, optim_fields):
   config = _config(load_config, schedule, **optim_fields)
   dataset = input_pipeline.create_dataset(config)
   model = factory.create_model(config)
   key = jax.random.key(config.seed)
-  hparams = steps.make_hparams(config, STEPS_PER_EPOCH)
-  new_step = jax.jit(steps.make_train_step(config))
+  plan = plan_lib.make_plan(config, STEPS_PER_EPOCH)
+  tx, schedule_fn = optim.create_optimizer(plan.optimizer)
+  new_step = jax.jit(steps.make_train_step(plan, schedule_fn))
   old_step = jax.jit(functools.partial(
       _fixed_train_step, config=config, schedule=_fixed_schedule(config, STEPS_PER_EPOCH)))
-  new = steps.create_train_state(config, model, optim.create_optimizer(config, STEPS_PER_EPOCH)[0],
-                                 jax.random.key(0))
+  new = steps.create_train_state(model, tx, plan.image_shape, jax.random.key(0))
+  hparams = steps.make_hparams(plan)
   old = new.replace(tx=None)
+  fixed = _fixed_schedule(config, STEPS_PER_EPOCH)
   for step in range(4):
     batch = dataset.train_batch(step)
     new, metrics = new_step(new, batch, key, hparams)
     old, old_loss = old_step(old, batch, key)
     np.testing.assert_allclose(metrics['loss'] / metrics['count'], old_loss, rtol=1e-6)
+    # The metric reads the optimizer's own schedule.
+    assert float(metrics['learning_rate'] / metrics['count']) == float(fixed(step))
   assert int(new.step) == int(old.step) == 4
   for a, b in zip(jax.tree.leaves((new.params, new.batch_stats, new.opt_state)),
                   jax.tree.leaves((old.params, old.batch_stats, old.opt_state))):
@@ -107,31 +113,36 @@ def test_schedule_equals_optax_schedule_exactly(load_config, schedule, optim_fie
   config = _config(load_config, schedule, **optim_fields)
   config.train.num_epochs = 300.0
   counts = jnp.arange(0, 700, dtype=jnp.int32)
-  ours = jax.jit(jax.vmap(optim.create_schedule(config, 2)))(counts)
+  ours = jax.jit(jax.vmap(optim.create_schedule(plan_lib.make_plan(config, 2).optimizer)))(counts)
   fixed = jax.jit(jax.vmap(_fixed_schedule(config, 2)))(counts)
   np.testing.assert_array_equal(np.asarray(ours), np.asarray(fixed, np.float32))
 
 
 @pytest.mark.timeout(200)
-def test_other_hparams_reuse_the_compiled_step(load_config):
+def test_other_loss_numbers_reuse_the_compiled_step(load_config):
   config = _config(load_config, 'cosine', warmup_epochs=1.0)
   dataset = input_pipeline.create_dataset(config)
-  state = steps.create_train_state(config, factory.create_model(config),
-                                   optim.create_optimizer(config, STEPS_PER_EPOCH)[0],
+  plan = plan_lib.make_plan(config, STEPS_PER_EPOCH)
+  tx, schedule = optim.create_optimizer(plan.optimizer)
+  state = steps.create_train_state(factory.create_model(config), tx, plan.image_shape,
                                    jax.random.key(0))
   batch, key = dataset.train_batch(0), jax.random.key(0)
-  compiled = jax.jit(steps.make_train_step(config)).lower(
-      state, batch, key, steps.make_hparams(config, STEPS_PER_EPOCH)).compile()
+  assert sorted(steps.make_hparams(plan)) == ['loss_weight', 'targets', 'temperature']
+  compiled = jax.jit(steps.make_train_step(plan, schedule)).lower(
+      state, batch, key, steps.make_hparams(plan)).compile()
   other = config.copy_and_resolve_references()
   other.loss.target, other.loss.weight, other.gates.temperature = 0.3, 5.0, 2.0
-  other.optim.base_learning_rate, other.optim.weight_decay, other.optim.momentum = 0.5, 0.0, 0.5
-  other.optim.warmup_epochs, other.train.num_epochs = 0.0, 7.0
+  other_plan = plan_lib.make_plan(other, STEPS_PER_EPOCH)
   # The same executable takes the other run's numbers, and they matter.
-  _, m1 = compiled(state, batch, key, steps.make_hparams(config, STEPS_PER_EPOCH))
-  _, m2 = compiled(state, batch, key, steps.make_hparams(other, STEPS_PER_EPOCH))
-  assert float(m1['learning_rate']) == 0.0  # warmup starts at 0
-  np.testing.assert_allclose(float(m2['learning_rate']) / 32, 0.5 * 32 / 128, rtol=1e-6)
-  assert float(m1['target_loss']) != float(m2['target_loss'])
+  _, m1 = compiled(state, batch, key, steps.make_hparams(plan))
+  _, m2 = compiled(state, batch, key, steps.make_hparams(other_plan))
+  assert float(m1['learning_rate']) == float(m2['learning_rate']) == 0.0  # warmup starts at 0
+  np.testing.assert_allclose(float(m1['target_loss']) / 32, np.mean(
+      (np.asarray(m1['gates']) / 32 - 0.6)**2), rtol=1e-5)
+  np.testing.assert_allclose(float(m2['target_loss']) / 32, np.mean(
+      (np.asarray(m2['gates']) / 32 - 0.3)**2), rtol=1e-5)
+  np.testing.assert_allclose(float(m2['loss']), float(m2['ce'] + 5.0 * m2['target_loss']),
+                             rtol=1e-6)
 
 
 def test_call_time_temperature_replaces_the_attribute(load_config):
@@ -160,8 +171,11 @@ def test_call_time_temperature_replaces_the_attribute(load_config):
 
 
 def _state(config):
-  tx, _ = optim.create_optimizer(config, steps_per_epoch=44)
-  return steps.create_train_state(config, factory.create_model(config), tx, jax.random.key(0))
+  plan = plan_lib.make_plan(config, steps_per_epoch=44)
+  tx, schedule = optim.create_optimizer(plan.optimizer)
+  state = steps.create_train_state(factory.create_model(config), tx, plan.image_shape,
+                                   jax.random.key(0))
+  return state, plan, schedule
 
 
 def _batch(n=6, seed=0):
@@ -172,7 +186,7 @@ def _batch(n=6, seed=0):
 
 def test_eval_step_counts_only_real_examples_and_branches_run():
   config = tiny_config()
-  state = _state(config)
+  state, _, _ = _state(config)
   batch = {**_batch(), 'mask': np.array([1, 1, 1, 1, 0, 0], np.float32)}
   for mode in ('deterministic', 'expected'):
     out = jax.jit(lambda s, b, mode=mode: steps.eval_step(
@@ -188,9 +202,9 @@ def test_eval_step_counts_only_real_examples_and_branches_run():
 
 def test_train_step_sums_and_step_key():
   config = tiny_config()
-  state = _state(config)
-  step = jax.jit(steps.make_train_step(config))
-  new, out = step(state, _batch(), jax.random.key(1), steps.make_hparams(config, 44))
+  state, plan, schedule = _state(config)
+  step = jax.jit(steps.make_train_step(plan, schedule))
+  new, out = step(state, _batch(), jax.random.key(1), steps.make_hparams(plan))
   assert int(new.step) == 1 and float(out['count']) == 6.0
   assert float(out['first_nonfinite_step']) == np.inf
   np.testing.assert_allclose(float(out['loss']),

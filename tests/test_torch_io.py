@@ -20,7 +20,7 @@ torch = pytest.importorskip('torch', reason='torch is not installed (pip install
 
 from adanet_jax.infer import inference  # noqa: E402
 from adanet_jax.model import factory, torch_io
-from adanet_jax.train import checkpoints, optim, steps
+from adanet_jax.train import checkpoints, optim, plan as plan_lib, steps
 from adanet_jax.errors import ConfigError  # noqa: E402
 from experiments import torch_twin  # noqa: E402
 
@@ -179,8 +179,7 @@ def _save(state_dict, path):
 def resnet50_template():
   """Shapes and dtypes of the gated ResNet-50's variables (at 32x32)."""
   from adanet_jax import config_lib  # pylint: disable=import-outside-toplevel
-  config = config_lib.load_config(os.path.join(REPO, 'configs', 'imagenet.py') + ':resnet50',
-                                  check=False)
+  config = config_lib.load_config(os.path.join(REPO, 'configs', 'imagenet.py') + ':resnet50')
   config.data.image_size = 32
   return _template(factory.create_model(config), 32)
 
@@ -281,7 +280,8 @@ def test_init_from_load_and_export_command(load_config, tmp_path):
   zeros = jax.tree.map(jnp.zeros_like, loaded.variables)
   state = steps.TrainState.create(apply_fn=None, params=zeros['params'],
                                   batch_stats=zeros['batch_stats'],
-                                  tx=optim.create_optimizer(config, 1)[0])
+                                  tx=optim.create_optimizer(
+                                      plan_lib.make_plan(config, 1).optimizer)[0])
 
   class NoCheckpoint:
     def restore_newest_intact(self, state):

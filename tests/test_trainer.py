@@ -22,11 +22,11 @@ def _params_close(a, b, atol):
 def _run_steps(config, devices, num_steps):
   """`num_steps` train steps on the first `devices` devices; returns (state, metrics)."""
   dataset = input_pipeline.create_dataset(config)
-  runner = trainer.Runner(config, dataset, devices=jax.devices()[:devices])
-  state = runner.init_state()
+  setup = trainer.setup(config, dataset, devices=jax.devices()[:devices])
+  state = setup.init_state()
   all_metrics = []
   for step in range(num_steps):
-    state, m = runner.train_step(state, runner.to_global(dataset.train_batch(step)), runner.key)
+    state, m = setup.train_step(state, setup.placement.to_global(dataset.train_batch(step)))
     all_metrics.append(jax.device_get(m))  # blocks on every step
   return jax.device_get(state), all_metrics
 

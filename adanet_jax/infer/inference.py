@@ -27,7 +27,7 @@ from adanet_jax import config_lib
 from adanet_jax.data import batches, input_pipeline
 from adanet_jax.infer import skip_inference
 from adanet_jax.model import accounting, factory, torch_io
-from adanet_jax.train import checkpoints, evaluation, optim, rundir, steps
+from adanet_jax.train import checkpoints, evaluation, optim, plan as plan_lib, rundir, steps
 from adanet_jax.errors import ConfigError
 from adanet_jax.train import checks
 
@@ -304,12 +304,10 @@ def _abstract_state(config, model, device: jax.Device):
   Restoring into this, whatever sharding the checkpoint was written with,
   puts every array on the one device.
   """
-  tx, _ = optim.create_optimizer(config, steps_per_epoch=1)  # only its state's shapes matter
-  shapes = jax.eval_shape(lambda key: steps.create_train_state(config, model, tx, key),
-                          jax.random.key(0))
-  sharding = jax.sharding.SingleDeviceSharding(device)
-  return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding),
-                      shapes)
+  plan = plan_lib.make_plan(config, steps_per_epoch=1)  # only the state's shapes matter
+  tx, _ = optim.create_optimizer(plan.optimizer)
+  return steps.abstract_train_state(model, tx, plan.image_shape,
+                                    jax.sharding.SingleDeviceSharding(device))
 
 
 def _restore(workdir: str, abstract, step: int | None):

@@ -4,13 +4,16 @@ Every example counts exactly once: the pipeline pads the last batch and masks
 the padding. Results: accuracy, loss, mean and per-block gate values, mean
 exact MACs per image (from the branches that ran: in `expected` mode all of
 them), the paper-style GFLOPs, and the per-class x per-block execution matrix
-(paper Fig. 4).
+(paper Fig. 4). `Evaluator` returns them; its caller writes files.
 """
+
+import functools
 
 import jax
 import numpy as np
 
 from adanet_jax.model import accounting
+from adanet_jax.train import placement as placement_lib, plan as plan_lib, steps
 
 
 def summarize(sums: dict, costs: accounting.CostTable, fixed_blocks, gated: bool) -> dict:
@@ -55,3 +58,32 @@ def evaluate(eval_step, state, batches, to_global) -> dict:
     total = out if total is None else jax.tree.map(lambda a, b: a + b, total, out)
     jax.block_until_ready(total)
   return jax.tree.map(np.asarray, jax.device_get(total))
+
+
+class Evaluator:
+  """Evaluates a train state on a dataset's evaluation split in each of the
+  plan's gate modes, with eval steps jitted over the placement."""
+
+  def __init__(self, plan: plan_lib.RunPlan, placement: placement_lib.Placement,
+               costs: accounting.CostTable):
+    self.plan, self.placement, self.costs = plan, placement, costs
+    r, d = placement.replicated, placement.data
+    self.eval_steps = {
+        mode: jax.jit(functools.partial(steps.eval_step, gate_mode=mode,
+                                        num_classes=plan.num_classes),
+                      in_shardings=(r, d), out_shardings=r)
+        for mode in plan.eval_gate_modes}
+
+  def __call__(self, state, dataset) -> tuple[dict, dict[str, np.ndarray]]:
+    """Evaluates `state` on `dataset.eval_batches()`.
+
+    Returns:
+      ({'eval/<mode>/<metric>': value}, {mode: `class_block_rates` matrix}).
+    """
+    results, matrices = {}, {}
+    for mode, eval_step in self.eval_steps.items():
+      sums = evaluate(eval_step, state, dataset.eval_batches(), self.placement.to_global)
+      summary = summarize(sums, self.costs, self.plan.fixed_blocks, self.plan.gated)
+      results.update({f'eval/{mode}/{k}': v for k, v in summary.items()})
+      matrices[mode] = class_block_rates(sums)
+    return results, matrices

@@ -4,10 +4,10 @@
 `eval_step(state, batch) -> metrics` know nothing about devices: compiled
 with `jax.jit` over a batch sharded on a ('data',) mesh they compute exactly
 what they compute on one device (BatchNorm statistics and gate batch means
-over the global batch). Static choices are bound with functools.partial;
-the numbers that do not change shapes (loss targets and weight, gate
-temperature, every optimizer number) come in as the `hparams` argument, so
-runs that differ only in them share one compiled step (and one entry of the
+over the global batch). Static choices are bound with functools.partial; the
+optimizer is an optax transformation held by the state. The loss targets and
+weight and the gate temperature come in as the `hparams` argument, so runs
+that differ only in them share one compiled step (and one entry of the
 persistent compilation cache).
 """
 
@@ -17,12 +17,11 @@ from typing import Any
 from flax.training import train_state
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 
-from adanet_jax.model import accounting, factory
-from adanet_jax.train import losses, optim
+from adanet_jax.model import accounting
+from adanet_jax.train import losses, plan as plan_lib
 
 # Named rng streams derived from fold_in(seed key, step).
 GUMBEL_STREAM = 0
@@ -32,13 +31,35 @@ class TrainState(train_state.TrainState):
   batch_stats: Any = None
 
 
-def create_train_state(config: ml_collections.ConfigDict, model, tx: optax.GradientTransformation,
+def create_train_state(model, tx: optax.GradientTransformation, image_shape: tuple,
                        key: jax.Array) -> TrainState:
-  """Initialises parameters, BatchNorm statistics and the optimizer state."""
-  shape = (config.data.image_size, config.data.image_size, config.data.channels)
-  variables = model.init({'params': key}, jnp.zeros((1, *shape), jnp.float32), train=False)
+  """Initialises parameters, BatchNorm statistics and the optimizer state.
+
+  Args:
+    model: the flax module.
+    tx: the optimizer, held by the state.
+    image_shape: (height, width, channels) of one input image.
+    key: the initialisation key.
+  """
+  variables = model.init({'params': key}, jnp.zeros((1, *image_shape), jnp.float32),
+                         train=False)
   return TrainState.create(apply_fn=model.apply, params=variables['params'],
                            batch_stats=variables['batch_stats'], tx=tx)
+
+
+def abstract_train_state(model, tx: optax.GradientTransformation, image_shape: tuple,
+                         sharding: jax.sharding.Sharding | None = None):
+  """The shapes and dtypes of `create_train_state`, computed without
+  initialising anything: what a checkpoint restores into.
+
+  Args:
+    model, tx, image_shape: as `create_train_state`.
+    sharding: where every restored leaf goes (None: leave it unset).
+  """
+  shapes = jax.eval_shape(functools.partial(create_train_state, model, tx, image_shape),
+                          jax.random.key(0))
+  return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding),
+                      shapes)
 
 
 def step_key(key: jax.Array, step: jax.Array, stream: int) -> jax.Array:
@@ -46,36 +67,34 @@ def step_key(key: jax.Array, step: jax.Array, stream: int) -> jax.Array:
   return jax.random.fold_in(jax.random.fold_in(key, step), stream)
 
 
-def make_hparams(config: ml_collections.ConfigDict, steps_per_epoch: int) -> dict:
+def make_hparams(plan: plan_lib.RunPlan) -> dict:
   """The runtime numbers of the train step, as float32 numpy arrays.
 
   Args:
-    config: the run's config.
-    steps_per_epoch: optimizer steps per epoch (for the schedule).
+    plan: the run's plan.
 
   Returns:
-    `optim.optimizer_hparams` plus 'targets' (one per block), 'loss_weight'
-    and 'temperature' (of the gates' Gumbel-softmax).
+    {'targets' (one per block), 'loss_weight', 'temperature' (of the gates'
+    Gumbel-softmax)}.
   """
   return {
-      **optim.optimizer_hparams(config, steps_per_epoch),
-      'targets': np.asarray(factory.block_targets(config), np.float32),
-      'loss_weight': np.asarray(config.loss.weight, np.float32),
-      'temperature': np.asarray(config.gates.temperature, np.float32),
+      'targets': np.asarray(plan.targets, np.float32),
+      'loss_weight': np.asarray(plan.loss_weight, np.float32),
+      'temperature': np.asarray(plan.temperature, np.float32),
   }
 
 
 def train_step(state: TrainState, batch: dict, key: jax.Array, hparams: dict, *,
-               reduction: str, gate_mode: str, schedule: str, momentum: bool, nesterov: bool):
-  """One SGD step on a global batch {'image', 'label'}.
+               reduction: str, gate_mode: str, schedule: optax.Schedule):
+  """One optimizer step (`state.tx`) on a global batch {'image', 'label'}.
 
   Args:
-    state: the train state (its `tx` is used only for its state's layout).
+    state: the train state.
     batch: the global batch.
     key: the run's seed key; the step's streams are folded in from it.
     hparams: `make_hparams` values (runtime arrays).
     reduction, gate_mode: static loss and gate choices.
-    schedule, momentum, nesterov: static structure of the optimizer.
+    schedule: the learning-rate schedule of `state.tx`, for the metric.
 
   Returns:
     The new state and a dict of metric sums over the batch (`count` is the
@@ -94,12 +113,7 @@ def train_step(state: TrainState, batch: dict, key: jax.Array, hparams: dict, *,
 
   (loss, (logits, aux, updates, parts)), grads = jax.value_and_grad(
       loss_fn, has_aux=True)(state.params)
-  tx = optim.optimizer_from_hparams(hparams, schedule=schedule, momentum=momentum,
-                                    nesterov=nesterov)
-  param_updates, opt_state = tx.update(grads, state.opt_state, state.params)
-  new_state = state.replace(step=state.step + 1,
-                            params=optax.apply_updates(state.params, param_updates),
-                            opt_state=opt_state, batch_stats=updates['batch_stats'])
+  new_state = state.apply_gradients(grads=grads, batch_stats=updates['batch_stats'])
   n = batch['label'].shape[0]
   return new_state, {
       'count': jnp.float32(n),
@@ -111,16 +125,19 @@ def train_step(state: TrainState, batch: dict, key: jax.Array, hparams: dict, *,
       # The step itself if its loss is not finite, else +inf (combined by min).
       'first_nonfinite_step': jnp.where(jnp.isfinite(loss), jnp.inf,
                                         state.step.astype(jnp.float32)),
-      'learning_rate': optim.schedule_from_hparams(schedule, hparams)(state.step) * n,
+      'learning_rate': schedule(state.step) * n,
   }
 
 
-def make_train_step(config: ml_collections.ConfigDict):
-  """`train_step(state, batch, key, hparams)` with the config's static choices bound."""
-  return functools.partial(
-      train_step, reduction=config.loss.reduction, gate_mode=config.gates.train_mode,
-      schedule=config.optim.schedule, momentum=bool(config.optim.momentum),
-      nesterov=config.optim.nesterov)
+def make_train_step(plan: plan_lib.RunPlan, schedule: optax.Schedule):
+  """`train_step(state, batch, key, hparams)` with the plan's static choices bound.
+
+  Args:
+    plan: the run's plan.
+    schedule: the schedule of the state's optimizer (`optim.create_optimizer`).
+  """
+  return functools.partial(train_step, reduction=plan.loss_reduction,
+                           gate_mode=plan.train_gate_mode, schedule=schedule)
 
 
 def eval_step(state: TrainState, batch: dict, *, gate_mode: str, num_classes: int):

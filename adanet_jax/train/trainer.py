@@ -1,31 +1,27 @@
-"""The training loop: sharded state and steps, periodic eval, logs and
-checkpoints, exact resume.
+"""The training loop: periodic logs, evaluation and checkpoints, exact resume.
 
-Data parallelism is `jax.jit` over arrays sharded on a ('data',) mesh of all
-devices (pmap's successor): the batch is split over devices, the state is
-replicated and donated, and the result equals the one-device computation.
-
-The train step is compiled ahead of time before its first call: trace, lower
-and compile (or load from JAX's persistent compilation cache). How long that
-took and whether it was a cache load go into the first log record of the
-launch in metrics.jsonl (`run/compile_s`, `run/compile_cached`).
+`setup` builds what a launch needs once: the run plan (`plan.RunPlan`, the
+only reader of the config's numbers), the placement on a ('data',) mesh, the
+model, the optimizer, the compiled train step and the evaluator. The loop
+reads the plan; each periodic action sits behind `is_time`.
 """
 
-import logging
+import dataclasses
 import time
+from typing import Any
 
 import jax
 from jax.experimental import multihost_utils
-from jax.sharding import NamedSharding, PartitionSpec as P
 import ml_collections
 import numpy as np
+import optax
 
 from adanet_jax.data import input_pipeline
 from adanet_jax.model import accounting, factory
-from adanet_jax.train import checks, checkpoints, evaluation, metrics, optim, preemption, rundir, steps, workdir_lock
-from adanet_jax.errors import ConfigError, NonFiniteLossError, Preempted, reported_write
-
-logger = logging.getLogger(__name__)
+from adanet_jax.train import (checks, checkpoints, compilation, evaluation, initialization,
+                              metrics, optim, placement as placement_lib, plan as plan_lib,
+                              preemption, rundir, steps, workdir_lock)
+from adanet_jax.errors import NonFiniteLossError, Preempted, reported_write
 
 
 def is_time(step: int, every: int, last_step: int) -> bool:
@@ -36,108 +32,73 @@ def is_time(step: int, every: int, last_step: int) -> bool:
   return step == last_step or (every > 0 and step % every == 0)
 
 
-class Runner:
-  """Everything a run builds once from its config: mesh and shardings, the
-  model and its cost table, the optimizer and schedule, the per-block targets,
-  and the compiled steps."""
+@dataclasses.dataclass(frozen=True)
+class Setup:
+  """What a launch builds once from its config and dataset.
 
-  def __init__(self, config: ml_collections.ConfigDict, dataset, devices=None):
-    self.config = config
-    devices = devices or jax.devices()
-    self.mesh = jax.make_mesh((len(devices),), ('data',),
-                              axis_types=(jax.sharding.AxisType.Auto,), devices=devices)
-    self.replicated = NamedSharding(self.mesh, P())
-    self.data = NamedSharding(self.mesh, P('data'))
-    self.model = factory.create_model(config)
-    self.costs = accounting.cost_table(self.model, dataset.image_shape)
-    self.steps_per_epoch = dataset.steps_per_epoch
-    self.num_steps = optim.epochs_to_steps(config.train.num_epochs, self.steps_per_epoch)
-    self.eval_every_steps = optim.epochs_to_steps(config.train.eval_every_epochs,
-                                                  self.steps_per_epoch)
-    self.tx, _ = optim.create_optimizer(config, self.steps_per_epoch)
-    self.fixed_blocks = factory.fixed_blocks(config)
-    self.hparams = self.replicate(steps.make_hparams(config, self.steps_per_epoch))
-    self._jitted_train_step = jax.jit(
-        steps.make_train_step(config), out_shardings=self.replicated, donate_argnums=0,
-        in_shardings=(self.replicated, self.data, self.replicated, self.replicated))
-    self._compiled_train_step = None
-    self.compile_info = None  # {'compile_s', 'compile_cached'} once compiled
-    self.eval_steps = {
-        mode: jax.jit(lambda s, b, mode=mode: steps.eval_step(
-            s, b, gate_mode=mode, num_classes=config.model.num_classes),
-                      in_shardings=(self.replicated, self.data), out_shardings=self.replicated)
-        for mode in config.gates.eval_modes}
-    # Made by a compiled function: device_put cannot place a host value on the
-    # devices of other processes.
-    self.key = jax.jit(lambda: jax.random.key(config.seed), out_shardings=self.replicated)()
+  Attributes:
+    plan: the run's numbers and choices.
+    placement: the mesh and shardings.
+    model: the flax module.
+    tx: the optimizer the train state holds.
+    train_step: the compiled train step, `(state, batch) -> (state, metrics)`.
+    evaluator: `(state, dataset) -> (metrics, per-class matrices)`.
+  """
+  plan: plan_lib.RunPlan
+  placement: placement_lib.Placement
+  model: Any
+  tx: optax.GradientTransformation
+  train_step: compilation.CompiledTrainStep
+  evaluator: evaluation.Evaluator
 
-  def compile_train_step(self, state, batch: dict) -> dict:
-    """Traces, lowers and compiles (or loads) the train step for these arguments.
+  def init_state(self) -> steps.TrainState:
+    """The initial train state, replicated over the mesh."""
+    p = self.plan
+    return initialization.initial_state(self.model, self.tx, p.image_shape, p.seed,
+                                        self.placement)
 
-    Returns:
-      {'compile_s': seconds, 'compile_cached': 1.0 if the executable came from
-      JAX's persistent compilation cache else 0.0}.
-    """
-    logger.info('compiling the train step...')
-    start = time.perf_counter()
-    with CacheHitCounter() as hits:
-      self._compiled_train_step = self._jitted_train_step.lower(
-          state, batch, self.key, self.hparams).compile()
-    seconds = time.perf_counter() - start
-    logger.info('%s the train step in %.1f s', 'loaded' if hits.count else 'compiled', seconds)
-    self.compile_info = {'compile_s': seconds, 'compile_cached': float(hits.count > 0)}
-    return self.compile_info
 
-  def train_step(self, state, batch: dict, key: jax.Array):
-    """One compiled train step (compiled on the first call) with this run's hparams."""
-    if self._compiled_train_step is None:
-      self.compile_train_step(state, batch)
-    return self._compiled_train_step(state, batch, key, self.hparams)
+def setup(config: ml_collections.ConfigDict, dataset, devices=None) -> Setup:
+  """Builds the plan, placement, model, optimizer, train step and evaluator.
 
-  def init_state(self):
-    """The initial train state, replicated over the mesh.
+  Args:
+    config: the run's config (checked).
+    dataset: the input pipeline (`steps_per_epoch`, `image_shape`).
+    devices: the mesh's devices; default all.
+  """
+  plan = plan_lib.make_plan(config, dataset.steps_per_epoch)
+  placement = placement_lib.Placement(devices)
+  model = factory.create_model(config)
+  tx, schedule = optim.create_optimizer(plan.optimizer)
+  train_step = compilation.CompiledTrainStep(
+      steps.make_train_step(plan, schedule), placement, placement.seed_key(plan.seed),
+      placement.replicate(steps.make_hparams(plan)))
+  evaluator = evaluation.Evaluator(plan, placement,
+                                   accounting.cost_table(model, dataset.image_shape))
+  return Setup(plan=plan, placement=placement, model=model, tx=tx, train_step=train_step,
+               evaluator=evaluator)
 
-    Initialised op by op, not as one compiled program: XLA:CPU took 51 s to
-    compile the ResNet-110's initialisation (its hundreds of random draws),
-    op by op it takes 10 s, and 2 s once the persistent compilation cache
-    holds the ops. With several processes only process 0 initialises and
-    sends the values to the others: the cache keys op-by-op programs by
-    device and only process 0 writes it, so the others would compile every
-    op at every launch (14 s for the digits model).
-    """
-    def create():
-      return steps.create_train_state(self.config, self.model, self.tx,
-                                      jax.random.key(self.config.seed))
 
-    if jax.process_count() == 1:
-      state = jax.device_get(create())
-    else:
-      local = (jax.device_get(create()) if jax.process_index() == 0 else
-               jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), jax.eval_shape(create)))
-      state = jax.device_get(multihost_utils.broadcast_one_to_all(local))
-    return self.replicate(state)
+@dataclasses.dataclass(frozen=True)
+class Run:
+  """What the training loop works with: the launch's set-up, its data and
+  its outputs."""
+  setup: Setup
+  dataset: Any
+  workdir: str
+  checkpointer: checkpoints.Checkpointer
+  logger: metrics.MetricLogger
 
-  def replicate(self, tree):
-    """Host values (the same on every process) as arrays replicated over the
-    mesh, placed per device: device_put cannot place a host value on the
-    devices of other processes."""
-    return jax.tree.map(
-        lambda x: jax.make_array_from_callback(np.shape(x), self.replicated,
-                                               lambda i: np.asarray(x)[i]), tree)
+  @property
+  def plan(self) -> plan_lib.RunPlan:
+    return self.setup.plan
 
-  def to_global(self, batch: dict) -> dict:
-    """A global array sharded over 'data' from this process's share."""
-    return {k: jax.make_array_from_process_local_data(self.data, v) for k, v in batch.items()}
-
-  def evaluate(self, state, dataset, workdir: str, step: int) -> dict:
-    results = {}
-    for mode, eval_step in self.eval_steps.items():
-      sums = evaluation.evaluate(eval_step, state, dataset.eval_batches(), self.to_global)
-      summary = evaluation.summarize(sums, self.costs, self.fixed_blocks,
-                                     self.config.model.gated)
-      if jax.process_index() == 0:
-        rundir.write_class_block_rates(workdir, step, mode, evaluation.class_block_rates(sums))
-      results.update({f'eval/{mode}/{k}': v for k, v in summary.items()})
+  def evaluate(self, state, step: int) -> dict:
+    """Evaluation metrics of `state`; the per-class matrices go to the workdir."""
+    results, matrices = self.setup.evaluator(state, self.dataset)
+    if jax.process_index() == 0:
+      for mode, matrix in matrices.items():
+        rundir.write_class_block_rates(self.workdir, step, mode, matrix)
     return results
 
 
@@ -159,18 +120,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, dataset=
 def _train(config, workdir, dataset, stop) -> dict:
   dataset = dataset or input_pipeline.create_dataset(config)
   checkpointer = checkpoints.Checkpointer(workdir, config)  # refuses another model's workdir
-  runner = Runner(config, dataset)
-  state = checkpoints.restore_or_init(checkpointer, runner.init_state(), config.init_from)
+  parts = setup(config, dataset)
+  state = checkpoints.restore_or_init(checkpointer, parts.init_state(), parts.plan.init_from)
   # The compiled step wants exactly the shardings it was compiled for.
-  state = jax.device_put(state, runner.replicated)
+  state = jax.device_put(state, parts.placement.replicated)
   logger = None
   try:
     if jax.process_index() == 0:
       with reported_write(f'{workdir}/{rundir.CONFIG_FILE}', 'training did not start'):
         rundir.write_config(workdir, config)
-    logger = metrics.MetricLogger(workdir, runner.num_steps, runner.steps_per_epoch,
+    logger = metrics.MetricLogger(workdir, parts.plan.num_steps, parts.plan.steps_per_epoch,
                                   start_step=int(state.step))
-    final = _train_loop(config, workdir, dataset, runner, state, checkpointer, logger, stop)
+    final = _train_loop(Run(parts, dataset, workdir, checkpointer, logger), state, stop)
   finally:  # also on errors: finish pending checkpoint writes
     checkpointer.close()
     if logger is not None:
@@ -178,36 +139,34 @@ def _train(config, workdir, dataset, stop) -> dict:
   return final
 
 
-def _train_loop(config, workdir, dataset, runner, state, checkpointer, logger, stop) -> dict:
-  first = int(state.step)
-  progress = Progress(runner.num_steps, first, config.train.batch_size)
+def _train_loop(run: Run, state, stop: preemption.StopRequest) -> dict:
+  plan, step_fn, first = run.plan, run.setup.train_step, int(state.step)
+  progress = Progress(plan.num_steps, first, plan.batch_size)
   sums, final, run_info = None, {}, {}
-  tc = config.train
-  for step in range(first, runner.num_steps):
-    state, step_metrics = runner.train_step(state, runner.to_global(dataset.train_batch(step)),
-                                            runner.key)
+  for step in range(first, plan.num_steps):
+    batch = run.setup.placement.to_global(run.dataset.train_batch(step))
+    state, step_metrics = step_fn(state, batch)
     if step == first:  # compiled (or loaded) by this call: goes with the first log record
-      run_info = {f'run/{k}': v for k, v in runner.compile_info.items()}
+      run_info = {f'run/{k}': v for k, v in step_fn.compile_info.items()}
     sums = metrics.accumulate(sums, step_metrics)
     done = step + 1
-    log, ckpt = is_time(done, tc.log_every_steps, runner.num_steps), is_time(
-        done, config.checkpoint.every_steps, runner.num_steps)
-    evaluate = is_time(done, runner.eval_every_steps, runner.num_steps)
-    if log or ckpt or evaluate or done % tc.sync_every_steps == 0:
-      _raise_if_nonfinite(sums, checkpointer)
+    log, evaluate, ckpt = (is_time(done, every, plan.num_steps) for every in (
+        plan.log_every_steps, plan.eval_every_steps, plan.checkpoint_every_steps))
+    if log or ckpt or evaluate or done % plan.sync_every_steps == 0:
+      _raise_if_nonfinite(sums, run.checkpointer)
     if log:
       summary = {f'train/{k}': v for k, v in metrics.summarize_train(jax.device_get(sums)).items()}
-      logger.write(done, {**summary, **progress.update(done), **run_info})
+      run.logger.write(done, {**summary, **progress.update(done), **run_info})
       sums, run_info = None, {}
     if evaluate:
-      final = runner.evaluate(state, dataset, workdir, done)
-      logger.write(done, final)
+      final = run.evaluate(state, done)
+      run.logger.write(done, final)
     if ckpt:
-      checkpointer.save(done, state)
-    if done < runner.num_steps and stop.should_stop(done):
-      _save_and_stop(done, state, sums, checkpointer, ckpt, stop.message(done, runner.num_steps))
+      run.checkpointer.save(done, state)
+    if done < plan.num_steps and stop.should_stop(done):
+      _save_and_stop(done, state, sums, run.checkpointer, ckpt, stop.message(done, plan.num_steps))
   if not final:  # resumed after the last step: evaluate what is there
-    final = runner.evaluate(state, dataset, workdir, runner.num_steps)
+    final = run.evaluate(state, plan.num_steps)
   return final
 
 
@@ -233,28 +192,6 @@ def _raise_if_nonfinite(sums: dict, checkpointer) -> None:
     raise NonFiniteLossError(
         f'the loss is not finite at step {int(first_bad)} (0-based optimizer step); training '
         f'stopped, {kept}')
-
-
-class CacheHitCounter:
-  """Counts persistent-compilation-cache hits while it is entered (JAX's
-  public monitoring events; `count` stays 0 when the cache is off or missed)."""
-
-  HIT_EVENT = '/jax/compilation_cache/cache_hits'
-
-  def __init__(self):
-    self.count = 0
-
-  def _listen(self, event: str, **kwargs) -> None:
-    del kwargs
-    if event == self.HIT_EVENT:
-      self.count += 1
-
-  def __enter__(self):
-    jax.monitoring.register_event_listener(self._listen)
-    return self
-
-  def __exit__(self, *exc_info):
-    jax.monitoring.unregister_event_listener(self._listen)
 
 
 class Progress:
