@@ -171,8 +171,7 @@ def _save(state_dict, path):
 def resnet50_template():
   """Shapes and dtypes of the gated ResNet-50's variables (at 32x32)."""
   from adanet_jax import config_lib  # pylint: disable=import-outside-toplevel
-  config = config_lib.load_config(os.path.join(REPO, 'configs', 'imagenet.py') + ':resnet50',
-                                  check=False)
+  config = config_lib.load_config(os.path.join(REPO, 'configs', 'imagenet.py') + ':resnet50')
   config.data.image_size = 32
   return _template(factory.create_model(config), 32)
 
