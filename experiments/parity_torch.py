@@ -57,7 +57,8 @@ def measure(name: str, batch: int, weights: str) -> dict:
   rng = np.random.RandomState(0)
   images = rng.randn(batch, size, size, 3).astype(np.float32)
   labels = rng.randint(0, config.model.num_classes, batch)
-  noise = -np.log(-np.log(rng.uniform(1e-6, 1 - 1e-6, (batch, factory.num_blocks(config.model), 2))))
+  key = jax.random.key(0)  # our gates' Gumbel noise; the twins get the same
+  noise = torch_twin.gumbel_noise(key, batch, factory.num_blocks(config.model))
   net32 = torch_twin.from_config(config).train()
   if weights == 'random':
     torch_twin.randomize_(net32, seed=1)
@@ -81,7 +82,7 @@ def measure(name: str, batch: int, weights: str) -> dict:
                                                   train=False))
       variables = torch_io.import_state_dict(state_dict, template)
       loss, aux, batch_stats, grads = torch_twin.our_train_forward_backward(
-          model, variables, images, labels, noise, targets, weight)
+          model, variables, images, labels, key, targets, weight)
     grads = torch_io.export_state_dict({'params': grads, 'batch_stats': batch_stats})
     results[label] = (float(loss), aux['logits'], fc1_gradients(grads))
   ref_loss, ref_logits, ref_fc1 = results.pop('twin float64')

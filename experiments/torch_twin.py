@@ -18,7 +18,8 @@ pool. Input is NCHW.
 The gate is the straight-through Gumbel-softmax of the reference: forward
 value 1[l1 + g1 > l0 + g0], gradient that of softmax(l + g)[1] (temperature
 1, as the reference ignores its argument). `noise` (B, blocks, 2) is the
-Gumbel noise of mode 'sample' (drawn here if None). Blocks listed as fixed
+Gumbel noise of mode 'sample' (drawn here if None; `gumbel_noise(key, ...)` is
+the noise adanet_jax's gates draw from `key`). Blocks listed as fixed
 always run (z = prob = 1, logits (0, inf)), as adanet_jax's fixed blocks.
 `net.double()` gives the float64 twin.
 """
@@ -28,7 +29,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from adanet_jax.model import factory
+from adanet_jax.model import factory, gate, resnet
 
 GATE_MODES = ('sample', 'deterministic', 'expected')
 
@@ -297,33 +298,18 @@ def reference_init_(net: ResNet, imagenet: bool, seed: int = 0) -> ResNet:
   return net
 
 
-def apply_with_noise(model, variables, images, noise, **kwargs):
-  """adanet_jax's `model.apply` in gate mode 'sample' with given Gumbel noise.
+def gumbel_noise(key, batch: int, num_blocks: int) -> np.ndarray:
+  """The Gumbel noise adanet_jax's gates draw in mode 'sample' from the model's `key`.
 
-  Args:
-    model: an `adanet_jax.model.resnet.ResNet`.
-    variables: its {'params', 'batch_stats'}.
-    images: NHWC.
-    noise: (B, blocks, 2) the noise of every block, as the twin's `noise`.
-    **kwargs: passed to `model.apply` (train=..., mutable=...).
+  Block i's gate draws `gate.gumbel_noise(resnet.block_key(key, i), (batch, 2))`;
+  passed as the twin's `noise`, it makes the twin decide on the very same noise
+  as `model.apply(..., gate_mode='sample', key=key)`.
 
   Returns:
-    What `model.apply` returns; each gate's `gumbel_noise` gave its block's
-    slice of `noise` instead of drawing.
+    (batch, num_blocks, 2) float32 numpy.
   """
-  import flax.linen as flax_nn  # pylint: disable=import-outside-toplevel
-  starts = [sum(model.stage_sizes[:s]) for s in range(len(model.stage_sizes))]
-
-  def interceptor(next_fun, args, kw, context):
-    if context.method_name != 'gumbel_noise':
-      return next_fun(*args, **kw)
-    stage, block = context.module.parent.name[len('stage'):].split('_block')
-    return noise[:, starts[int(stage) - 1] + int(block)]
-
-  # Unrolled: inside a scanned run a gate does not know its block's name.
-  with flax_nn.intercept_methods(interceptor):
-    return model.clone(scan_min_run=None).apply(variables, images, gate_mode='sample',
-                                                **kwargs)
+  return np.stack([np.asarray(gate.gumbel_noise(resnet.block_key(key, i), (batch, 2)))
+                   for i in range(num_blocks)], axis=1)
 
 
 def twin_train_forward_backward(net: ResNet, images, labels, noise, targets, weight: float):
@@ -352,8 +338,9 @@ def twin_train_forward_backward(net: ResNet, images, labels, noise, targets, wei
   return float(loss.detach()), {k: v.detach().numpy() for k, v in aux.items()}
 
 
-def our_train_forward_backward(model, variables, images, labels, noise, targets, weight: float):
-  """The same pass in adanet_jax, with the loss of `adanet_jax.train.losses` ('mean').
+def our_train_forward_backward(model, variables, images, labels, key, targets, weight: float):
+  """The same pass in adanet_jax, with the loss of `adanet_jax.train.losses` ('mean'),
+  its gates drawing their noise from `key` (the twin's: `gumbel_noise(key, ...)`).
 
   Returns:
     (loss, aux, new batch_stats, gradients of the params), as numpy; jitted
@@ -362,14 +349,14 @@ def our_train_forward_backward(model, variables, images, labels, noise, targets,
   import jax  # pylint: disable=import-outside-toplevel
   from adanet_jax.train import losses  # pylint: disable=import-outside-toplevel
 
-  images, noise = np.asarray(images, np.float32), np.asarray(noise, np.float32)
+  images = np.asarray(images, np.float32)
 
   @jax.jit
   def run(params, batch_stats):
     def loss_fn(params):
-      (logits, aux), updates = apply_with_noise(
-          model, {'params': params, 'batch_stats': batch_stats}, images, noise, train=True,
-          mutable=['batch_stats'])
+      (logits, aux), updates = model.apply(
+          {'params': params, 'batch_stats': batch_stats}, images, train=True,
+          gate_mode='sample', key=key, mutable=['batch_stats'])
       loss, _ = losses.total_loss(logits, labels, aux, targets, weight, 'mean')
       return loss, (aux, updates['batch_stats'])
     return jax.value_and_grad(loss_fn, has_aux=True)(params)

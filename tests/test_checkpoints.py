@@ -22,6 +22,14 @@ def test_workdir_of_another_model_is_refused_untouched(tmp_path):
   assert checkpoints.model_signature(tiny_config())['model.depth'] == 8
 
 
+def test_scan_blocks_does_not_change_the_model(tmp_path):
+  # Scanned or unrolled blocks have the same variables: one workdir serves both.
+  workdir = str(tmp_path / 'w')
+  checkpoints.Checkpointer(workdir, tiny_config(model__scan_blocks='off')).close()
+  checkpoints.Checkpointer(workdir, tiny_config(model__scan_blocks='on')).close()
+  assert 'model.scan_blocks' not in checkpoints.model_signature(tiny_config())
+
+
 def test_restore_from_a_missing_path_names_it(tmp_path):
   with pytest.raises(ConfigError, match='is not a workdir or checkpoint directory'):
     checkpoints.restore_from(str(tmp_path / 'none'), state=None)

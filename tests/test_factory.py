@@ -5,7 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from adanet_jax.model import factory
+from adanet_jax import config_lib
+from adanet_jax.model import factory, xla_cpu
 from adanet_jax.errors import ConfigError
 
 
@@ -119,6 +120,7 @@ def test_bfloat16_compute_keeps_float32_parameters(load_config):
     ('loss.targets', (0.5, 0.5), r'loss.targets has 2 entries but the model has 54 gated blocks'),
     ('loss.reduction', 'max', r"loss.reduction='max' is unknown; allowed: mean, sum"),
     ('model.dtype', 'float16', r"model.dtype='float16' is unknown; allowed: float32, bfloat16"),
+    ('model.scan_blocks', 'yes', r"^model.scan_blocks='yes' is unknown; allowed: auto, on, off$"),
     ('loss.target_schedule', 'resnet50_reference',
      r"loss.target_schedule='resnet50_reference' defines 16 blocks but model "
      r'cifar_resnet-110 has 54'),
@@ -139,3 +141,33 @@ def test_bad_imagenet_depth_is_refused(load_config):
     factory.validate(config)
   with pytest.raises(ValueError, match=r"arch='resnet18' is unknown; allowed: resnet50, "):
     load_config('imagenet.py', 'resnet18')
+
+
+@pytest.mark.parametrize('scan_blocks,backend,dtype,want', [
+    # 'auto' scans only on XLA:CPU, with its workarounds; elsewhere unrolled.
+    ('auto', 'cpu', 'float32', (6, xla_cpu.loop_conv, None)),
+    ('auto', 'cpu', 'bfloat16', (6, xla_cpu.loop_conv, xla_cpu.sixteen_bit_residuals)),
+    ('auto', 'gpu', 'float32', (0, None, None)),
+    ('auto', 'tpu', 'bfloat16', (0, None, None)),
+    # 'on' scans anywhere, the CPU workarounds on the CPU only; 'off' never.
+    ('on', 'gpu', 'bfloat16', (6, None, None)),
+    ('on', 'cpu', 'float32', (6, xla_cpu.loop_conv, None)),
+    ('off', 'cpu', 'bfloat16', (0, None, None)),
+    ('off', 'gpu', 'float32', (0, None, None)),
+])
+def test_scan_blocks_resolves_per_backend(load_config, scan_blocks, backend, dtype, want):
+  config = load_config('cifar10.py')
+  config.model.scan_blocks, config.model.dtype = scan_blocks, dtype
+  model = factory.create_model(config, backend=backend)
+  assert (model.scan_min_run, model.loop_conv_fn, model.scan_body_wrapper) == want
+
+
+def test_scan_blocks_defaults_to_auto_and_on_this_backend(load_config):
+  config = load_config('cifar10.py')
+  assert config.model.scan_blocks == 'auto'
+  # Tests run on XLA:CPU (conftest): the default backend scans there.
+  assert factory.create_model(config).scan_min_run == factory.SCAN_MIN_RUN == 6
+  # A config stored before the field existed loads as 'auto'.
+  stored = config.to_dict()
+  del stored['model']['scan_blocks']
+  assert config_lib.from_dict(stored).model.scan_blocks == 'auto'

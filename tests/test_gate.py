@@ -1,12 +1,13 @@
-"""Tests of the gate: initial opening rate, modes, straight-through gradient."""
+"""Tests of the gate: initial opening rate, modes and keys, straight-through gradient."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from adanet_jax.errors import ConfigError
 from adanet_jax.model import factory, resnet
-from adanet_jax.model.gate import Gate, check_gate_mode, straight_through_gate
+from adanet_jax.model.gate import Gate, check_gate_mode, gumbel_noise, straight_through_gate
 
 SIGMOID_1_9 = 1 / (1 + np.exp(-1.9))
 
@@ -30,19 +31,19 @@ def test_sample_mode_executes_87_percent(load_config):
   x = jax.random.normal(jax.random.key(0), (256, 32, 32, 3))
   variables = model.init({'params': jax.random.key(1)}, x, train=False)
   (_, aux), _ = model.apply(variables, x, train=True, gate_mode='sample',
-                            rngs={'gumbel': jax.random.key(2)}, mutable=['batch_stats'])
+                            key=jax.random.key(2), mutable=['batch_stats'])
   gates = np.asarray(aux['gates'])
   assert set(np.unique(gates)) <= {0.0, 1.0}
   assert abs(gates.mean() - 0.87) <= 0.03
 
 
-def test_modes_and_rng_streams(load_config):
+def test_modes_and_keys(load_config):
   model = _resnet20(load_config)
   x = jax.random.normal(jax.random.key(0), (32, 32, 32, 3))
   variables = model.init({'params': jax.random.key(1)}, x, train=False)
 
   def run(mode, key):
-    return model.apply(variables, x, train=False, gate_mode=mode, rngs={'gumbel': key})
+    return model.apply(variables, x, train=False, gate_mode=mode, key=key)
 
   det_a, det_b = run('deterministic', jax.random.key(3)), run('deterministic', jax.random.key(4))
   np.testing.assert_array_equal(det_a[0], det_b[0])
@@ -52,8 +53,27 @@ def test_modes_and_rng_streams(load_config):
   np.testing.assert_array_equal(s1[1]['gates'], s1_again[1]['gates'])
   assert np.any(np.asarray(s1[1]['gates']) != np.asarray(s2[1]['gates']))
   assert np.any(np.asarray(s1[0]) != np.asarray(s2[0]))
-  with pytest.raises(Exception, match='gumbel'):
-    model.apply(variables, x, train=False, gate_mode='sample')  # no stream: no noise
+  with pytest.raises(ConfigError, match="^gate mode 'sample' needs a key: pass key= to the "
+                                       "model's call"):
+    model.apply(variables, x, train=False, gate_mode='sample')  # no key: no noise
+
+
+def test_sample_mode_decides_on_the_noise_of_its_key():
+  gate = Gate()
+  x = jax.random.normal(jax.random.key(0), (64, 4, 4, 8))
+  variables = gate.init({'params': jax.random.key(1)}, x, train=False, mode='deterministic')
+  # A random last layer: logits near zero, so the noise decides often.
+  params = {**variables['params'], 'fc2': {
+      'kernel': jax.random.normal(jax.random.key(2), (16, 2)) * 0.1, 'bias': jnp.zeros(2)}}
+  key = jax.random.key(3)
+  z, _, logits = gate.apply({**variables, 'params': params}, x, train=False, mode='sample',
+                            key=key)
+  perturbed = np.asarray(logits + gumbel_noise(key, (64, 2)))
+  np.testing.assert_array_equal(z, perturbed[:, 1] > perturbed[:, 0])
+  deterministic = np.asarray(logits[:, 1] > logits[:, 0])
+  assert np.any(np.asarray(z) != deterministic) and 0 < float(z.mean()) < 1
+  with pytest.raises(ConfigError, match="^gate mode 'sample' needs a key"):
+    gate.apply({**variables, 'params': params}, x, train=False, mode='sample')
 
 
 def _bn_eval(x, p, eps=1e-5):

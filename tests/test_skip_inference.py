@@ -82,7 +82,7 @@ def test_cifar_resnet_matches_masked(load_config, batch, open_counts):
 
 def test_scanned_runs_skip_like_masked(load_config):
   # Blocks 1-3 of each stage of ResNet-26 run under one lax.scan (as the long
-  # runs of ResNet-110 do by default); their skipping runs in the loop body.
+  # runs of ResNet-110 do by default on XLA:CPU); their skipping runs in the loop body.
   model = factory.create_model(load_config('cifar10.py', 'depth=26')).clone(scan_min_run=2)
   variables = _random_variables(model, 16)
   _check_matches_masked(model, variables, _images(9, 16), [9, 0, 1, 3, 4, 5, 7, 8, 2, 0, 6, 9])

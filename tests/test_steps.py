@@ -41,7 +41,6 @@ def _fixed_schedule(config, steps_per_epoch):
 
 def _fixed_train_step(state, batch, key, *, config, schedule):
   """The train step with every number a trace-time constant."""
-  rngs = {'gumbel': steps.step_key(key, state.step, steps.GUMBEL_STREAM)}
   tx = optax.chain(optax.add_decayed_weights(config.optim.weight_decay),
                    optax.sgd(schedule, momentum=config.optim.momentum or None,
                              nesterov=config.optim.nesterov))
@@ -49,7 +48,8 @@ def _fixed_train_step(state, batch, key, *, config, schedule):
   def loss_fn(params):
     (logits, aux), updates = state.apply_fn(
         {'params': params, 'batch_stats': state.batch_stats}, batch['image'], train=True,
-        gate_mode=config.gates.train_mode, rngs=rngs, mutable=['batch_stats'])
+        gate_mode=config.gates.train_mode,
+        key=steps.step_key(key, state.step, steps.GUMBEL_STREAM), mutable=['batch_stats'])
     loss, _ = losses.total_loss(logits, batch['label'], aux, factory.block_targets(config),
                                 config.loss.weight, config.loss.reduction)
     return loss, updates
@@ -148,7 +148,6 @@ def test_other_loss_numbers_reuse_the_compiled_step(load_config):
 def test_call_time_temperature_replaces_the_attribute(load_config):
   config = load_config('digits.py', 'depth=8')
   images = jax.random.normal(jax.random.key(1), (16, 8, 8, 1))
-  rngs = {'gumbel': jax.random.key(2)}
 
   def gate_grads(temperature_attr, temperature_call):
     config.gates.temperature = temperature_attr
@@ -157,8 +156,8 @@ def test_call_time_temperature_replaces_the_attribute(load_config):
 
     def gate_sum(params):
       (_, aux), _ = model.apply({**variables, 'params': params}, images, train=True,
-                                gate_mode='sample', temperature=temperature_call, rngs=rngs,
-                                mutable=['batch_stats'])
+                                gate_mode='sample', temperature=temperature_call,
+                                key=jax.random.key(2), mutable=['batch_stats'])
       return aux['gates'].sum()
     return jax.tree.leaves(jax.grad(gate_sum)(variables['params']))
 

@@ -39,11 +39,6 @@ def _template(model, size):
                                            train=False))
 
 
-def _gumbel(batch, blocks, seed):
-  u = np.random.RandomState(seed).uniform(1e-6, 1 - 1e-6, (batch, blocks, 2))
-  return -np.log(-np.log(u))
-
-
 def _twin_outputs(net, x, mode, noise=None):
   with torch.no_grad():
     logits, aux = net(torch.from_numpy(x.transpose(0, 3, 1, 2)), gate_mode=mode,
@@ -51,13 +46,8 @@ def _twin_outputs(net, x, mode, noise=None):
   return logits.numpy(), {k: v.numpy() for k, v in aux.items()}
 
 
-def _our_outputs(model, variables, x, mode, noise=None):
-  if mode == 'sample':
-    out = torch_twin.apply_with_noise(model, variables, x, jnp.asarray(noise, jnp.float32),
-                                      train=False)
-  else:
-    out = model.apply(variables, x, train=False, gate_mode=mode)
-  return jax.tree.map(np.asarray, out)
+def _our_outputs(model, variables, x, mode, key=None):
+  return jax.tree.map(np.asarray, model.apply(variables, x, train=False, gate_mode=mode, key=key))
 
 
 def _assert_same_outputs(ours, theirs):
@@ -78,9 +68,10 @@ def test_twin_weights_and_export_give_same_outputs(load_config, config_name, arg
   state_dict = {k: v.numpy() for k, v in net.state_dict().items()}
   variables = torch_io.import_state_dict(state_dict, _template(model, size))
   x = np.random.RandomState(0).randn(8, size, size, 3).astype(np.float32)
-  noise = _gumbel(8, model.num_blocks, seed=2)
-  for mode, mode_noise in (('deterministic', None), ('sample', noise)):
-    ours = _our_outputs(model, variables, x, mode, mode_noise)
+  key = jax.random.key(2)  # our gates draw from it; the twin gets the same noise
+  noise = torch_twin.gumbel_noise(key, 8, model.num_blocks)
+  for mode, mode_key, mode_noise in (('deterministic', None, None), ('sample', key, noise)):
+    ours = _our_outputs(model, variables, x, mode, mode_key)
     _assert_same_outputs(ours, _twin_outputs(net, x, mode, mode_noise))
   # Export: ours -> reference layout -> a fresh twin gives the same outputs.
   exported = torch_io.export_state_dict(variables, num_batches_tracked=7)
@@ -106,9 +97,10 @@ def test_training_step_matches_twin(load_config):
   rng = np.random.RandomState(4)
   x = rng.randn(32, 8, 8, 3).astype(np.float32)
   labels = rng.randint(0, 10, 32)
-  noise = _gumbel(32, model.num_blocks, seed=5)
+  key = jax.random.key(5)
+  noise = torch_twin.gumbel_noise(key, 32, model.num_blocks)
   loss, _, batch_stats, grads = torch_twin.our_train_forward_backward(
-      model, variables, x, labels, noise, targets, 2.0)
+      model, variables, x, labels, key, targets, 2.0)
   loss32, _ = torch_twin.twin_train_forward_backward(net32, x, labels, noise, targets, 2.0)
   torch_twin.twin_train_forward_backward(net64, x, labels, noise, targets, 2.0)
   assert abs(loss - loss32) < 1e-6

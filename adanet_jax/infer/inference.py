@@ -97,8 +97,7 @@ class LoadedModel:
   def _forward(self) -> Callable:
     # gate_mode is static: one compilation per (mode, batch shape).
     def forward(variables, images, key, gate_mode):
-      return self.model.apply(variables, images, train=False, gate_mode=gate_mode,
-                              rngs={'gumbel': key})
+      return self.model.apply(variables, images, train=False, gate_mode=gate_mode, key=key)
     return jax.jit(forward, static_argnames='gate_mode')
 
   def eval_split(self, limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:

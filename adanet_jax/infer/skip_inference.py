@@ -38,8 +38,8 @@ as usual.
   aux['gates'], aux['probs']                           # (batch, blocks), as the masked model
 
 Only `gate_mode='deterministic'` can skip: `expected` runs every block scaled by
-its probability, and `sample` draws Gumbel noise from the masked model's rng
-streams, which the rebuilt blocks do not see.
+its probability, and `sample` draws Gumbel noise from a key, which the
+skipping path takes none of.
 """
 
 import dataclasses
@@ -93,7 +93,7 @@ def check_skip_mode(gate_mode: str) -> None:
     raise ConfigError(
         f"skipping closed blocks needs gate_mode='deterministic', got {gate_mode!r}: "
         "in 'expected' mode every block runs, scaled by its execution probability, and "
-        "'sample' mode's Gumbel noise comes from the masked model's rng streams; run "
+        "'sample' mode draws Gumbel noise, which the skipping path does not; run "
         'the masked model (skip=False) for those modes')
 
 
@@ -236,6 +236,6 @@ def _threshold_shifts(model, variables, images, open_counts):
 
   with nn.intercept_methods(interceptor):
     # Unrolled: blocks are counted and named as the ResNet's children.
-    model.clone(scan_min_run=None).apply(variables, images, train=False,
+    model.clone(scan_min_run=0).apply(variables, images, train=False,
                                          gate_mode='deterministic')
   return shifts

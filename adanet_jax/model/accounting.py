@@ -118,7 +118,7 @@ def cost_table(model: nn.Module, image_shape: tuple[int, int, int],
   x = jnp.zeros((1, *image_shape), jnp.float32)
   # Unrolled, every layer is called under its block's path; a scanned run's
   # template has none.
-  model = model.clone(scan_min_run=None)
+  model = model.clone(scan_min_run=0)
 
   def trace():
     variables = model.init({'params': jax.random.key(0)}, x, train=False)

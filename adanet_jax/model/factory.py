@@ -1,12 +1,13 @@
 """From a config to a gated ResNet: model families, depth rules, per-block
-targets and fixed blocks, and the checks that reject a bad config before
-anything is compiled.
+targets and fixed blocks, scanned blocks and the backend's workarounds, and
+the checks that reject a bad config before anything is compiled.
 """
 
+import jax
 import jax.numpy as jnp
 import ml_collections
 
-from adanet_jax.model import norm, resnet
+from adanet_jax.model import norm, resnet, xla_cpu
 from adanet_jax.errors import ConfigError
 from adanet_jax.model.gate import check_gate_mode
 
@@ -16,6 +17,10 @@ DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 TARGET_SCHEDULES = ('uniform', 'resnet50_reference', 'resnet101_reference')
 REDUCTIONS = ('mean', 'sum')
 BN_GAMMA_INITS = ('ones', 'reference')
+SCAN_BLOCKS = ('auto', 'on', 'off')
+# Scanned runs are at least this long: shorter ones gain little compile time,
+# and XLA's cost analysis counts a loop body once, so small models stay unrolled.
+SCAN_MIN_RUN = 6
 
 
 def bn_gamma_init(model_config: ml_collections.ConfigDict) -> str:
@@ -124,17 +129,50 @@ def validate(config: ml_collections.ConfigDict) -> None:
                       f'allowed: {", ".join(BN_GAMMA_INITS)}')
   if config.model.width < 1:
     raise ConfigError(f'model.width={config.model.width} must be a positive integer')
+  if config.model.scan_blocks not in SCAN_BLOCKS:
+    raise ConfigError(f'model.scan_blocks={config.model.scan_blocks!r} is unknown; allowed: '
+                      f'{", ".join(SCAN_BLOCKS)}')
 
 
-def create_model(config: ml_collections.ConfigDict) -> resnet.ResNet:
+def scans_blocks(model_config: ml_collections.ConfigDict, backend: str) -> bool:
+  """Whether runs of identical blocks are scanned on `backend`.
+
+  'auto' scans only on XLA:CPU, the one backend where a benchmark showed that
+  scanning helps; elsewhere the model stays unrolled.
+  """
+  return model_config.scan_blocks == 'on' or (model_config.scan_blocks == 'auto'
+                                              and backend == 'cpu')
+
+
+def scan_attributes(config: ml_collections.ConfigDict, backend: str) -> dict:
+  """The ResNet's scan attributes for `backend`: off, or runs of SCAN_MIN_RUN
+  blocks, with XLA:CPU's workarounds (`xla_cpu`) on the CPU backend."""
+  if not scans_blocks(config.model, backend):
+    return {}
+  attributes = dict(scan_min_run=SCAN_MIN_RUN)
+  if backend == 'cpu':
+    attributes['loop_conv_fn'] = xla_cpu.loop_conv
+    if jnp.dtype(DTYPES[config.model.dtype]).itemsize == 2:
+      attributes['scan_body_wrapper'] = xla_cpu.sixteen_bit_residuals
+  return attributes
+
+
+def create_model(config: ml_collections.ConfigDict, backend: str | None = None) -> resnet.ResNet:
   """The ResNet that `config` describes; `checks.validate` (which runs
-  `validate`) has checked it."""
+  `validate`) has checked it.
+
+  Args:
+    config: the run's config.
+    backend: the JAX backend the model will run on ('cpu', 'gpu', 'tpu'),
+      which resolves `model.scan_blocks`; default `jax.default_backend()`.
+  """
   m = config.model
   sizes = stage_sizes(m)
   bn_init, gate_bn_init = norm.gamma_inits(bn_gamma_init(m), m.name)
   common = dict(num_classes=m.num_classes, gated=m.gated, fixed_blocks=fixed_blocks(config),
                 gate_hidden=config.gates.hidden, temperature=config.gates.temperature,
-                bn_scale_init=bn_init, gate_bn_scale_init=gate_bn_init, dtype=DTYPES[m.dtype])
+                bn_scale_init=bn_init, gate_bn_scale_init=gate_bn_init, dtype=DTYPES[m.dtype],
+                **scan_attributes(config, backend or jax.default_backend()))
   if m.name == 'cifar_resnet':
     k = m.width
     return resnet.ResNet(block='basic', stage_sizes=sizes, stage_widths=(16 * k, 32 * k, 64 * k),

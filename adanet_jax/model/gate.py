@@ -4,7 +4,8 @@ the block runs.
 global average pool -> Dense(hidden) -> BatchNorm -> ReLU -> Dense(2); logit 1
 means "execute", logit 0 "skip". The decision is hard (0/1) in the forward pass
 and differentiable through the straight-through Gumbel-softmax estimator.
-Gumbel noise is drawn only from the explicit `gumbel` rng stream.
+The gate is a pure function of its input and, in mode `sample`, of the key
+its Gumbel noise is drawn from (`gumbel_noise`).
 """
 
 from typing import Callable
@@ -67,16 +68,20 @@ class Gate(nn.Module):
   bn_scale_init: Callable = nn.initializers.ones
 
   @nn.compact
-  def __call__(self, x: jax.Array, *, train: bool, mode: str,
+  def __call__(self, x: jax.Array, *, train: bool, mode: str, key: jax.Array | None = None,
                temperature: float | jax.Array | None = None):
     """Returns `(z, prob, logits)`: (batch,), (batch,), (batch, 2), float32.
 
     `z` is the value the residual branch is multiplied by: hard 0/1 in modes
     `sample` and `deterministic`, the execution probability in `expected`.
     `prob` = sigmoid(l1 - l0), the gate's execution probability; `logits` the
-    gate's two logits (skip, execute), before any noise. `temperature`, if
-    given, replaces the attribute.
+    gate's two logits (skip, execute), before any noise. `key` is the key of
+    the Gumbel noise (`gumbel_noise`), needed in mode `sample` only.
+    `temperature`, if given, replaces the attribute.
     """
+    check_gate_mode(mode)
+    if mode == 'sample' and key is None:
+      raise ConfigError("gate mode 'sample' needs a key: pass key= to the model's call")
     fan_in = x.shape[-1]
     bias_init = torch_bias_init(fan_in)
     h = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
@@ -91,18 +96,17 @@ class Gate(nn.Module):
     prob = jax.nn.sigmoid(logits[..., 1] - logits[..., 0])
     if mode == 'expected':
       return prob, prob, logits
-    if mode == 'sample':
-      noise = self.gumbel_noise(logits.shape)
-    else:
-      check_gate_mode(mode)
-      noise = None
+    noise = gumbel_noise(key, logits.shape) if mode == 'sample' else None
     temperature = self.temperature if temperature is None else temperature
     return straight_through_gate(logits, noise, temperature), prob, logits
 
-  def gumbel_noise(self, shape) -> jax.Array:
-    """Gumbel noise from the `gumbel` stream (a method of its own, so tests can
-    read or replace it with `nn.intercept_methods`)."""
-    return jax.random.gumbel(self.make_rng('gumbel'), shape, jnp.float32)
+
+def gumbel_noise(key: jax.Array, shape) -> jax.Array:
+  """The gate's Gumbel noise of `shape` (batch, 2) from `key`, float32.
+
+  Public, so that the PyTorch twin feeds its gates the very same noise.
+  """
+  return jax.random.gumbel(key, shape, jnp.float32)
 
 
 def torch_bias_init(fan_in: int):

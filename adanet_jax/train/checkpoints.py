@@ -42,9 +42,10 @@ from adanet_jax.errors import (CheckpointWriteError, ConfigError, DamagedCheckpo
 logger = logging.getLogger(__name__)
 
 MODEL_FIELDS = ('model', 'gates.hidden', 'data.image_size', 'data.channels')
-# Model fields that only choose an initialisation: a checkpoint restores over
-# them, so workdirs written before they existed keep loading.
-INIT_ONLY_FIELDS = ('model.bn_gamma_init',)
+# Model fields that only choose an initialisation, or how the blocks are
+# compiled: a checkpoint restores over them, so workdirs written before they
+# existed keep loading.
+INIT_ONLY_FIELDS = ('model.bn_gamma_init', 'model.scan_blocks')
 
 
 def model_signature(config: ml_collections.ConfigDict) -> dict:

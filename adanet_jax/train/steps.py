@@ -100,13 +100,11 @@ def train_step(state: TrainState, batch: dict, key: jax.Array, hparams: dict, *,
     The new state and a dict of metric sums over the batch (`count` is the
     number of images) so that metrics add up across steps.
   """
-  rngs = {'gumbel': step_key(key, state.step, GUMBEL_STREAM)}
-
   def loss_fn(params):
     (logits, aux), updates = state.apply_fn(
         {'params': params, 'batch_stats': state.batch_stats}, batch['image'], train=True,
-        gate_mode=gate_mode, temperature=hparams['temperature'], rngs=rngs,
-        mutable=['batch_stats'])
+        gate_mode=gate_mode, temperature=hparams['temperature'],
+        key=step_key(key, state.step, GUMBEL_STREAM), mutable=['batch_stats'])
     loss, parts = losses.total_loss(logits, batch['label'], aux, hparams['targets'],
                                     hparams['loss_weight'], reduction)
     return loss, (logits, aux, updates, parts)
