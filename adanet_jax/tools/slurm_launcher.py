@@ -10,7 +10,9 @@ summary; this module only starts, watches and cancels jobs.
 A point is one process (one task) with the accelerators SLURM gives it
 (`--slurm.gpus_per_task`); a point spanning several tasks or nodes is run by
 hand with `srun`/`sbatch` (README, "On a SLURM cluster"). Submitit's own
-files (the pickled call, its stdout/stderr) go to `<root>/slurm/`.
+files (the submitted call, its stdout/stderr) go to `<root>/slurm/`. A job's
+exit status comes back as JSON in the point's workdir (RESULT_FILE), so the
+sweep never deserializes a file that others could have written.
 """
 
 import dataclasses
@@ -28,6 +30,8 @@ LOG_FILE = 'log.txt'
 # died (a closed login session) follows a job still queued or running instead
 # of submitting a second one into the same workdir.
 JOB_FILE = 'slurm_job.json'
+# What a finished job writes, atomically: {'job_id', 'status'}.
+RESULT_FILE = 'slurm_result.json'
 # How often a job that has not written its result is looked up in `squeue`:
 # without SLURM accounting (`sacct`) submitit cannot see a job that died
 # before returning (cancelled, node failure, out of memory).
@@ -63,8 +67,13 @@ def run_point(command: list[str], workdir: str, cwd: str) -> int:
   env = {k: v for k, v in os.environ.items() if not k.startswith('SLURM_')}
   os.makedirs(workdir, exist_ok=True)
   with open(os.path.join(workdir, LOG_FILE), 'a') as log:
-    return subprocess.call(command, stdout=log, stderr=subprocess.STDOUT,
-                           stdin=subprocess.DEVNULL, cwd=cwd, env=env)
+    status = subprocess.call(command, stdout=log, stderr=subprocess.STDOUT,
+                             stdin=subprocess.DEVNULL, cwd=cwd, env=env)
+  path = os.path.join(workdir, RESULT_FILE)
+  with open(path + '.tmp', 'w') as f:
+    json.dump({'job_id': os.environ.get('SLURM_JOB_ID', ''), 'status': status}, f)
+  os.replace(path + '.tmp', path)  # the sweep never reads half a result
+  return status
 
 
 class SlurmJob:
@@ -78,6 +87,7 @@ class SlurmJob:
 
   def __init__(self, job, job_file: str):
     self.job, self.job_file = job, job_file
+    self.result_file = os.path.join(os.path.dirname(job_file), RESULT_FILE)
     self.next_squeue = time.monotonic() + SQUEUE_EVERY_S
 
   @property
@@ -95,19 +105,27 @@ class SlurmJob:
     # The result file, written atomically when the job returns, is the
     # answer; submitit's own `done()` would also ask `sacct`, which clusters
     # without accounting refuse (and submitit then warns on every call).
-    if self._finished():
-      try:
-        return int(self.job.result())
-      except Exception:  # pylint: disable=broad-except
-        return LOST_JOB_STATUS  # the job itself failed: see <root>/slurm/<job id>/
+    result = self._result()
+    if result is not None:
+      return int(result['status'])
     if time.monotonic() >= self.next_squeue:
       self.next_squeue = time.monotonic() + SQUEUE_EVERY_S
       if not self._in_queue() and not self._finished():
         return LOST_JOB_STATUS
     return None
 
+  def _result(self) -> dict | None:
+    """This job's RESULT_FILE, or None before it wrote one (an earlier
+    job's result does not count)."""
+    try:
+      with open(self.result_file) as f:
+        result = json.load(f)
+    except (OSError, ValueError):
+      return None
+    return result if str(result.get('job_id')) == str(self.job_id) else None
+
   def _finished(self) -> bool:
-    return self.job.paths.result_pickle.exists()
+    return self._result() is not None
 
   def _in_queue(self) -> bool:
     out = subprocess.run(['squeue', '-h', '-j', str(self.job_id), '-o', '%T'],
