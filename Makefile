@@ -30,5 +30,5 @@ lint: $(STAMP)
 	$(VENV)/bin/pyink --check --quiet .
 
 # Two workers, one test file each at a time (a file's module fixtures run once).
-test: $(STAMP) slurm
+test: $(STAMP) slurm lint
 	$(VENV)/bin/python -m pytest -n 2 --dist loadfile

@@ -26,68 +26,86 @@ def get_base_config() -> ml_collections.ConfigDict:
   """Defaults shared by all configs; each config file changes what it needs."""
   c = ml_collections.ConfigDict()
   c.seed = 0
-  c.model = ml_collections.ConfigDict(dict(
-      name='cifar_resnet',  # cifar_resnet | wide_resnet | imagenet_resnet
-      depth=110,            # 6n+2 | 6n+4 | 50, 101, 152
-      width=1,              # widening factor (channels x width)
-      num_classes=10,
-      gated=True,           # False: the plain ResNet with the same backbone
-      dtype='float32',      # compute dtype: float32 | bfloat16
-      bn_gamma_init='ones',  # ones | reference: U(0, 1) where the reference model has it
-      scan_blocks='auto',   # auto | on | off: identical blocks as one loop; auto: on XLA:CPU
-  ))
-  c.gates = ml_collections.ConfigDict(dict(
-      hidden=16,
-      temperature=1.0,
-      train_mode='sample',              # sample | deterministic | expected
-      eval_modes=('deterministic',),    # each evaluation runs in all of these
-      fix_target_one=True,              # blocks with target 1 always execute
-  ))
-  c.loss = ml_collections.ConfigDict(dict(
-      target=0.7,                  # t: target execution rate
-      target_schedule='uniform',   # uniform | resnet50_reference | resnet101_reference
-      targets=(),                  # explicit per-block targets; overrides the schedule
-      weight=2.0,                  # lambda of the target-rate loss
-      reduction='mean',            # mean over blocks (reference code) | sum (paper)
-  ))
-  c.data = ml_collections.ConfigDict(dict(
-      name='cifar10',
-      image_size=32,
-      channels=3,
-      data_dir='',   # tfds data_dir; '' = $TFDS_DATA_DIR or ~/tensorflow_datasets
-  ))
-  c.optim = ml_collections.ConfigDict(dict(
-      base_learning_rate=0.1,   # at base_batch_size; scaled linearly with train.batch_size
-      base_batch_size=256,
-      momentum=0.9,
-      nesterov=False,
-      weight_decay=5e-4,        # coupled L2 on every parameter, as the reference
-      schedule='step',          # step | cosine | constant
-      # 'step': x decay_factor at these fractions of train.num_epochs, so the
-      # drops follow an override of the epochs.
-      decay_fractions=(3 / 7, 5 / 7),
-      decay_factor=0.1,
-      warmup_epochs=0.0,
-  ))
-  c.train = ml_collections.ConfigDict(dict(
-      batch_size=256,           # global batch, over all devices and processes
-      num_epochs=350.0,
-      log_every_steps=100,
-      eval_every_epochs=10.0,   # and always after the last step
-      sync_every_steps=10,      # wait for results at least this often (CPU: <= 10)
-  ))
-  c.eval = ml_collections.ConfigDict(dict(
-      batch_size=500,           # global; the last batch is padded and masked
-  ))
-  c.checkpoint = ml_collections.ConfigDict(dict(
-      every_steps=1000,         # and always after the last step
-      keep=3,
-  ))
-  c.init_from = ''              # workdir, checkpoint dir or PyTorch .pth/.pt (params only)
+  c.model = ml_collections.ConfigDict(
+      dict(
+          name='cifar_resnet',  # cifar_resnet | wide_resnet | imagenet_resnet
+          depth=110,  # 6n+2 | 6n+4 | 50, 101, 152
+          width=1,  # widening factor (channels x width)
+          num_classes=10,
+          gated=True,  # False: the plain ResNet with the same backbone
+          dtype='float32',  # compute dtype: float32 | bfloat16
+          bn_gamma_init='ones',  # ones | reference: U(0, 1) where the reference model has it
+          scan_blocks='auto',  # auto | on | off: identical blocks as one loop; auto: on XLA:CPU
+      )
+  )
+  c.gates = ml_collections.ConfigDict(
+      dict(
+          hidden=16,
+          temperature=1.0,
+          train_mode='sample',  # sample | deterministic | expected
+          eval_modes=('deterministic',),  # each evaluation runs in all of these
+          fix_target_one=True,  # blocks with target 1 always execute
+      )
+  )
+  c.loss = ml_collections.ConfigDict(
+      dict(
+          target=0.7,  # t: target execution rate
+          target_schedule='uniform',  # uniform | resnet50_reference | resnet101_reference
+          targets=(),  # explicit per-block targets; overrides the schedule
+          weight=2.0,  # lambda of the target-rate loss
+          reduction='mean',  # mean over blocks (reference code) | sum (paper)
+      )
+  )
+  c.data = ml_collections.ConfigDict(
+      dict(
+          name='cifar10',
+          image_size=32,
+          channels=3,
+          data_dir='',  # tfds data_dir; '' = $TFDS_DATA_DIR or ~/tensorflow_datasets
+      )
+  )
+  c.optim = ml_collections.ConfigDict(
+      dict(
+          base_learning_rate=0.1,  # at base_batch_size; scaled linearly with train.batch_size
+          base_batch_size=256,
+          momentum=0.9,
+          nesterov=False,
+          weight_decay=5e-4,  # coupled L2 on every parameter, as the reference
+          schedule='step',  # step | cosine | constant
+          # 'step': x decay_factor at these fractions of train.num_epochs, so the
+          # drops follow an override of the epochs.
+          decay_fractions=(3 / 7, 5 / 7),
+          decay_factor=0.1,
+          warmup_epochs=0.0,
+      )
+  )
+  c.train = ml_collections.ConfigDict(
+      dict(
+          batch_size=256,  # global batch, over all devices and processes
+          num_epochs=350.0,
+          log_every_steps=100,
+          eval_every_epochs=10.0,  # and always after the last step
+          sync_every_steps=10,  # wait for results at least this often (CPU: <= 10)
+      )
+  )
+  c.eval = ml_collections.ConfigDict(
+      dict(
+          batch_size=500,  # global; the last batch is padded and masked
+      )
+  )
+  c.checkpoint = ml_collections.ConfigDict(
+      dict(
+          every_steps=1000,  # and always after the last step
+          keep=3,
+      )
+  )
+  c.init_from = ''  # workdir, checkpoint dir or PyTorch .pth/.pt (params only)
   return c
 
 
-def parse_arg(arg: str | None, positional: str | None = None, **defaults: Any) -> ml_collections.ConfigDict:
+def parse_arg(
+    arg: str | None, positional: str | None = None, **defaults: Any
+) -> ml_collections.ConfigDict:
   """Parses `key=value,key=value` against typed defaults.
 
   Args:
@@ -105,12 +123,16 @@ def parse_arg(arg: str | None, positional: str | None = None, **defaults: Any) -
     key, sep, raw = token.partition('=')
     if not sep:
       if positional is None:
-        raise ConfigError(f'config argument {token!r} needs the form key=value; keys: '
-                          f'{", ".join(defaults)}')
+        raise ConfigError(
+            f'config argument {token!r} needs the form key=value; keys: '
+            f'{", ".join(defaults)}'
+        )
       key, raw = positional, token
     key = key.strip()
     if key not in defaults:
-      raise ConfigError(f'config argument {key!r} is unknown; allowed: {", ".join(defaults)}')
+      raise ConfigError(
+          f'config argument {key!r} is unknown; allowed: {", ".join(defaults)}'
+      )
     values[key] = _cast_arg(key, raw.strip(), defaults[key])
   parsed = ml_collections.ConfigDict(values)
   parsed.lock()
@@ -127,8 +149,10 @@ def _cast_arg(key: str, raw: str, default: Any) -> Any:
   try:
     return type(default)(raw)
   except ValueError:
-    raise ConfigError(f'config argument {key}={raw!r} must be of type '
-                      f'{type(default).__name__}') from None
+    raise ConfigError(
+        f'config argument {key}={raw!r} must be of type '
+        f'{type(default).__name__}'
+    ) from None
 
 
 def load_module(path: str):
@@ -136,13 +160,16 @@ def load_module(path: str):
   if os.path.isdir(path) or not os.path.exists(path):
     raise ConfigError(f'config file {path!r} does not exist')
   spec = importlib.util.spec_from_file_location(
-      'adanet_jax_config_' + os.path.splitext(os.path.basename(path))[0], path)
+      'adanet_jax_config_' + os.path.splitext(os.path.basename(path))[0], path
+  )
   module = importlib.util.module_from_spec(spec)
   try:
     spec.loader.exec_module(module)
   except SyntaxError as e:
-    raise ConfigError(f'config file {path!r} has a syntax error at line {e.lineno}: '
-                      f'{e.msg}') from None
+    raise ConfigError(
+        f'config file {path!r} has a syntax error at line {e.lineno}: '
+        f'{e.msg}'
+    ) from None
   if not hasattr(module, 'get_config'):
     raise ConfigError(f'config file {path!r} defines no get_config(arg=None)')
   return module
@@ -156,7 +183,9 @@ def split_path_arg(config_arg: str) -> tuple[str, str | None]:
   return config_arg, None
 
 
-def load_config(config_arg: str, overrides: dict | None = None) -> ml_collections.ConfigDict:
+def load_config(
+    config_arg: str, overrides: dict | None = None
+) -> ml_collections.ConfigDict:
   """The config a command line describes: file, argument string, overrides.
 
   Args:
@@ -183,7 +212,7 @@ def split_overrides(argv: list[str]) -> tuple[list[str], dict]:
   rest, overrides = [], {}
   for arg in argv:
     if arg.startswith(OVERRIDE_PREFIX):
-      key, sep, value = arg[len(OVERRIDE_PREFIX):].partition('=')
+      key, sep, value = arg[len(OVERRIDE_PREFIX) :].partition('=')
       if not sep or not key:
         raise ConfigError(f'{arg!r} needs the form --config.<field>=<value>')
       overrides[key] = value
@@ -208,18 +237,24 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: dict) -> None:
         holder = holder[parent]
       current = holder[leaf]
     except (KeyError, AttributeError, TypeError):
-      raise ConfigError(f'--config.{key} names no field of the config; configs are locked: '
-                        'override only fields the config file defines') from None
+      raise ConfigError(
+          f'--config.{key} names no field of the config; configs are locked: '
+          'override only fields the config file defines'
+      ) from None
     if isinstance(current, ml_collections.ConfigDict):
-      raise ConfigError(f'--config.{key} names a group of fields; override one of: '
-                        f'{", ".join(sorted(current.keys()))}')
+      raise ConfigError(
+          f'--config.{key} names a group of fields; override one of: '
+          f'{", ".join(sorted(current.keys()))}'
+      )
     if isinstance(value, str):
       value = _parse_value(key, value, current)
     try:
       holder[leaf] = value
     except TypeError:
-      raise ConfigError(f'--config.{key}={value!r} has the wrong type: the field holds a '
-                        f'{type(current).__name__}') from None
+      raise ConfigError(
+          f'--config.{key}={value!r} has the wrong type: the field holds a '
+          f'{type(current).__name__}'
+      ) from None
 
 
 def _parse_value(key: str, raw: str, current):
@@ -233,17 +268,27 @@ def _parse_value(key: str, raw: str, current):
     if isinstance(current, str):
       return raw
     if isinstance(current, tuple):  # a,b,c without brackets
-      return tuple(_parse_value(key, part, current[0] if current else '')
-                   for part in raw.split(','))
-    raise ConfigError(f'--config.{key}={raw}: not a valid {type(current).__name__}') from None
+      return tuple(
+          _parse_value(key, part, current[0] if current else '')
+          for part in raw.split(',')
+      )
+    raise ConfigError(
+        f'--config.{key}={raw}: not a valid {type(current).__name__}'
+    ) from None
   if isinstance(current, str) and not isinstance(value, str):
     return raw
-  if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
+  if (
+      isinstance(current, float)
+      and isinstance(value, int)
+      and not isinstance(value, bool)
+  ):
     return float(value)
   if isinstance(current, tuple) and isinstance(value, (list, int, float, str)):
     return tuple(value) if isinstance(value, list) else (value,)
   if type(value) is not type(current) and not isinstance(current, tuple):
-    raise ConfigError(f'--config.{key}={raw}: not a valid {type(current).__name__}')
+    raise ConfigError(
+        f'--config.{key}={raw}: not a valid {type(current).__name__}'
+    )
   return value
 
 
@@ -267,10 +312,14 @@ def from_dict(values: dict) -> ml_collections.ConfigDict:
   return config
 
 
-def _merge(config: ml_collections.ConfigDict, values: dict, prefix: str) -> None:
+def _merge(
+    config: ml_collections.ConfigDict, values: dict, prefix: str
+) -> None:
   for key, value in values.items():
     if key not in config:
-      raise ConfigError(f'stored config has a field {prefix}{key} this version does not know')
+      raise ConfigError(
+          f'stored config has a field {prefix}{key} this version does not know'
+      )
     if isinstance(value, dict):
       _merge(config[key], value, f'{prefix}{key}.')
     else:

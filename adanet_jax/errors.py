@@ -73,5 +73,6 @@ def reported_write(what: str, consequence: str):
   try:
     yield
   except OSError as e:
-    raise WorkdirWriteError(f'writing {what} failed ({os_error_text(e) or e}); '
-                            f'{consequence}') from None
+    raise WorkdirWriteError(
+        f'writing {what} failed ({os_error_text(e) or e}); ' f'{consequence}'
+    ) from None

@@ -26,15 +26,28 @@ logger = logging.getLogger('adanet_jax.main')
 
 def define_flags() -> dict:
   return dict(
-      config=flags.DEFINE_string('config', None, 'Config file, with optional :arg.'),
-      workdir=flags.DEFINE_string('workdir', None, 'Directory for checkpoints and metrics.'),
+      config=flags.DEFINE_string(
+          'config', None, 'Config file, with optional :arg.'
+      ),
+      workdir=flags.DEFINE_string(
+          'workdir', None, 'Directory for checkpoints and metrics.'
+      ),
       coordinator_address=flags.DEFINE_string(
-          'coordinator_address', None, 'host:port of process 0, for a multi-process run '
-          '(default $JAX_COORDINATOR_ADDRESS).'),
+          'coordinator_address',
+          None,
+          'host:port of process 0, for a multi-process run '
+          '(default $JAX_COORDINATOR_ADDRESS).',
+      ),
       num_processes=flags.DEFINE_integer(
-          'num_processes', None, 'Processes in the job (default $JAX_NUM_PROCESSES).'),
+          'num_processes',
+          None,
+          'Processes in the job (default $JAX_NUM_PROCESSES).',
+      ),
       process_id=flags.DEFINE_integer(
-          'process_id', None, 'This process, 0..num_processes-1 (default $JAX_PROCESS_ID).'),
+          'process_id',
+          None,
+          'This process, 0..num_processes-1 (default $JAX_PROCESS_ID).',
+      ),
   )
 
 
@@ -43,14 +56,24 @@ def main(args) -> None:
   # Values are checked by the trainer, before it creates anything.
   config = config_lib.load_config(args.config, args.overrides)
   # Before anything touches a JAX backend: JAX refuses to join a job later.
-  started = distributed.initialize(args.coordinator_address, args.num_processes, args.process_id)
+  started = distributed.initialize(
+      args.coordinator_address, args.num_processes, args.process_id
+  )
   jax_setup.enable_compilation_cache()
   jax_setup.quiet_library_logs()
   distributed.log_only_on_chief()
-  logger.info('JAX %s on %d %s device(s), %d process(es) (%s)', jax.__version__,
-              jax.device_count(), jax.default_backend(), jax.process_count(), started)
+  logger.info(
+      'JAX %s on %d %s device(s), %d process(es) (%s)',
+      jax.__version__,
+      jax.device_count(),
+      jax.default_backend(),
+      jax.process_count(),
+      started,
+  )
   final = trainer.train_and_evaluate(config, args.workdir)
-  if jax.process_index() != 0:  # the final metrics are the same on every process
+  if (
+      jax.process_index() != 0
+  ):  # the final metrics are the same on every process
     return
   for key in sorted(k for k in final if not isinstance(final[k], list)):
     print(f'{key}: {final[key]:.6g}')

@@ -45,14 +45,18 @@ from adanet_jax import config_lib
 
 
 def get_config(arg=None):
-  args = config_lib.parse_arg(arg, depth=110, width=1, gated=True, target=0.7, epochs=350.0)
+  args = config_lib.parse_arg(
+      arg, depth=110, width=1, gated=True, target=0.7, epochs=350.0
+  )
   config = config_lib.get_base_config()
   config.model.name = 'cifar_resnet'
   config.model.depth = args.depth
   config.model.width = args.width
   config.model.gated = args.gated
   config.model.num_classes = 10
-  config.model.bn_gamma_init = 'reference'   # U(0, 1) gammas, as the paper's runs started
+  config.model.bn_gamma_init = (
+      'reference'  # U(0, 1) gammas, as the paper's runs started
+  )
   config.data.name = 'cifar10'
   config.data.image_size = 32
   config.data.channels = 3
@@ -66,11 +70,16 @@ def get_config(arg=None):
   config.optim.nesterov = False
   config.optim.weight_decay = 5e-4
   config.optim.schedule = 'step'
-  config.optim.decay_fractions = (150 / 350, 250 / 350)   # epochs 150 and 250 of 350
+  config.optim.decay_fractions = (
+      150 / 350,
+      250 / 350,
+  )  # epochs 150 and 250 of 350
   config.optim.decay_factor = 0.1
   config.train.batch_size = 256
   config.train.num_epochs = args.epochs
   config.train.eval_every_epochs = 10.0
-  config.eval.batch_size = 1024   # divides over 2^k devices; the last batch is padded
+  config.eval.batch_size = (
+      1024  # divides over 2^k devices; the last batch is padded
+  )
   config.lock()
   return config

@@ -28,8 +28,9 @@ from adanet_jax import config_lib
 
 
 def get_config(arg=None):
-  config = config_lib.load_config(os.path.join(os.path.dirname(__file__), 'cifar10.py') +
-                                  f':{arg or ""}')
+  config = config_lib.load_config(
+      os.path.join(os.path.dirname(__file__), 'cifar10.py') + f':{arg or ""}'
+  )
   config.data.name = 'cifar100'
   config.model.num_classes = 100
   return config

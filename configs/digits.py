@@ -16,7 +16,9 @@ from adanet_jax import config_lib
 
 
 def get_config(arg=None):
-  args = config_lib.parse_arg(arg, depth=20, gated=True, target=0.6, epochs=100.0)
+  args = config_lib.parse_arg(
+      arg, depth=20, gated=True, target=0.6, epochs=100.0
+  )
   config = config_lib.get_base_config()
   config.model.name = 'cifar_resnet'
   config.model.depth = args.depth
@@ -52,10 +54,11 @@ def get_sweeps():
     0.7, 1.0} and the gates-off baseline (which t = 1.0 meets).
   """
   from adanet_jax.tools.sweep import grid  # pylint: disable=import-outside-toplevel
+
   targets = grid(**{'loss.target': [0.3, 0.5, 0.7, 1.0], 'seed': [0]})
   return {
       'targets': targets + [{'model.gated': False, 'seed': 0}],
       'smoke': grid(**{'loss.target': [0.3, 0.5, 0.7], 'seed': [0]}),
       'pareto': grid(**{'loss.target': [0.3, 0.4, 0.5, 0.7, 1.0], 'seed': [0]})
-                + [{'model.gated': False, 'seed': 0}],
+      + [{'model.gated': False, 'seed': 0}],
   }

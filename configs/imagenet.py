@@ -71,26 +71,33 @@ ConvNet-AIG 50 at t = 0.7.
 from adanet_jax import config_lib
 from adanet_jax.errors import ConfigError
 
-_ARCHS = {'resnet50': (50, 'resnet50_reference', 0.6),
-          'resnet101': (101, 'resnet101_reference', 0.5),
-          'resnet152': (152, 'uniform', 0.5)}
+_ARCHS = {
+    'resnet50': (50, 'resnet50_reference', 0.6),
+    'resnet101': (101, 'resnet101_reference', 0.5),
+    'resnet152': (152, 'uniform', 0.5),
+}
 # x0.1 every 30 epochs of 100: at 30%, 60% and 90% of the training, whatever its length.
 DECAY_FRACTIONS = (0.3, 0.6, 0.9)
 
 
 def get_config(arg=None):
-  args = config_lib.parse_arg(arg, positional='arch', arch='resnet50', t=-1.0, gated=True,
-                               epochs=100.0)
+  args = config_lib.parse_arg(
+      arg, positional='arch', arch='resnet50', t=-1.0, gated=True, epochs=100.0
+  )
   if args.arch not in _ARCHS:
-    raise ConfigError(f'config argument arch={args.arch!r} is unknown; allowed: '
-                     f'{", ".join(_ARCHS)}')
+    raise ConfigError(
+        f'config argument arch={args.arch!r} is unknown; allowed: '
+        f'{", ".join(_ARCHS)}'
+    )
   depth, schedule, default_t = _ARCHS[args.arch]
   config = config_lib.get_base_config()
   config.model.name = 'imagenet_resnet'
   config.model.depth = depth
   config.model.gated = args.gated
   config.model.num_classes = 1000
-  config.model.bn_gamma_init = 'reference'   # gates' BatchNorm gammas U(0, 1), as the reference
+  config.model.bn_gamma_init = (
+      'reference'  # gates' BatchNorm gammas U(0, 1), as the reference
+  )
   config.data.name = 'imagenet2012'
   config.data.image_size = 224
   config.data.channels = 3
@@ -110,7 +117,9 @@ def get_config(arg=None):
   config.train.num_epochs = args.epochs
   config.train.eval_every_epochs = 1.0
   config.train.log_every_steps = 500
-  config.eval.batch_size = 1024   # divides over 2^k devices; the last batch is padded
+  config.eval.batch_size = (
+      1024  # divides over 2^k devices; the last batch is padded
+  )
   config.checkpoint.every_steps = 5000
   config.lock()
   return config

@@ -41,15 +41,18 @@ import os
 
 from adanet_jax import config_lib
 
-LR_STEPS = (0.3, 0.6, 0.8)   # fractions of the training epochs
+LR_STEPS = (0.3, 0.6, 0.8)  # fractions of the training epochs
 
 
 def get_config(arg=None):
-  args = config_lib.parse_arg(arg, depth=28, width=10, gated=True, target=0.7, epochs=200.0)
+  args = config_lib.parse_arg(
+      arg, depth=28, width=10, gated=True, target=0.7, epochs=200.0
+  )
   # The CIFAR-10 ConvNet-AIG config (data, gates, loss), with the WRN backbone and optimiser.
   config = config_lib.load_config(
-      os.path.join(os.path.dirname(__file__), 'cifar10.py') +
-      f':gated={args.gated},target={args.target},epochs={args.epochs}')
+      os.path.join(os.path.dirname(__file__), 'cifar10.py')
+      + f':gated={args.gated},target={args.target},epochs={args.epochs}'
+  )
   config.model.name = 'wide_resnet'
   config.model.depth = args.depth
   config.model.width = args.width

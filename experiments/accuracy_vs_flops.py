@@ -23,39 +23,64 @@ def table_row(workdir: str, gate_mode: str) -> dict:
   """One run: model, target, accuracy and compute of its last evaluation."""
   config = rundir.read_config(workdir)
   final = common.final_eval(workdir, gate_mode)
-  return {'run': common.run_name(workdir), 'gated': config.model.gated,
-          'depth': config.model.depth, 'target': config.loss.target if config.model.gated
-          else None, 'step': final['step'], 'accuracy': final['accuracy'],
-          'error_percent': 100 * (1 - final['accuracy']), 'gate_rate': final['gate_rate'],
-          'gflops_per_image': final['gflops_per_image'], 'paper_gflops': final['paper_gflops']}
+  return {
+      'run': common.run_name(workdir),
+      'gated': config.model.gated,
+      'depth': config.model.depth,
+      'target': config.loss.target if config.model.gated else None,
+      'step': final['step'],
+      'accuracy': final['accuracy'],
+      'error_percent': 100 * (1 - final['accuracy']),
+      'gate_rate': final['gate_rate'],
+      'gflops_per_image': final['gflops_per_image'],
+      'paper_gflops': final['paper_gflops'],
+  }
 
 
 def plot(rows: list[dict], gate_mode: str):
   """Accuracy against GFLOPs, gated and gates-off runs marked apart."""
   fig, axes = common.new_figure(size=(6.4, 4.5))
   ax = axes[0, 0]
-  for gated, marker, label in ((True, 'o', 'ConvNet-AIG (gated)'),
-                               (False, 's', 'ResNet (gates off)')):
+  for gated, marker, label in (
+      (True, 'o', 'ConvNet-AIG (gated)'),
+      (False, 's', 'ResNet (gates off)'),
+  ):
     group = [r for r in rows if r['gated'] == gated]
     if not group:
       continue
-    ax.scatter([r['gflops_per_image'] for r in group], [100 * r['accuracy'] for r in group],
-               marker=marker, s=60, label=label)
+    ax.scatter(
+        [r['gflops_per_image'] for r in group],
+        [100 * r['accuracy'] for r in group],
+        marker=marker,
+        s=60,
+        label=label,
+    )
     for r in group:
-      ax.annotate(r['run'], (r['gflops_per_image'], 100 * r['accuracy']), fontsize='x-small',
-                  xytext=(4, 4), textcoords='offset points')
-  ax.set(title=f'Accuracy against compute ({gate_mode} gates, test split)',
-         xlabel='compute per image (GFLOPs; 1 multiply-add = 2 FLOPs)',
-         ylabel='test accuracy (%)')
+      ax.annotate(
+          r['run'],
+          (r['gflops_per_image'], 100 * r['accuracy']),
+          fontsize='x-small',
+          xytext=(4, 4),
+          textcoords='offset points',
+      )
+  ax.set(
+      title=f'Accuracy against compute ({gate_mode} gates, test split)',
+      xlabel='compute per image (GFLOPs; 1 multiply-add = 2 FLOPs)',
+      ylabel='test accuracy (%)',
+  )
   ax.margins(0.2)  # room for the run names
   ax.legend()
   return fig
 
 
-def run(workdirs: list[str], out: str, gate_mode: str = 'deterministic') -> dict:
+def run(
+    workdirs: list[str], out: str, gate_mode: str = 'deterministic'
+) -> dict:
   """Writes the figure and table; returns {'png', 'csv', 'md'} paths."""
   rows = [table_row(w, gate_mode) for w in workdirs]
-  return common.write_outputs(rows, plot(rows, gate_mode), out, 'accuracy_vs_flops')
+  return common.write_outputs(
+      rows, plot(rows, gate_mode), out, 'accuracy_vs_flops'
+  )
 
 
 def main(argv):

@@ -42,48 +42,77 @@ import time
 
 from absl import app, flags
 import jax
-import numpy as np
 from ml_collections import config_flags
+import numpy as np
 
 from adanet_jax.infer import skip_inference
 from adanet_jax.model import accounting, factory
 from adanet_jax.runtime import jax_setup
 from experiments import common
 
-_CONFIG = config_flags.DEFINE_config_file('config', 'configs/cifar10.py', 'Config file.',
-                                          lock_config=True)
-_BATCH_SIZES = flags.DEFINE_list('batch_sizes', ['1', '32', '256'], 'Batch sizes to time.')
-_RATES = flags.DEFINE_list('rates', ['1.0', '0.9', '0.8', '0.7', '0.6', '0.5', '0.4', '0.3'],
-                           'Target execution rates of the gated blocks.')
-_REPEATS = flags.DEFINE_integer('repeats', 3, 'Timed repeats per point (median).')
-_IMAGES = flags.DEFINE_integer('images', 64, 'Images timed per point at small batches.')
-_SPREAD = flags.DEFINE_float('spread', 0.1, 'Per-block rates are the target +- this.')
-_CHUNKS = flags.DEFINE_integer('chunks', skip_inference.DEFAULT_CHUNKS,
-                               'Open samples of mixed batches run in chunks of batch/chunks.')
-_IMAGE_SIZE = flags.DEFINE_integer('image_size', 0, 'Image side (0: the config\'s).')
-_PLOT = flags.DEFINE_string('plot', 'experiments/results/skip_speedup.png',
-                            'Where the plot goes; the table goes next to it (.md, .csv).')
-_CACHE = flags.DEFINE_string('cache_dir', None, 'Persistent compilation cache directory.')
+_CONFIG = config_flags.DEFINE_config_file(
+    'config', 'configs/cifar10.py', 'Config file.', lock_config=True
+)
+_BATCH_SIZES = flags.DEFINE_list(
+    'batch_sizes', ['1', '32', '256'], 'Batch sizes to time.'
+)
+_RATES = flags.DEFINE_list(
+    'rates',
+    ['1.0', '0.9', '0.8', '0.7', '0.6', '0.5', '0.4', '0.3'],
+    'Target execution rates of the gated blocks.',
+)
+_REPEATS = flags.DEFINE_integer(
+    'repeats', 3, 'Timed repeats per point (median).'
+)
+_IMAGES = flags.DEFINE_integer(
+    'images', 64, 'Images timed per point at small batches.'
+)
+_SPREAD = flags.DEFINE_float(
+    'spread', 0.1, 'Per-block rates are the target +- this.'
+)
+_CHUNKS = flags.DEFINE_integer(
+    'chunks',
+    skip_inference.DEFAULT_CHUNKS,
+    'Open samples of mixed batches run in chunks of batch/chunks.',
+)
+_IMAGE_SIZE = flags.DEFINE_integer(
+    'image_size', 0, "Image side (0: the config's)."
+)
+_PLOT = flags.DEFINE_string(
+    'plot',
+    'experiments/results/skip_speedup.png',
+    'Where the plot goes; the table goes next to it (.md, .csv).',
+)
+_CACHE = flags.DEFINE_string(
+    'cache_dir', None, 'Persistent compilation cache directory.'
+)
 
 
 def random_variables(model, images, seed: int = 0):
   """Random init, with gate kernels large enough that decisions vary by image."""
-  variables = jax.jit(lambda x: model.init({'params': jax.random.key(seed)}, x,
-                                           train=False))(images[:1])
+  variables = jax.jit(
+      lambda x: model.init({'params': jax.random.key(seed)}, x, train=False)
+  )(images[:1])
   leaves, treedef = jax.tree_util.tree_flatten_with_path(variables)
   keys = jax.random.split(jax.random.key(seed + 1), len(leaves))
   gate_kernel = ('gate', 'fc2', 'kernel')
-  leaves = [3.0 * jax.random.normal(k, leaf.shape)
-            if tuple(getattr(p, 'key', None) for p in path[-3:]) == gate_kernel else leaf
-            for k, (path, leaf) in zip(keys, leaves)]
+  leaves = [
+      3.0 * jax.random.normal(k, leaf.shape)
+      if tuple(getattr(p, 'key', None) for p in path[-3:]) == gate_kernel
+      else leaf
+      for k, (path, leaf) in zip(keys, leaves)
+  ]
   return jax.tree_util.tree_unflatten(treedef, leaves)
 
 
-def block_counts(num_blocks: int, rate: float, spread: float, num_images: int,
-                 seed: int = 0) -> list[int]:
+def block_counts(
+    num_blocks: int, rate: float, spread: float, num_images: int, seed: int = 0
+) -> list[int]:
   """Open images per block: round(r_l x N), r_l uniform in rate +- spread, <= 1."""
   spread = min(spread, 1.0 - rate)
-  rates = rate + np.random.default_rng(seed).uniform(-spread, spread, num_blocks)
+  rates = rate + np.random.default_rng(seed).uniform(
+      -spread, spread, num_blocks
+  )
   return [int(c) for c in np.round(np.clip(rates, 0.0, 1.0) * num_images)]
 
 
@@ -96,11 +125,15 @@ def time_point(fns: dict, variables, batches, repeats: int):
     for name, fn in fns.items():
       start = time.perf_counter()
       # One call at a time, as a server would; waiting also keeps XLA:CPU from queueing.
-      outputs[name] = [jax.block_until_ready(fn(variables, batch)) for batch in batches]
+      outputs[name] = [
+          jax.block_until_ready(fn(variables, batch)) for batch in batches
+      ]
       times[name].append((time.perf_counter() - start) / len(batches))
   concat = lambda *xs: np.concatenate([np.asarray(x) for x in xs])  # noqa: E731
-  return ({name: float(np.median(t)) for name, t in times.items()},
-          {name: jax.tree.map(concat, *out) for name, out in outputs.items()})
+  return (
+      {name: float(np.median(t)) for name, t in times.items()},
+      {name: jax.tree.map(concat, *out) for name, out in outputs.items()},
+  )
 
 
 def compile_seconds(fns: dict, variables, batch) -> dict:
@@ -113,35 +146,68 @@ def compile_seconds(fns: dict, variables, batch) -> dict:
   return seconds
 
 
-def benchmark(model, images, batch_sizes, rates, *, repeats: int, spread: float, chunks: int,
-              images_per_point: int) -> list[dict]:
+def benchmark(
+    model,
+    images,
+    batch_sizes,
+    rates,
+    *,
+    repeats: int,
+    spread: float,
+    chunks: int,
+    images_per_point: int,
+) -> list[dict]:
   """One row per (batch size, rate); see the module docstring for the columns."""
   costs = accounting.cost_table(model, images.shape[1:])
   base = random_variables(model, images)
-  by_rate = {r: skip_inference.set_open_counts(
-      model, base, images, block_counts(model.num_blocks, r, spread, len(images)))
-             for r in rates}
-  fns = {'masked': jax.jit(lambda v, x: model.apply(v, x, train=False,
-                                                    gate_mode='deterministic')),
-         'skip': lambda v, x: skip_inference.skip_apply(model, v, x, chunks=chunks)}
+  by_rate = {
+      r: skip_inference.set_open_counts(
+          model,
+          base,
+          images,
+          block_counts(model.num_blocks, r, spread, len(images)),
+      )
+      for r in rates
+  }
+  fns = {
+      'masked': jax.jit(
+          lambda v, x: model.apply(v, x, train=False, gate_mode='deterministic')
+      ),
+      'skip': lambda v, x: skip_inference.skip_apply(
+          model, v, x, chunks=chunks
+      ),
+  }
   free = [i for i in range(model.num_blocks) if i not in model.fixed_blocks]
   rows = []
   for b in batch_sizes:
-    batches = [images[i:i + b] for i in range(0, max(b, images_per_point), b)]
+    batches = [images[i : i + b] for i in range(0, max(b, images_per_point), b)]
     seconds = compile_seconds(fns, base, batches[0])
-    print(f'batch {b}: compile + first run ' +
-          ', '.join(f'{k} {v:.1f} s' for k, v in seconds.items()), flush=True)
+    print(
+        f'batch {b}: compile + first run '
+        + ', '.join(f'{k} {v:.1f} s' for k, v in seconds.items()),
+        flush=True,
+    )
     for rate in rates:
       t, out = time_point(fns, by_rate[rate], batches, repeats)
       gates = out['skip'][1]['gates']
       # The two paths must compute the same thing, or the timing means nothing.
       np.testing.assert_array_equal(gates, out['masked'][1]['gates'])
-      np.testing.assert_allclose(out['skip'][0], out['masked'][0], rtol=1e-4, atol=1e-4)
+      np.testing.assert_allclose(
+          out['skip'][0], out['masked'][0], rtol=1e-4, atol=1e-4
+      )
       ideal = costs.dense / float(np.mean(costs.per_image(gates)))
-      rows.append({'batch': b, 'rate': rate, 'executed': float(gates[:, free].mean()),
-                   'masked_ms': 1e3 * t['masked'], 'skip_ms': 1e3 * t['skip'],
-                   'speedup': t['masked'] / t['skip'], 'ideal': ideal,
-                   'measured/ideal': t['masked'] / t['skip'] / ideal})
+      rows.append(
+          {
+              'batch': b,
+              'rate': rate,
+              'executed': float(gates[:, free].mean()),
+              'masked_ms': 1e3 * t['masked'],
+              'skip_ms': 1e3 * t['skip'],
+              'speedup': t['masked'] / t['skip'],
+              'ideal': ideal,
+              'measured/ideal': t['masked'] / t['skip'] / ideal,
+          }
+      )
       print(' '.join(f'{k} {v:.4g}' for k, v in rows[-1].items()), flush=True)
   return with_own_scaling(rows)
 
@@ -150,8 +216,15 @@ def with_own_scaling(rows: list[dict]) -> list[dict]:
   """Adds 'own/ideal': the skipping path's time at rate 1.0 over its time at
   the row's rate, divided by the ideal speedup (None without a rate-1.0 row)."""
   dense = {r['batch']: r['skip_ms'] for r in rows if r['rate'] == 1.0}
-  return [{**r, 'own/ideal': dense[r['batch']] / r['skip_ms'] / r['ideal']
-           if r['batch'] in dense else None} for r in rows]
+  return [
+      {
+          **r,
+          'own/ideal': dense[r['batch']] / r['skip_ms'] / r['ideal']
+          if r['batch'] in dense
+          else None,
+      }
+      for r in rows
+  ]
 
 
 def plot(rows: list[dict], title: str, path: str) -> str:
@@ -161,10 +234,21 @@ def plot(rows: list[dict], title: str, path: str) -> str:
   for i, b in enumerate(sorted({r['batch'] for r in rows})):
     points = [r for r in rows if r['batch'] == b]
     x = [r['executed'] for r in points]
-    ax.plot(x, [r['speedup'] for r in points], 'o-', color=f'C{i}',
-            label=f'batch {b}, measured')
-    ax.plot(x, [r['ideal'] for r in points], '--', color=f'C{i}', alpha=0.6,
-            label=f'batch {b}, ideal (MACs)')
+    ax.plot(
+        x,
+        [r['speedup'] for r in points],
+        'o-',
+        color=f'C{i}',
+        label=f'batch {b}, measured',
+    )
+    ax.plot(
+        x,
+        [r['ideal'] for r in points],
+        '--',
+        color=f'C{i}',
+        alpha=0.6,
+        label=f'batch {b}, ideal (MACs)',
+    )
   ax.axhline(1.0, color='grey', lw=0.8)
   ax.set_xlabel('fraction of gated blocks executed')
   ax.set_ylabel('speedup over the masked model (x)')
@@ -184,15 +268,25 @@ def main(argv):
   count = max(max(batch_sizes), _IMAGES.value)
   noise, offset = jax.random.split(jax.random.key(0))
   # Per-image channel offsets make images, and so gate logits, differ.
-  images = (jax.random.normal(noise, (count, size, size, config.data.channels))
-            + 2 * jax.random.normal(offset, (count, 1, 1, config.data.channels)))
+  images = jax.random.normal(
+      noise, (count, size, size, config.data.channels)
+  ) + 2 * jax.random.normal(offset, (count, 1, 1, config.data.channels))
   name = f'{config.model.name}-{config.model.depth}'
-  print(f'{name} at {size}x{size}, {jax.default_backend()} ({os.cpu_count()} cores), '
-        f'{_CHUNKS.value} chunks, {_REPEATS.value} repeats', flush=True)
-  rows = benchmark(model, images, batch_sizes, [float(r) for r in _RATES.value],
-                   repeats=_REPEATS.value, spread=_SPREAD.value,
-                   chunks=_CHUNKS.value,
-                   images_per_point=_IMAGES.value)
+  print(
+      f'{name} at {size}x{size}, {jax.default_backend()} ({os.cpu_count()} cores), '
+      f'{_CHUNKS.value} chunks, {_REPEATS.value} repeats',
+      flush=True,
+  )
+  rows = benchmark(
+      model,
+      images,
+      batch_sizes,
+      [float(r) for r in _RATES.value],
+      repeats=_REPEATS.value,
+      spread=_SPREAD.value,
+      chunks=_CHUNKS.value,
+      images_per_point=_IMAGES.value,
+  )
   out, stem = os.path.split(os.path.splitext(_PLOT.value)[0])
   paths = common.write_table(rows, out, stem)
   with open(paths['md']) as f:

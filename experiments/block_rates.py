@@ -24,10 +24,20 @@ def table_rows(workdir: str, gate_mode: str) -> list[dict]:
   config = rundir.read_config(workdir)
   rates = common.final_eval(workdir, gate_mode)['gate_rates']
   targets = factory.block_targets(config)
-  down, fixed = inference.downsampling_blocks(config), factory.fixed_blocks(config)
-  return [{'run': common.run_name(workdir), 'block': i, 'downsampling': i in down,
-           'always_runs': i in fixed or not config.model.gated, 'target': targets[i],
-           'rate': rates[i]} for i in range(len(rates))]
+  down, fixed = inference.downsampling_blocks(config), factory.fixed_blocks(
+      config
+  )
+  return [
+      {
+          'run': common.run_name(workdir),
+          'block': i,
+          'downsampling': i in down,
+          'always_runs': i in fixed or not config.model.gated,
+          'target': targets[i],
+          'rate': rates[i],
+      }
+      for i in range(len(rates))
+  ]
 
 
 def plot(runs: dict[str, list[dict]], gate_mode: str):
@@ -36,23 +46,43 @@ def plot(runs: dict[str, list[dict]], gate_mode: str):
   for ax, (name, rows) in zip(axes[:, 0], runs.items()):
     blocks = [r['block'] for r in rows]
     colors = ['0.7' if r['always_runs'] else 'tab:blue' for r in rows]
-    bars = ax.bar(blocks, [r['rate'] for r in rows], color=colors, label='execution rate')
+    bars = ax.bar(
+        blocks, [r['rate'] for r in rows], color=colors, label='execution rate'
+    )
     for bar, r in zip(bars, rows):
       bar.set_hatch('//' if r['downsampling'] else '')
-    ax.scatter(blocks, [r['target'] for r in rows], marker='_', s=300, color='tab:red',
-               zorder=3, label='target')
-    ax.set(title=f'{name}: per-block execution rate ({gate_mode} gates, test split)',
-           ylabel='fraction of images', ylim=(0, 1.05))
+    ax.scatter(
+        blocks,
+        [r['target'] for r in rows],
+        marker='_',
+        s=300,
+        color='tab:red',
+        zorder=3,
+        label='target',
+    )
+    ax.set(
+        title=f'{name}: per-block execution rate ({gate_mode} gates, test split)',
+        ylabel='fraction of images',
+        ylim=(0, 1.05),
+    )
     ax.legend(loc='lower right', fontsize='small')
-  axes[-1, 0].set_xlabel('residual block (hatched: downsampling, grey: always runs)')
+  axes[-1, 0].set_xlabel(
+      'residual block (hatched: downsampling, grey: always runs)'
+  )
   return fig
 
 
-def run(workdirs: list[str], out: str, gate_mode: str = 'deterministic') -> dict:
+def run(
+    workdirs: list[str], out: str, gate_mode: str = 'deterministic'
+) -> dict:
   """Writes the figure and table; returns {'png', 'csv', 'md'} paths."""
   runs = {common.run_name(w): table_rows(w, gate_mode) for w in workdirs}
-  return common.write_outputs([r for rows in runs.values() for r in rows], plot(runs, gate_mode),
-                              out, 'block_rates')
+  return common.write_outputs(
+      [r for rows in runs.values() for r in rows],
+      plot(runs, gate_mode),
+      out,
+      'block_rates',
+  )
 
 
 def main(argv):

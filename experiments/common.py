@@ -28,16 +28,32 @@ def new_flags(predicts: bool, gate_mode: bool = True) -> flags.FlagValues:
     gate_mode: whether the script shows one gate mode (adds --gate_mode).
   """
   fv = flags.FlagValues()
-  flags.DEFINE_list('workdirs', None, 'Comma-separated workdirs of trained runs.',
-                    flag_values=fv)
-  flags.DEFINE_string('out', DEFAULT_OUT, 'Directory for the figures and tables.',
-                      flag_values=fv)
+  flags.DEFINE_list(
+      'workdirs',
+      None,
+      'Comma-separated workdirs of trained runs.',
+      flag_values=fv,
+  )
+  flags.DEFINE_string(
+      'out',
+      DEFAULT_OUT,
+      'Directory for the figures and tables.',
+      flag_values=fv,
+  )
   if gate_mode:
-    flags.DEFINE_string('gate_mode', 'deterministic', 'Gate mode: deterministic | sample | '
-                        'expected.', flag_values=fv)
+    flags.DEFINE_string(
+        'gate_mode',
+        'deterministic',
+        'Gate mode: deterministic | sample | ' 'expected.',
+        flag_values=fv,
+    )
   if predicts:
-    flags.DEFINE_integer('batch_size', 0, 'Images per compiled call (0: the run\'s '
-                         'eval.batch_size).', flag_values=fv)
+    flags.DEFINE_integer(
+        'batch_size',
+        0,
+        "Images per compiled call (0: the run's " 'eval.batch_size).',
+        flag_values=fv,
+    )
   return fv
 
 
@@ -57,7 +73,9 @@ def parse(fv: flags.FlagValues, argv: list[str], doc: str) -> flags.FlagValues:
   if len(rest) > 1:
     sys.exit(f'error: unexpected arguments {rest[1:]}')
   if not fv.workdirs:
-    sys.exit('error: --workdirs is required (one or more comma-separated workdirs)')
+    sys.exit(
+        'error: --workdirs is required (one or more comma-separated workdirs)'
+    )
   return fv
 
 
@@ -71,8 +89,10 @@ def final_eval(workdir: str, gate_mode: str) -> dict:
   naming the run and the mode."""
   last = rundir.last_eval(workdir, gate_mode)
   if last is None:
-    raise ValueError(f'{workdir} has no evaluation in gate mode {gate_mode!r} '
-                     '(see gates.eval_modes of its config)')
+    raise ValueError(
+        f'{workdir} has no evaluation in gate mode {gate_mode!r} '
+        '(see gates.eval_modes of its config)'
+    )
   return last
 
 
@@ -100,13 +120,18 @@ def write_table(rows: list[dict], out: str, name: str) -> dict:
   """
   os.makedirs(out, exist_ok=True)
   columns = list(rows[0])
-  paths = {'csv': os.path.join(out, name + '.csv'), 'md': os.path.join(out, name + '.md')}
+  paths = {
+      'csv': os.path.join(out, name + '.csv'),
+      'md': os.path.join(out, name + '.md'),
+  }
   with open(paths['csv'], 'w', newline='') as f:
     writer = csv.DictWriter(f, columns)
     writer.writeheader()
     writer.writerows(rows)
   lines = ['| ' + ' | '.join(columns) + ' |', '|' + '---|' * len(columns)]
-  lines += ['| ' + ' | '.join(_cell(r[c]) for c in columns) + ' |' for r in rows]
+  lines += [
+      '| ' + ' | '.join(_cell(r[c]) for c in columns) + ' |' for r in rows
+  ]
   with open(paths['md'], 'w') as f:
     f.write('\n'.join(lines) + '\n')
   return paths

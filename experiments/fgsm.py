@@ -35,10 +35,15 @@ from adanet_jax.infer import inference
 from experiments import common
 
 FLAGS = common.new_flags(predicts=True, gate_mode=False)
-flags.DEFINE_list('epsilons', ['0', '0.01', '0.03', '0.1'],
-                  'Attack strengths on the [0, 1] pixel scale.', flag_values=FLAGS)
-flags.DEFINE_integer('jpeg_quality', 75, 'JPEG quality of the defence (1-95).',
-                     flag_values=FLAGS)
+flags.DEFINE_list(
+    'epsilons',
+    ['0', '0.01', '0.03', '0.1'],
+    'Attack strengths on the [0, 1] pixel scale.',
+    flag_values=FLAGS,
+)
+flags.DEFINE_integer(
+    'jpeg_quality', 75, 'JPEG quality of the defence (1-95).', flag_values=FLAGS
+)
 
 DEFENCES = ('none', 'jpeg')
 
@@ -60,28 +65,41 @@ def jpeg(images: np.ndarray, lo, hi, quality: int) -> np.ndarray:
   for i, image in enumerate(np.round(unit * 255).astype(np.uint8)):
     buffer = io.BytesIO()
     Image.fromarray(image.squeeze(-1) if image.shape[-1] == 1 else image).save(
-        buffer, format='JPEG', quality=quality)
+        buffer, format='JPEG', quality=quality
+    )
     decoded = np.asarray(Image.open(buffer), np.float32) / 255
     out[i] = decoded.reshape(image.shape)
   return (out * (hi - lo) + lo).astype(np.float32)
 
 
-def gradient_sign(loaded: inference.LoadedModel, images, labels, batch_size) -> np.ndarray:
+def gradient_sign(
+    loaded: inference.LoadedModel, images, labels, batch_size
+) -> np.ndarray:
   """sign(d cross-entropy / d image), per image, with deterministic gates.
 
   The sign is the same on the [0, 1] and the standardised scale (a positive
   factor apart).
   """
+
   def loss(x, y):
-    logits, _ = loaded.model.apply(loaded.variables, x, train=False, gate_mode='deterministic')
+    logits, _ = loaded.model.apply(
+        loaded.variables, x, train=False, gate_mode='deterministic'
+    )
     return optax.softmax_cross_entropy_with_integer_labels(logits, y).sum()
 
   grad = jax.jit(jax.grad(loss))
-  return inference.map_batches(lambda _, x, y: jnp.sign(grad(x, y)), batch_size, images, labels)
+  return inference.map_batches(
+      lambda _, x, y: jnp.sign(grad(x, y)), batch_size, images, labels
+  )
 
 
-def attack_rows(loaded: inference.LoadedModel, name: str, epsilons, quality: int,
-                batch_size: int) -> list[dict]:
+def attack_rows(
+    loaded: inference.LoadedModel,
+    name: str,
+    epsilons,
+    quality: int,
+    batch_size: int,
+) -> list[dict]:
   """Accuracy, flipped gates and compute per defence and epsilon of one run."""
   images, labels = loaded.eval_split()
   lo, hi = pixel_range(images)
@@ -96,11 +114,18 @@ def attack_rows(loaded: inference.LoadedModel, name: str, epsilons, quality: int
       adversarial = np.clip(images + eps * (hi - lo) * sign, lo, hi)
       out = loaded.predict(defend[defence](adversarial), batch_size=batch_size)
       flips = out.executed[:, gated] != clean.executed[:, gated]
-      rows.append({'run': name, 'gated': loaded.config.model.gated, 'defence': defence,
-                   'epsilon': eps, 'accuracy': float(np.mean(out.labels == labels)),
-                   'flipped_gates': float(flips.mean()) if gated else None,
-                   'blocks_executed': float(out.executed.sum(axis=1).mean()),
-                   'gflops_per_image': 2 * float(out.macs.mean()) / 1e9})
+      rows.append(
+          {
+              'run': name,
+              'gated': loaded.config.model.gated,
+              'defence': defence,
+              'epsilon': eps,
+              'accuracy': float(np.mean(out.labels == labels)),
+              'flipped_gates': float(flips.mean()) if gated else None,
+              'blocks_executed': float(out.executed.sum(axis=1).mean()),
+              'gflops_per_image': 2 * float(out.macs.mean()) / 1e9,
+          }
+      )
   return rows
 
 
@@ -109,41 +134,78 @@ def plot(rows: list[dict], quality: int):
   fig, axes = common.new_figure(1, 2, size=(5.5, 4.2))
   styles = {'none': ('-', 'no defence'), 'jpeg': ('--', f'JPEG q={quality}')}
   runs = list(dict.fromkeys(r['run'] for r in rows))
-  for color, name in zip(('tab:blue', 'tab:orange', 'tab:green', 'tab:red', 'tab:purple'),
-                         runs):
+  for color, name in zip(
+      ('tab:blue', 'tab:orange', 'tab:green', 'tab:red', 'tab:purple'), runs
+  ):
     for defence, (ls, label) in styles.items():
       group = [r for r in rows if r['run'] == name and r['defence'] == defence]
       eps = [r['epsilon'] for r in group]
-      axes[0, 0].plot(eps, [100 * r['accuracy'] for r in group], ls, color=color, marker='o',
-                      label=f'{name}, {label}')
+      axes[0, 0].plot(
+          eps,
+          [100 * r['accuracy'] for r in group],
+          ls,
+          color=color,
+          marker='o',
+          label=f'{name}, {label}',
+      )
       if group[0]['flipped_gates'] is not None:
-        axes[0, 1].plot(eps, [100 * r['flipped_gates'] for r in group], ls, color=color,
-                        marker='o', label=f'{name}, {label}')
+        axes[0, 1].plot(
+            eps,
+            [100 * r['flipped_gates'] for r in group],
+            ls,
+            color=color,
+            marker='o',
+            label=f'{name}, {label}',
+        )
   xlabel = 'FGSM epsilon (pixel scale [0, 1])'
-  axes[0, 0].set(title='Test accuracy under FGSM (deterministic gates)', xlabel=xlabel,
-                 ylabel='accuracy (%)')
-  axes[0, 1].set(title='Gate decisions flipped by the attack', xlabel=xlabel,
-                 ylabel='flipped decisions (% of image x gated block)')
+  axes[0, 0].set(
+      title='Test accuracy under FGSM (deterministic gates)',
+      xlabel=xlabel,
+      ylabel='accuracy (%)',
+  )
+  axes[0, 1].set(
+      title='Gate decisions flipped by the attack',
+      xlabel=xlabel,
+      ylabel='flipped decisions (% of image x gated block)',
+  )
   for ax in axes[0]:
     if ax.lines:
       ax.legend(fontsize='small')
   return fig
 
 
-def run(workdirs: list[str], out: str, epsilons=(0.0, 0.01, 0.03, 0.1),
-        jpeg_quality: int = 75, batch_size: int | None = None) -> dict:
+def run(
+    workdirs: list[str],
+    out: str,
+    epsilons=(0.0, 0.01, 0.03, 0.1),
+    jpeg_quality: int = 75,
+    batch_size: int | None = None,
+) -> dict:
   """Attacks every run; writes the figure and table; returns their paths."""
   rows = []
   for workdir in workdirs:
     loaded = inference.load(workdir)
-    rows += attack_rows(loaded, common.run_name(workdir), [float(e) for e in epsilons],
-                        jpeg_quality, batch_size or loaded.config.eval.batch_size)
+    rows += attack_rows(
+        loaded,
+        common.run_name(workdir),
+        [float(e) for e in epsilons],
+        jpeg_quality,
+        batch_size or loaded.config.eval.batch_size,
+    )
   return common.write_outputs(rows, plot(rows, jpeg_quality), out, 'fgsm')
 
 
 def main(argv):
   fv = common.parse(FLAGS, argv, __doc__)
-  print(run(fv.workdirs, fv.out, fv.epsilons, fv.jpeg_quality, fv.batch_size or None))
+  print(
+      run(
+          fv.workdirs,
+          fv.out,
+          fv.epsilons,
+          fv.jpeg_quality,
+          fv.batch_size or None,
+      )
+  )
 
 
 if __name__ == '__main__':

@@ -30,21 +30,34 @@ from adanet_jax.model import factory, norm, torch_io
 from adanet_jax.runtime import jax_setup
 from experiments import torch_twin
 
-_MODELS = flags.DEFINE_list('models', ['resnet110', 'resnet50'], 'resnet110 and/or resnet50.')
+_MODELS = flags.DEFINE_list(
+    'models', ['resnet110', 'resnet50'], 'resnet110 and/or resnet50.'
+)
 _BATCH = flags.DEFINE_integer('batch', 32, 'Batch size of the training pass.')
-_WEIGHTS = flags.DEFINE_enum('weights', 'random', ['random', 'fresh'],
-                             "'random': torch_twin.randomize_ (random BatchNorm statistics, "
-                             "gates that disagree); 'fresh': the reference's fresh init "
-                             '(torch_twin.reference_init_).')
+_WEIGHTS = flags.DEFINE_enum(
+    'weights',
+    'random',
+    ['random', 'fresh'],
+    "'random': torch_twin.randomize_ (random BatchNorm statistics, "
+    "gates that disagree); 'fresh': the reference's fresh init "
+    '(torch_twin.reference_init_).',
+)
 
-_CONFIGS = {'resnet110': ('configs/cifar10.py', 'depth=110', 32),
-            'resnet50': ('configs/imagenet.py', 'resnet50', 64)}
+_CONFIGS = {
+    'resnet110': ('configs/cifar10.py', 'depth=110', 32),
+    'resnet50': ('configs/imagenet.py', 'resnet50', 64),
+}
 
 
 def fc1_gradients(grads_by_key) -> np.ndarray:
   """The gates' fc1 kernel gradients (reference layout), concatenated."""
-  return np.concatenate([np.asarray(grads_by_key[k]).ravel() for k in sorted(grads_by_key)
-                         if k.endswith('.fc1.weight')])
+  return np.concatenate(
+      [
+          np.asarray(grads_by_key[k]).ravel()
+          for k in sorted(grads_by_key)
+          if k.endswith('.fc1.weight')
+      ]
+  )
 
 
 def measure(name: str, batch: int, weights: str) -> dict:
@@ -69,27 +82,41 @@ def measure(name: str, batch: int, weights: str) -> dict:
   state_dict = {k: v.numpy() for k, v in net32.state_dict().items()}
   results = {}
   for label, net in (('twin float64', net64), ('twin float32', net32)):
-    loss, aux = torch_twin.twin_train_forward_backward(net, images, labels, noise, targets, weight)
+    loss, aux = torch_twin.twin_train_forward_backward(
+        net, images, labels, noise, targets, weight
+    )
     grads = {k: p.grad.numpy() for k, p in net.named_parameters()}
     results[label] = (loss, aux['logits'], fc1_gradients(grads))
-  before = mock.patch.object(norm, 'BatchNorm', nn.BatchNorm)  # flax's one-pass BatchNorm
-  for label, patch in (('ours before (one-pass)', before),
-                       ('ours after (two-pass)', contextlib.nullcontext())):
+  before = mock.patch.object(
+      norm, 'BatchNorm', nn.BatchNorm
+  )  # flax's one-pass BatchNorm
+  for label, patch in (
+      ('ours before (one-pass)', before),
+      ('ours after (two-pass)', contextlib.nullcontext()),
+  ):
     with patch:
       model = factory.create_model(config)
       shape = jnp.zeros((1, size, size, 3))
-      template = jax.eval_shape(functools.partial(model.init, jax.random.key(0), shape,
-                                                  train=False))
+      template = jax.eval_shape(
+          functools.partial(model.init, jax.random.key(0), shape, train=False)
+      )
       variables = torch_io.import_state_dict(state_dict, template)
       loss, aux, batch_stats, grads = torch_twin.our_train_forward_backward(
-          model, variables, images, labels, key, targets, weight)
-    grads = torch_io.export_state_dict({'params': grads, 'batch_stats': batch_stats})
+          model, variables, images, labels, key, targets, weight
+      )
+    grads = torch_io.export_state_dict(
+        {'params': grads, 'batch_stats': batch_stats}
+    )
     results[label] = (float(loss), aux['logits'], fc1_gradients(grads))
   ref_loss, ref_logits, ref_fc1 = results.pop('twin float64')
-  return {label: dict(fc1_grad=torch_twin.relative_error(fc1, ref_fc1),
-                      gate_logits=torch_twin.relative_error(logits, ref_logits),
-                      loss=abs(loss - ref_loss))
-          for label, (loss, logits, fc1) in results.items()}
+  return {
+      label: dict(
+          fc1_grad=torch_twin.relative_error(fc1, ref_fc1),
+          gate_logits=torch_twin.relative_error(logits, ref_logits),
+          loss=abs(loss - ref_loss),
+      )
+      for label, (loss, logits, fc1) in results.items()
+  }
 
 
 def main(argv):
@@ -97,11 +124,17 @@ def main(argv):
   jax_setup.enable_compilation_cache()
   torch.manual_seed(0)
   for name in _MODELS.value:
-    print(f'{name}, batch {_BATCH.value}, {_WEIGHTS.value} weights: relative error against the '
-          'float64 twin', flush=True)
+    print(
+        f'{name}, batch {_BATCH.value}, {_WEIGHTS.value} weights: relative error against the '
+        'float64 twin',
+        flush=True,
+    )
     for label, r in measure(name, _BATCH.value, _WEIGHTS.value).items():
-      print(f'  {label:24s} gate fc1 kernel grad {r["fc1_grad"]:.2e}   train-mode gate '
-            f'logits {r["gate_logits"]:.2e}   |loss diff| {r["loss"]:.2e}', flush=True)
+      print(
+          f'  {label:24s} gate fc1 kernel grad {r["fc1_grad"]:.2e}   train-mode gate '
+          f'logits {r["gate_logits"]:.2e}   |loss diff| {r["loss"]:.2e}',
+          flush=True,
+      )
 
 
 if __name__ == '__main__':

@@ -29,16 +29,23 @@ def curves(workdir: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   config = rundir.read_config(workdir)
   records = [r for r in rundir.read_metrics(workdir) if 'train/gate_rates' in r]
   if not records:
-    raise ValueError(f'{workdir}/metrics.jsonl holds no train/gate_rates records')
+    raise ValueError(
+        f'{workdir}/metrics.jsonl holds no train/gate_rates records'
+    )
   steps = np.array([r['step'] for r in records])
   # progress = step / total steps, so this is exact whatever the batch size.
-  epochs = np.array([r['train/progress'] for r in records]) * config.train.num_epochs
+  epochs = (
+      np.array([r['train/progress'] for r in records]) * config.train.num_epochs
+  )
   return steps, epochs, np.array([r['train/gate_rates'] for r in records])
 
 
 def highlighted_blocks(config) -> dict[int, str]:
   """Blocks drawn in colour, with their legend labels: downsampling and last."""
-  labels = {i: f'block {i} (downsampling)' for i in inference.downsampling_blocks(config)}
+  labels = {
+      i: f'block {i} (downsampling)'
+      for i in inference.downsampling_blocks(config)
+  }
   last = factory.num_blocks(config.model) - 1
   labels[last] = f'block {last} (last)'
   return labels
@@ -56,14 +63,22 @@ def plot_curves(workdir: str, ax=None):
   for block in colored:
     ax.plot(epochs, rates[:, block], lw=2.2, label=colored[block])
   for block in others:
-    ax.plot(epochs, rates[:, block], lw=0.8, color='0.6',
-            label='other blocks' if block == others[0] else None)
+    ax.plot(
+        epochs,
+        rates[:, block],
+        lw=0.8,
+        color='0.6',
+        label='other blocks' if block == others[0] else None,
+    )
   for t in sorted({t for t in factory.block_targets(config) if t < 1}):
     ax.axhline(t, ls='--', color='k', lw=1, label=f'target {t:g}')
-  ax.set(title=f'{common.run_name(workdir)}: execution rate per block during training\n'
-               f'({config.gates.train_mode} gates, training batches)',
-         xlabel='epoch', ylabel='fraction of training images executing the block',
-         ylim=(0, 1.05))
+  ax.set(
+      title=f'{common.run_name(workdir)}: execution rate per block during training\n'
+      f'({config.gates.train_mode} gates, training batches)',
+      xlabel='epoch',
+      ylabel='fraction of training images executing the block',
+      ylim=(0, 1.05),
+  )
   ax.legend(fontsize='small', loc='lower left')
   return ax.figure
 
@@ -72,10 +87,20 @@ def table_rows(workdir: str) -> list[dict]:
   """Per block: first and last logged rate, target, downsampling."""
   config = rundir.read_config(workdir)
   steps, _, rates = curves(workdir)
-  targets, down = factory.block_targets(config), inference.downsampling_blocks(config)
-  return [{'run': common.run_name(workdir), 'block': b, 'downsampling': b in down,
-           'target': targets[b], f'rate_step{steps[0]}': float(rates[0, b]),
-           f'rate_step{steps[-1]}': float(rates[-1, b])} for b in range(rates.shape[1])]
+  targets, down = factory.block_targets(config), inference.downsampling_blocks(
+      config
+  )
+  return [
+      {
+          'run': common.run_name(workdir),
+          'block': b,
+          'downsampling': b in down,
+          'target': targets[b],
+          f'rate_step{steps[0]}': float(rates[0, b]),
+          f'rate_step{steps[-1]}': float(rates[-1, b]),
+      }
+      for b in range(rates.shape[1])
+  ]
 
 
 def run(workdirs: list[str], out: str) -> dict:
@@ -83,8 +108,9 @@ def run(workdirs: list[str], out: str) -> dict:
   paths = {}
   for workdir in workdirs:
     name = common.run_name(workdir)
-    paths[name] = common.write_outputs(table_rows(workdir), plot_curves(workdir), out,
-                                       f'rate_curves_{name}')
+    paths[name] = common.write_outputs(
+        table_rows(workdir), plot_curves(workdir), out, f'rate_curves_{name}'
+    )
   return paths
 
 

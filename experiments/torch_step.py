@@ -28,18 +28,27 @@ def load_twin():
   try:
     import torch  # pylint: disable=import-outside-toplevel
   except ImportError as e:
-    raise TwinUnavailable(f'torch is not installed ({e}); install torch==2.13.0 to compare '
-                          'with the PyTorch twin') from None
+    raise TwinUnavailable(
+        f'torch is not installed ({e}); install torch==2.13.0 to compare '
+        'with the PyTorch twin'
+    ) from None
   try:
     from experiments import torch_twin  # pylint: disable=import-outside-toplevel
   except ImportError as e:
-    raise TwinUnavailable(f'the PyTorch twin experiments/torch_twin.py cannot be imported '
-                          f'({e}); it comes with the PyTorch-parity issue') from None
+    raise TwinUnavailable(
+        f'the PyTorch twin experiments/torch_twin.py cannot be imported '
+        f'({e}); it comes with the PyTorch-parity issue'
+    ) from None
   return torch, torch_twin
 
 
-def make_step(config, images: np.ndarray, labels: np.ndarray, device: str,
-              compile_model: bool = False):
+def make_step(
+    config,
+    images: np.ndarray,
+    labels: np.ndarray,
+    device: str,
+    compile_model: bool = False,
+):
   """Builds the twin's train step on one fixed batch.
 
   Args:
@@ -54,15 +63,26 @@ def make_step(config, images: np.ndarray, labels: np.ndarray, device: str,
   """
   torch, torch_twin = load_twin()
   net = torch_twin.from_config(config).to(device)
-  memory_format = torch.channels_last if device == 'cuda' else torch.contiguous_format
+  memory_format = (
+      torch.channels_last if device == 'cuda' else torch.contiguous_format
+  )
   net = net.to(memory_format=memory_format)
-  x = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2))).to(device)
+  x = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2))).to(
+      device
+  )
   x = x.contiguous(memory_format=memory_format)
   y = torch.from_numpy(np.asarray(labels, np.int64)).to(device)
-  targets = torch.tensor(factory.block_targets(config), dtype=torch.float32, device=device)
+  targets = torch.tensor(
+      factory.block_targets(config), dtype=torch.float32, device=device
+  )
   o = config.optim
-  opt = torch.optim.SGD(net.parameters(), lr=optim.learning_rate(config), momentum=o.momentum,
-                        nesterov=o.nesterov, weight_decay=o.weight_decay)
+  opt = torch.optim.SGD(
+      net.parameters(),
+      lr=optim.learning_rate(config),
+      momentum=o.momentum,
+      nesterov=o.nesterov,
+      weight_decay=o.weight_decay,
+  )
   forward = torch.compile(net) if compile_model else net
   autocast = config.model.dtype == 'bfloat16'
   num_blocks = targets.shape[0]
@@ -73,7 +93,9 @@ def make_step(config, images: np.ndarray, labels: np.ndarray, device: str,
       logits, aux = forward(x, gate_mode=config.gates.train_mode)
     ce = torch.nn.functional.cross_entropy(logits.float(), y)
     zbar = aux['gates'].float().mean(0)
-    rate = torch.where(targets < 1, (zbar - targets) ** 2, torch.zeros_like(targets)).sum()
+    rate = torch.where(
+        targets < 1, (zbar - targets) ** 2, torch.zeros_like(targets)
+    ).sum()
     if config.loss.reduction == 'mean':
       rate = rate / num_blocks
     loss = ce + config.loss.weight * rate
@@ -92,6 +114,7 @@ def time_step(step, device: str, num_steps: int) -> dict:
     {'first_step_s', 'step_s'}.
   """
   import torch  # pylint: disable=import-outside-toplevel
+
   sync = torch.cuda.synchronize if device == 'cuda' else (lambda: None)
   t0 = time.perf_counter()
   step()

@@ -68,7 +68,9 @@ class _Block(nn.Module):
   def _gate(self, x, gate_mode, noise, fixed):
     if fixed or not self.gated:
       ones = x.new_ones(x.shape[0])
-      always = torch.stack([x.new_zeros(x.shape[0]), x.new_full((x.shape[0],), float('inf'))], 1)
+      always = torch.stack(
+          [x.new_zeros(x.shape[0]), x.new_full((x.shape[0],), float('inf'))], 1
+      )
       return ones, ones, always
     return _gate_forward(self, x, gate_mode, noise)
 
@@ -88,14 +90,20 @@ class BasicBlock(_Block):
     self.bn2 = _bn(width)
     self.shortcut = nn.Sequential()
     if stride != 1 or cin != width:
-      self.shortcut = nn.Sequential(nn.Conv2d(cin, width, 1, stride, bias=False), _bn(width))
+      self.shortcut = nn.Sequential(
+          nn.Conv2d(cin, width, 1, stride, bias=False), _bn(width)
+      )
     self._add_gate(cin, gated, hidden)
     self.out_channels = width
 
   def forward(self, x, gate_mode, noise, fixed):
     z, prob, logits = self._gate(x, gate_mode, noise, fixed)
     y = self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x)))))
-    return F.relu(self.shortcut(x) + y * z[:, None, None, None]), (z, prob, logits)
+    return F.relu(self.shortcut(x) + y * z[:, None, None, None]), (
+        z,
+        prob,
+        logits,
+    )
 
 
 class Bottleneck(_Block):
@@ -112,7 +120,9 @@ class Bottleneck(_Block):
     self.bn3 = _bn(out)
     self.shortcut = nn.Sequential()
     if stride != 1 or cin != out:
-      self.shortcut = nn.Sequential(nn.Conv2d(cin, out, 1, stride, bias=False), _bn(out))
+      self.shortcut = nn.Sequential(
+          nn.Conv2d(cin, out, 1, stride, bias=False), _bn(out)
+      )
     self._add_gate(cin, gated, hidden)
     self.out_channels = out
 
@@ -121,7 +131,11 @@ class Bottleneck(_Block):
     y = F.relu(self.bn1(self.conv1(x)))
     y = F.relu(self.bn2(self.conv2(y)))
     y = self.bn3(self.conv3(y))
-    return F.relu(self.shortcut(x) + y * z[:, None, None, None]), (z, prob, logits)
+    return F.relu(self.shortcut(x) + y * z[:, None, None, None]), (
+        z,
+        prob,
+        logits,
+    )
 
 
 class PreActBlock(_Block):
@@ -135,7 +149,9 @@ class PreActBlock(_Block):
     self.conv2 = nn.Conv2d(width, width, 3, 1, 1, bias=False)
     self.shortcut = None
     if stride != 1 or cin != width:
-      self.shortcut = nn.Sequential(nn.Conv2d(cin, width, 1, stride, bias=False))
+      self.shortcut = nn.Sequential(
+          nn.Conv2d(cin, width, 1, stride, bias=False)
+      )
     self._add_gate(cin, gated, hidden)
     self.out_channels = width
 
@@ -162,8 +178,19 @@ class ResNet(nn.Module):
     hidden: gate hidden width.
   """
 
-  def __init__(self, block, stage_sizes, stage_widths, stem, stem_width, num_classes,
-               in_channels=3, gated=True, fixed_blocks=(), hidden=16):
+  def __init__(
+      self,
+      block,
+      stage_sizes,
+      stage_widths,
+      stem,
+      stem_width,
+      num_classes,
+      in_channels=3,
+      gated=True,
+      fixed_blocks=(),
+      hidden=16,
+  ):
     super().__init__()
     self.stem = stem
     self.fixed_blocks = frozenset(fixed_blocks)
@@ -173,7 +200,11 @@ class ResNet(nn.Module):
       self.conv1 = nn.Conv2d(in_channels, stem_width, 3, 1, 1, bias=False)
     if stem != 'wrn':
       self.bn1 = _bn(stem_width)
-    block_class = {'basic': BasicBlock, 'bottleneck': Bottleneck, 'preact': PreActBlock}[block]
+    block_class = {
+        'basic': BasicBlock,
+        'bottleneck': Bottleneck,
+        'preact': PreActBlock,
+    }[block]
     cin = stem_width
     for s, (size, width) in enumerate(zip(stage_sizes, stage_widths)):
       blocks = []
@@ -194,7 +225,9 @@ class ResNet(nn.Module):
   def forward(self, x, gate_mode='sample', noise=None):
     """Returns (logits, aux) with aux['gates'], aux['probs'] (B, blocks), aux['logits']."""
     if gate_mode not in GATE_MODES:
-      raise ValueError(f'gate mode {gate_mode!r} is unknown; allowed: {", ".join(GATE_MODES)}')
+      raise ValueError(
+          f'gate mode {gate_mode!r} is unknown; allowed: {", ".join(GATE_MODES)}'
+      )
     x = self.conv1(x)
     if self.stem != 'wrn':
       x = F.relu(self.bn1(x))
@@ -215,8 +248,11 @@ class ResNet(nn.Module):
       x = F.relu(self.bn_final(x))
     logits = self.linear(x.mean(dim=(2, 3)))
     zs, probs, gate_logits = zip(*outs)
-    return logits, {'gates': torch.stack(zs, 1), 'probs': torch.stack(probs, 1),
-                    'logits': torch.stack(gate_logits, 1)}
+    return logits, {
+        'gates': torch.stack(zs, 1),
+        'probs': torch.stack(probs, 1),
+        'logits': torch.stack(gate_logits, 1),
+    }
 
 
 def from_config(config) -> ResNet:
@@ -224,15 +260,30 @@ def from_config(config) -> ResNet:
   factory.validate(config)
   m = config.model
   sizes = factory.stage_sizes(m)
-  common = dict(num_classes=m.num_classes, in_channels=config.data.channels, gated=m.gated,
-                fixed_blocks=factory.fixed_blocks(config), hidden=config.gates.hidden)
+  common = dict(
+      num_classes=m.num_classes,
+      in_channels=config.data.channels,
+      gated=m.gated,
+      fixed_blocks=factory.fixed_blocks(config),
+      hidden=config.gates.hidden,
+  )
   k = m.width
   if m.name == 'cifar_resnet':
-    return ResNet('basic', sizes, (16 * k, 32 * k, 64 * k), 'cifar', 16 * k, **common)
+    return ResNet(
+        'basic', sizes, (16 * k, 32 * k, 64 * k), 'cifar', 16 * k, **common
+    )
   if m.name == 'wide_resnet':
-    return ResNet('preact', sizes, (16 * k, 32 * k, 64 * k), 'wrn', 16, **common)
-  return ResNet('bottleneck', sizes, tuple(64 * k * 2**i for i in range(4)), 'imagenet', 64,
-                **common)
+    return ResNet(
+        'preact', sizes, (16 * k, 32 * k, 64 * k), 'wrn', 16, **common
+    )
+  return ResNet(
+      'bottleneck',
+      sizes,
+      tuple(64 * k * 2**i for i in range(4)),
+      'imagenet',
+      64,
+      **common,
+  )
 
 
 def relative_error(a, b) -> float:
@@ -270,7 +321,7 @@ def randomize_(net: ResNet, seed: int = 0) -> ResNet:
         fan_in = module.weight[0].numel()
         normal(module.weight, (2.0 / fan_in) ** 0.5)
         if module.bias is not None:
-          uniform(module.bias, -fan_in ** -0.5, fan_in ** -0.5)
+          uniform(module.bias, -(fan_in**-0.5), fan_in**-0.5)
   return net
 
 
@@ -292,9 +343,15 @@ def reference_init_(net: ResNet, imagenet: bool, seed: int = 0) -> ResNet:
           module.weight.copy_(torch.rand(module.weight.shape, generator=g))
         else:
           module.weight.fill_(1.0)
-      elif imagenet and isinstance(module, nn.Conv2d) and not name.endswith('fc2'):
+      elif (
+          imagenet
+          and isinstance(module, nn.Conv2d)
+          and not name.endswith('fc2')
+      ):
         fan_out = module.weight.shape[0] * module.weight[0, 0].numel()
-        module.weight.copy_(torch.randn(module.weight.shape, generator=g) * (2 / fan_out) ** 0.5)
+        module.weight.copy_(
+            torch.randn(module.weight.shape, generator=g) * (2 / fan_out) ** 0.5
+        )
   return net
 
 
@@ -308,11 +365,18 @@ def gumbel_noise(key, batch: int, num_blocks: int) -> np.ndarray:
   Returns:
     (batch, num_blocks, 2) float32 numpy.
   """
-  return np.stack([np.asarray(gate.gumbel_noise(resnet.block_key(key, i), (batch, 2)))
-                   for i in range(num_blocks)], axis=1)
+  return np.stack(
+      [
+          np.asarray(gate.gumbel_noise(resnet.block_key(key, i), (batch, 2)))
+          for i in range(num_blocks)
+      ],
+      axis=1,
+  )
 
 
-def twin_train_forward_backward(net: ResNet, images, labels, noise, targets, weight: float):
+def twin_train_forward_backward(
+    net: ResNet, images, labels, noise, targets, weight: float
+):
   """One training forward and backward pass of the twin (no optimizer step).
 
   The loss is adanet_jax's with reduction 'mean': cross-entropy + weight x
@@ -329,16 +393,23 @@ def twin_train_forward_backward(net: ResNet, images, labels, noise, targets, wei
     (loss as a float, aux of numpy arrays).
   """
   dtype = next(net.parameters()).dtype
-  logits, aux = net(torch.from_numpy(images.transpose(0, 3, 1, 2)).to(dtype),
-                    gate_mode='sample', noise=torch.from_numpy(noise).to(dtype))
+  logits, aux = net(
+      torch.from_numpy(images.transpose(0, 3, 1, 2)).to(dtype),
+      gate_mode='sample',
+      noise=torch.from_numpy(noise).to(dtype),
+  )
   t = torch.tensor(targets, dtype=dtype)
-  rate = torch.where(t < 1, (aux['gates'].mean(0) - t) ** 2, 0).sum() / len(targets)
+  rate = torch.where(t < 1, (aux['gates'].mean(0) - t) ** 2, 0).sum() / len(
+      targets
+  )
   loss = F.cross_entropy(logits, torch.from_numpy(labels)) + weight * rate
   loss.backward()
   return float(loss.detach()), {k: v.detach().numpy() for k, v in aux.items()}
 
 
-def our_train_forward_backward(model, variables, images, labels, key, targets, weight: float):
+def our_train_forward_backward(
+    model, variables, images, labels, key, targets, weight: float
+):
   """The same pass in adanet_jax, with the loss of `adanet_jax.train.losses` ('mean'),
   its gates drawing their noise from `key` (the twin's: `gumbel_noise(key, ...)`).
 
@@ -347,6 +418,7 @@ def our_train_forward_backward(model, variables, images, labels, key, targets, w
     per call (the model is closed over).
   """
   import jax  # pylint: disable=import-outside-toplevel
+
   from adanet_jax.train import losses  # pylint: disable=import-outside-toplevel
 
   images = np.asarray(images, np.float32)
@@ -355,11 +427,19 @@ def our_train_forward_backward(model, variables, images, labels, key, targets, w
   def run(params, batch_stats):
     def loss_fn(params):
       (logits, aux), updates = model.apply(
-          {'params': params, 'batch_stats': batch_stats}, images, train=True,
-          gate_mode='sample', key=key, mutable=['batch_stats'])
+          {'params': params, 'batch_stats': batch_stats},
+          images,
+          train=True,
+          gate_mode='sample',
+          key=key,
+          mutable=['batch_stats'],
+      )
       loss, _ = losses.total_loss(logits, labels, aux, targets, weight, 'mean')
       return loss, (aux, updates['batch_stats'])
+
     return jax.value_and_grad(loss_fn, has_aux=True)(params)
 
-  (loss, (aux, batch_stats)), grads = run(variables['params'], variables['batch_stats'])
+  (loss, (aux, batch_stats)), grads = run(
+      variables['params'], variables['batch_stats']
+  )
   return jax.tree.map(np.asarray, (loss, aux, batch_stats, grads))

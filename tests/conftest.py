@@ -13,14 +13,18 @@ import subprocess
 import sys
 import tempfile
 
-os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
-                           ' --xla_force_host_platform_device_count=8').strip()
+os.environ['XLA_FLAGS'] = (
+    os.environ.get('XLA_FLAGS', '')
+    + ' --xla_force_host_platform_device_count=8'
+).strip()
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 # One persistent compilation cache for the session, in-process tests and the
 # entry points they start alike: a program compiled by one test is loaded by
 # the next that needs it. Fresh per session, so no test depends on an old one.
-os.environ.setdefault('ADANET_JAX_CACHE_DIR', tempfile.mkdtemp(prefix='adanet_jax_test_xla_'))
+os.environ.setdefault(
+    'ADANET_JAX_CACHE_DIR', tempfile.mkdtemp(prefix='adanet_jax_test_xla_')
+)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
@@ -31,7 +35,8 @@ import pytest  # noqa: E402
 from adanet_jax import config_lib
 from adanet_jax.model import factory
 from adanet_jax.runtime import jax_setup
-from adanet_jax.train import checkpoints, optim, plan as plan_lib, steps, trainer
+from adanet_jax.train import checkpoints, optim, steps, trainer
+from adanet_jax.train import plan as plan_lib
 
 jax_setup.enable_compilation_cache()
 
@@ -69,10 +74,16 @@ def tiny_config(**overrides):
 def restore_state(config, workdir):
   """(step, train state) of the latest checkpoint of `workdir`, on this process."""
   checkpointer = checkpoints.Checkpointer(str(workdir), config)
-  plan = plan_lib.make_plan(config, steps_per_epoch=1)  # only the state's shapes matter
+  plan = plan_lib.make_plan(
+      config, steps_per_epoch=1
+  )  # only the state's shapes matter
   tx, _ = optim.create_optimizer(plan.optimizer)
-  abstract = steps.abstract_train_state(factory.create_model(config), tx, plan.image_shape,
-                                        jax.sharding.SingleDeviceSharding(jax.devices()[0]))
+  abstract = steps.abstract_train_state(
+      factory.create_model(config),
+      tx,
+      plan.image_shape,
+      jax.sharding.SingleDeviceSharding(jax.devices()[0]),
+  )
   step, state = checkpointer.latest_step(), checkpointer.restore(abstract)
   checkpointer.close()
   return step, state
@@ -80,8 +91,14 @@ def restore_state(config, workdir):
 
 def run_module(module: str, *args: str, timeout: float = 300, env=None):
   """`python -m <module> <args>` from the repository root; the CompletedProcess."""
-  return subprocess.run([sys.executable, '-m', module, *args], cwd=REPO, capture_output=True,
-                        text=True, timeout=timeout, env=env)
+  return subprocess.run(
+      [sys.executable, '-m', module, *args],
+      cwd=REPO,
+      capture_output=True,
+      text=True,
+      timeout=timeout,
+      env=env,
+  )
 
 
 def train_tiny_run(basetemp, name: str, gated: bool = True) -> str:
@@ -95,7 +112,11 @@ def train_tiny_run(basetemp, name: str, gated: bool = True) -> str:
   Returns:
     The workdir.
   """
-  shared = os.path.dirname(str(basetemp)) if os.environ.get('PYTEST_XDIST_WORKER') else basetemp
+  shared = (
+      os.path.dirname(str(basetemp))
+      if os.environ.get('PYTEST_XDIST_WORKER')
+      else basetemp
+  )
   workdir = os.path.join(str(shared), name)
   with open(workdir + '.lock', 'w') as lock:
     fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
@@ -106,12 +127,12 @@ def train_tiny_run(basetemp, name: str, gated: bool = True) -> str:
 
 def _train_tiny_run(workdir: str, gated: bool) -> None:
   config = load_repo_config('digits.py', f'depth=8,epochs=1,gated={gated}')
-  config.train.batch_size = 64           # 22 steps
-  config.train.sync_every_steps = 1      # block on every step (multi-device CPU)
-  config.train.log_every_steps = 4       # several points of the rate curves
-  config.train.eval_every_epochs = 0.5   # evaluations at steps 11 and 22
-  config.eval.batch_size = 64            # 360 = 5 x 64 + 40: the last batch is padded
-  config.checkpoint.every_steps = 10     # checkpoints 10, 20, 22
+  config.train.batch_size = 64  # 22 steps
+  config.train.sync_every_steps = 1  # block on every step (multi-device CPU)
+  config.train.log_every_steps = 4  # several points of the rate curves
+  config.train.eval_every_epochs = 0.5  # evaluations at steps 11 and 22
+  config.eval.batch_size = 64  # 360 = 5 x 64 + 40: the last batch is padded
+  config.checkpoint.every_steps = 10  # checkpoints 10, 20, 22
   config.gates.eval_modes = ('deterministic', 'expected')
   final = trainer.train_and_evaluate(config, workdir)
   with open(os.path.join(workdir, 'final.json'), 'w') as f:
@@ -134,6 +155,7 @@ def gated_run(tmp_path_factory):
 def loaded(gated_run):
   """`adanet_jax.load` of the gated tiny run."""
   from adanet_jax.infer import inference  # pylint: disable=import-outside-toplevel
+
   return inference.load(gated_run)
 
 
@@ -156,12 +178,22 @@ def slurm_cluster(tmp_path_factory):
   in one line; on CI (CI=true) it fails instead.
   """
   directory = tmp_path_factory.mktemp('slurm')
-  env = dict(os.environ, SLURM_TEST_CTLD_PORT=str(_free_port()),
-             SLURM_TEST_SLURMD_PORT=str(_free_port()))
+  env = dict(
+      os.environ,
+      SLURM_TEST_CTLD_PORT=str(_free_port()),
+      SLURM_TEST_SLURMD_PORT=str(_free_port()),
+  )
   try:
-    out = subprocess.run(['bash', SLURM_CLUSTER_SCRIPT, 'start', str(directory)], env=env,
-                         capture_output=True, text=True, timeout=120)
-    reason = (out.stderr.strip().splitlines() or [f'exit status {out.returncode}'])[-1]
+    out = subprocess.run(
+        ['bash', SLURM_CLUSTER_SCRIPT, 'start', str(directory)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    reason = (
+        out.stderr.strip().splitlines() or [f'exit status {out.returncode}']
+    )[-1]
   except (OSError, subprocess.TimeoutExpired) as e:
     out, reason = None, str(e)
   if out is None or out.returncode != 0:

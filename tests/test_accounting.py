@@ -28,15 +28,24 @@ def test_cifar_resnet110_exact_macs(load_config):
   assert t.baseline == 253_149_824
   assert sum(t.gate) == 33_216
   assert t.dense == 253_183_040
-  assert len(t.branch) == 54 and t.branch[18] == 3_538_944 and t.shortcut[18] == 131_072
+  assert (
+      len(t.branch) == 54
+      and t.branch[18] == 3_538_944
+      and t.shortcut[18] == 131_072
+  )
 
 
-@pytest.mark.parametrize('name,arg,want', [
-    ('cifar10.py', None, 0.2532e9),
-    ('imagenet.py', 'resnet50', 4.0894e9),
-    ('imagenet.py', 'resnet101', 7.8019e9),
-])
-def test_dense_macs_match_reference_within_0_1_percent(load_config, name, arg, want):
+@pytest.mark.parametrize(
+    'name,arg,want',
+    [
+        ('cifar10.py', None, 0.2532e9),
+        ('imagenet.py', 'resnet50', 4.0894e9),
+        ('imagenet.py', 'resnet101', 7.8019e9),
+    ],
+)
+def test_dense_macs_match_reference_within_0_1_percent(
+    load_config, name, arg, want
+):
   config = load_config(name, arg)
   config.gates.fix_target_one = False  # the reference model: every gate runs
   assert abs(_table(config).dense / want - 1) < 1e-3
@@ -44,12 +53,17 @@ def test_dense_macs_match_reference_within_0_1_percent(load_config, name, arg, w
 
 def test_resnet50_block_macs_match_reference(load_config):
   t = _table(load_config('imagenet.py', 'resnet50'))
-  want = [179.8, 218.4, 218.4, 269.7, 218.4, 218.4, 218.4, 269.7] + [218.4] * 5 + [269.7, 218.4,
-                                                                                    218.4]
+  want = (
+      [179.8, 218.4, 218.4, 269.7, 218.4, 218.4, 218.4, 269.7]
+      + [218.4] * 5
+      + [269.7, 218.4, 218.4]
+  )
   np.testing.assert_allclose(np.array(t.branch) / 1e6, want, atol=0.06)
   assert t.baseline == 4_089_184_256  # torchvision ResNet-50's conv + fc count
   # Fixed blocks run without their gate MLP.
-  assert [m > 0 for m in t.gate] == [i not in (0, 1, 3, 7, 13, 15) for i in range(16)]
+  assert [m > 0 for m in t.gate] == [
+      i not in (0, 1, 3, 7, 13, 15) for i in range(16)
+  ]
 
 
 def test_per_image_and_paper_convention(load_config):
@@ -74,7 +88,9 @@ def _xla_matmul_macs(fn, *args) -> float:
     nonlocal total
     for eqn in jaxpr.eqns:
       if eqn.primitive.name in ('conv_general_dilated', 'dot_general'):
-        avals = [jax.ShapeDtypeStruct(v.aval.shape, v.aval.dtype) for v in eqn.invars]
+        avals = [
+            jax.ShapeDtypeStruct(v.aval.shape, v.aval.dtype) for v in eqn.invars
+        ]
         key = (eqn.primitive.name, str(avals), str(sorted(eqn.params.items())))
         if key not in seen:
           op = jax.jit(lambda *xs, e=eqn: e.primitive.bind(*xs, **e.params))
@@ -88,15 +104,22 @@ def _xla_matmul_macs(fn, *args) -> float:
   return total
 
 
-@pytest.mark.parametrize('name,arg', [('cifar10.py', 'depth=20'), ('imagenet.py', 'resnet50')])
+@pytest.mark.parametrize(
+    'name,arg', [('cifar10.py', 'depth=20'), ('imagenet.py', 'resnet50')]
+)
 def test_macs_agree_with_xla_cost_analysis(load_config, name, arg):
   config = load_config(name, arg)
   model = factory.create_model(config)
   s = config.data.image_size
   x = jnp.zeros((1, s, s, 3))
   # Shapes suffice (nothing runs): no eager initialisation.
-  variables = jax.eval_shape(lambda: model.init({'params': jax.random.key(0)}, x, train=False))
-  forward = lambda v, x: model.apply(v, x, train=False, gate_mode='deterministic')
+  variables = jax.eval_shape(
+      lambda: model.init({'params': jax.random.key(0)}, x, train=False)
+  )
+
+  def forward(v, x):
+    return model.apply(v, x, train=False, gate_mode='deterministic')
+
   xla = _xla_matmul_macs(forward, variables, x)
   # XLA counts only the kernel taps that land on real pixels.
   ours = accounting.cost_table(model, (s, s, 3), count_padding=False).dense

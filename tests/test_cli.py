@@ -7,12 +7,11 @@ import os
 import subprocess
 import sys
 
+from conftest import REPO
 import pytest
 
-from conftest import REPO
-
 # A tiny entry point: flags --fail (an expected failure) and --crash (a bug).
-ENTRY_POINT = '''
+ENTRY_POINT = """
 from absl import flags
 from adanet_jax import errors
 from adanet_jax.runtime import cli
@@ -29,20 +28,32 @@ def main(args):
   print('overrides', sorted(args.overrides.items()))
 
 cli.run(main, define_flags)
-'''
+"""
 
 
 def _entry_point(*args):
-  return subprocess.run([sys.executable, '-c', ENTRY_POINT, *args], cwd=REPO,
-                        capture_output=True, text=True, timeout=120)
+  return subprocess.run(
+      [sys.executable, '-c', ENTRY_POINT, *args],
+      cwd=REPO,
+      capture_output=True,
+      text=True,
+      timeout=120,
+  )
 
 
-@pytest.mark.parametrize('args,code,line', [
-    (['--fail'], 2, 'error: the field x=1 must be 2'),
-    (['--colour=red'], 2, 'error: Unknown command line flag \'colour\''),
-    (['extra'], 2, 'error: unexpected arguments: extra'),
-    (['--config.a.b'], 2, "error: '--config.a.b' needs the form --config.<field>=<value>"),
-])
+@pytest.mark.parametrize(
+    'args,code,line',
+    [
+        (['--fail'], 2, 'error: the field x=1 must be 2'),
+        (['--colour=red'], 2, "error: Unknown command line flag 'colour'"),
+        (['extra'], 2, 'error: unexpected arguments: extra'),
+        (
+            ['--config.a.b'],
+            2,
+            "error: '--config.a.b' needs the form --config.<field>=<value>",
+        ),
+    ],
+)
 def test_expected_failures_are_one_line(args, code, line):
   out = _entry_point(*args)
   assert out.returncode == code
@@ -59,98 +70,192 @@ def test_unexpected_failures_keep_their_traceback():
 def test_overrides_reach_the_entry_point():
   out = _entry_point('--config.loss.target=0.5', '--config.seed=3')
   assert out.returncode == 0, out.stderr
-  assert out.stdout.strip() == "overrides [('loss.target', '0.5'), ('seed', '3')]"
+  assert (
+      out.stdout.strip() == "overrides [('loss.target', '0.5'), ('seed', '3')]"
+  )
 
 
 DIGITS = 'configs/digits.py'
 
-SWEEP_WITH_BAD_TARGET = '''
+SWEEP_WITH_BAD_TARGET = """
 import importlib.util, os
-spec = importlib.util.spec_from_file_location('digits', os.path.join({repo!r}, 'configs', 'digits.py'))
+path = os.path.join({repo!r}, 'configs', 'digits.py')
+spec = importlib.util.spec_from_file_location('digits', path)
 digits = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(digits)
 get_config = digits.get_config
 
 def get_sweeps():
   return {{'bad': [{{'loss.target': 0.5}}, {{'loss.target': 1.5}}]}}
-'''
+"""
 
 # (entry point, arguments with {tmp} for the test's directory, the one line).
 CASES = {
     'keyword in override path': (
-        'main', [f'--config={DIGITS}', '--workdir={tmp}/w', '--config.optim.lambda=1'],
+        'main',
+        [f'--config={DIGITS}', '--workdir={tmp}/w', '--config.optim.lambda=1'],
         'error: --config.optim.lambda names no field of the config; configs are locked: '
-        'override only fields the config file defines'),
+        'override only fields the config file defines',
+    ),
     'keywords in a wrong path': (
-        'main', [f'--config={DIGITS}', '--workdir={tmp}/w', '--config.this.is.wrong=2'],
+        'main',
+        [f'--config={DIGITS}', '--workdir={tmp}/w', '--config.this.is.wrong=2'],
         'error: --config.this.is.wrong names no field of the config; configs are locked: '
-        'override only fields the config file defines'),
+        'override only fields the config file defines',
+    ),
     'missing config file': (
-        'main', ['--config=configs/nope.py', '--workdir={tmp}/w'],
-        "error: config file 'configs/nope.py' does not exist"),
+        'main',
+        ['--config=configs/nope.py', '--workdir={tmp}/w'],
+        "error: config file 'configs/nope.py' does not exist",
+    ),
     'config syntax error': (
-        'main', ['--config={tmp}/syntax.py', '--workdir={tmp}/w'],
-        "error: config file '{tmp}/syntax.py' has a syntax error at line 1: expected ':'"),
+        'main',
+        ['--config={tmp}/syntax.py', '--workdir={tmp}/w'],
+        "error: config file '{tmp}/syntax.py' has a syntax error at line 1: expected ':'",
+    ),
     'unknown arg key': (
-        'main', [f'--config={DIGITS}:depthh=8', '--workdir={tmp}/w'],
-        "error: config argument 'depthh' is unknown; allowed: depth, gated, target, epochs"),
+        'main',
+        [f'--config={DIGITS}:depthh=8', '--workdir={tmp}/w'],
+        "error: config argument 'depthh' is unknown; allowed: depth, gated, target, epochs",
+    ),
     'workdir is a file': (
-        'main', [f'--config={DIGITS}', '--workdir={tmp}/afile'],
-        'error: cannot create workdir {tmp}/afile: File exists'),
+        'main',
+        [f'--config={DIGITS}', '--workdir={tmp}/afile'],
+        'error: cannot create workdir {tmp}/afile: File exists',
+    ),
     'init_from nowhere': (
-        'main', [f'--config={DIGITS}', '--workdir={tmp}/w', '--config.init_from={tmp}/nothing'],
-        "error: init_from='{tmp}/nothing' is not a workdir or checkpoint directory"),
+        'main',
+        [
+            f'--config={DIGITS}',
+            '--workdir={tmp}/w',
+            '--config.init_from={tmp}/nothing',
+        ],
+        "error: init_from='{tmp}/nothing' is not a workdir or checkpoint directory",
+    ),
     'learning rate 0': (
-        'main', [f'--config={DIGITS}', '--workdir={tmp}/w', '--config.optim.base_learning_rate=0.0'],
-        'error: optim.base_learning_rate=0.0 must be > 0'),
+        'main',
+        [
+            f'--config={DIGITS}',
+            '--workdir={tmp}/w',
+            '--config.optim.base_learning_rate=0.0',
+        ],
+        'error: optim.base_learning_rate=0.0 must be > 0',
+    ),
     'negative epochs': (
-        'main', [f'--config={DIGITS}', '--workdir={tmp}/w', '--config.train.num_epochs=-1.0'],
-        'error: train.num_epochs=-1.0 must be > 0'),
+        'main',
+        [
+            f'--config={DIGITS}',
+            '--workdir={tmp}/w',
+            '--config.train.num_epochs=-1.0',
+        ],
+        'error: train.num_epochs=-1.0 must be > 0',
+    ),
     'negative momentum': (
-        'main', [f'--config={DIGITS}', '--workdir={tmp}/w', '--config.optim.momentum=-0.5'],
-        'error: optim.momentum=-0.5 must be in [0, 1)'),
+        'main',
+        [
+            f'--config={DIGITS}',
+            '--workdir={tmp}/w',
+            '--config.optim.momentum=-0.5',
+        ],
+        'error: optim.momentum=-0.5 must be in [0, 1)',
+    ),
     'keep 0 checkpoints': (
-        'main', [f'--config={DIGITS}', '--workdir={tmp}/w', '--config.checkpoint.keep=0'],
-        'error: checkpoint.keep=0 must be >= 1 (the checkpoints kept to resume from)'),
+        'main',
+        [
+            f'--config={DIGITS}',
+            '--workdir={tmp}/w',
+            '--config.checkpoint.keep=0',
+        ],
+        'error: checkpoint.keep=0 must be >= 1 (the checkpoints kept to resume from)',
+    ),
     'sweep root is a file': (
-        'tools.sweep', [f'--config={DIGITS}', '--sweep=smoke', '--root={tmp}/afile', '--plan_only'],
-        'error: --root={tmp}/afile is a file, not a directory'),
+        'tools.sweep',
+        [
+            f'--config={DIGITS}',
+            '--sweep=smoke',
+            '--root={tmp}/afile',
+            '--plan_only',
+        ],
+        'error: --root={tmp}/afile is a file, not a directory',
+    ),
     'summary of a missing root': (
-        'tools.sweep', ['--summary_only', '--root={tmp}/nothing'],
-        'error: --root={tmp}/nothing is not a directory: nothing to summarize'),
+        'tools.sweep',
+        ['--summary_only', '--root={tmp}/nothing'],
+        'error: --root={tmp}/nothing is not a directory: nothing to summarize',
+    ),
     'parallel 0': (
-        'tools.sweep', [f'--config={DIGITS}', '--sweep=smoke', '--root={tmp}/sweep', '--parallel=0'],
-        'error: --parallel=0 must be >= 1'),
+        'tools.sweep',
+        [
+            f'--config={DIGITS}',
+            '--sweep=smoke',
+            '--root={tmp}/sweep',
+            '--parallel=0',
+        ],
+        'error: --parallel=0 must be >= 1',
+    ),
     'sweep point out of range': (
-        'tools.sweep', ['--config={tmp}/bad_sweep.py', '--sweep=bad', '--root={tmp}/sweep', '--plan_only'],
+        'tools.sweep',
+        [
+            '--config={tmp}/bad_sweep.py',
+            '--sweep=bad',
+            '--root={tmp}/sweep',
+            '--plan_only',
+        ],
         'error: sweep point target-1.5: loss.target=1.5 is outside (0, 1]: a target is the '
-        'fraction of images that execute a block'),
+        'fraction of images that execute a block',
+    ),
     'common override out of range': (
-        'tools.sweep', [f'--config={DIGITS}', '--sweep=smoke', '--root={tmp}/sweep', '--plan_only',
-                  '--config.gates.temperature=0.0'],
-        'error: sweep point target-0.3_seed-0: gates.temperature=0.0 must be > 0'),
+        'tools.sweep',
+        [
+            f'--config={DIGITS}',
+            '--sweep=smoke',
+            '--root={tmp}/sweep',
+            '--plan_only',
+            '--config.gates.temperature=0.0',
+        ],
+        'error: sweep point target-0.3_seed-0: gates.temperature=0.0 must be > 0',
+    ),
 }
 
 
 def _snapshot(root) -> dict:
-  return {os.path.join(r, p): (os.path.getsize(os.path.join(r, p)),
-                               os.path.getmtime(os.path.join(r, p)))
-          for r, ds, ps in os.walk(root) for p in ps + ds}
+  return {
+      os.path.join(r, p): (
+          os.path.getsize(os.path.join(r, p)),
+          os.path.getmtime(os.path.join(r, p)),
+      )
+      for r, ds, ps in os.walk(root)
+      for p in ps + ds
+  }
 
 
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize('case', sorted(CASES))
 def test_expected_failure_of_an_entry_point_is_one_line(tmp_path, case):
   module, args, line = CASES[case]
-  (tmp_path / 'syntax.py').write_text('def get_config(arg=None)\n  return None\n')
-  (tmp_path / 'bad_sweep.py').write_text(SWEEP_WITH_BAD_TARGET.format(repo=REPO))
+  (tmp_path / 'syntax.py').write_text(
+      'def get_config(arg=None)\n  return None\n'
+  )
+  (tmp_path / 'bad_sweep.py').write_text(
+      SWEEP_WITH_BAD_TARGET.format(repo=REPO)
+  )
   (tmp_path / 'afile').write_text('not a directory\n')
   before = _snapshot(tmp_path)
-  out = subprocess.run([sys.executable, '-m', f'adanet_jax.{module}',
-                        *(a.format(tmp=tmp_path) for a in args)],
-                       cwd=REPO, capture_output=True, text=True, timeout=110)
+  out = subprocess.run(
+      [
+          sys.executable,
+          '-m',
+          f'adanet_jax.{module}',
+          *(a.format(tmp=tmp_path) for a in args),
+      ],
+      cwd=REPO,
+      capture_output=True,
+      text=True,
+      timeout=110,
+  )
   assert out.returncode == 2, out.stderr[-3000:]
   assert [l for l in out.stderr.splitlines() if l.startswith('error')] == [
-      line.format(tmp=tmp_path)], out.stderr[-3000:]
+      line.format(tmp=tmp_path)
+  ], out.stderr[-3000:]
   assert 'Traceback' not in out.stderr + out.stdout
   assert _snapshot(tmp_path) == before

@@ -6,11 +6,14 @@ import os
 
 import pytest
 
-from adanet_jax import config_lib
 from adanet_jax.train import checks
 
-CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'configs')
-CONFIG_FILES = sorted(os.path.basename(p) for p in glob.glob(os.path.join(CONFIG_DIR, '*.py')))
+CONFIG_DIR = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'configs'
+)
+CONFIG_FILES = sorted(
+    os.path.basename(p) for p in glob.glob(os.path.join(CONFIG_DIR, '*.py'))
+)
 
 
 @pytest.mark.parametrize('name', CONFIG_FILES)
@@ -29,6 +32,9 @@ def test_argument_strings(load_config):
   c = load_config('cifar10.py', 'depth=56,gated=false,target=0.5')
   assert (c.model.depth, c.model.gated, c.loss.target) == (56, False, 0.5)
   c = load_config('imagenet.py', 'resnet101,t=0.3')
-  assert (c.model.depth, c.loss.target, c.loss.target_schedule) == (101, 0.3,
-                                                                    'resnet101_reference')
+  assert (c.model.depth, c.loss.target, c.loss.target_schedule) == (
+      101,
+      0.3,
+      'resnet101_reference',
+  )
   assert load_config('imagenet.py').model.depth == 50

@@ -14,54 +14,98 @@ from adanet_jax.runtime import console
 from adanet_jax.train import progress
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-NOISE = ('oneDNN custom operations', 'All log messages before absl::InitializeLog',
-         'read_only=True')
+NOISE = (
+    'oneDNN custom operations',
+    'All log messages before absl::InitializeLog',
+    'read_only=True',
+)
 
 
 def test_format_duration():
-  assert [progress.format_duration(s) for s in (0, 59.4, 59.6, 3599, 3600, 90061, float('nan'),
-                                               float('inf'), -1)] == [
-      '0:00:00', '0:00:59', '0:01:00', '0:59:59', '1:00:00', '25:01:01', '-:--:--', '-:--:--',
-      '-:--:--']
+  assert [
+      progress.format_duration(s)
+      for s in (
+          0,
+          59.4,
+          59.6,
+          3599,
+          3600,
+          90061,
+          float('nan'),
+          float('inf'),
+          -1,
+      )
+  ] == [
+      '0:00:00',
+      '0:00:59',
+      '0:01:00',
+      '0:59:59',
+      '1:00:00',
+      '25:01:01',
+      '-:--:--',
+      '-:--:--',
+      '-:--:--',
+  ]
 
 
-SCALARS = {'train/loss': 1.97413, 'train/gate_rate': 0.847775, 'train/images_per_s': 1234.6,
-           'train/eta_s': 3725.2, 'train/accuracy': 0.5, 'train/progress': 0.1}
+SCALARS = {
+    'train/loss': 1.97413,
+    'train/gate_rate': 0.847775,
+    'train/images_per_s': 1234.6,
+    'train/eta_s': 3725.2,
+    'train/accuracy': 0.5,
+    'train/progress': 0.1,
+}
 
 
 def test_progress_line_plain_and_with_bar():
   assert progress.progress_line(44, 440, 11, SCALARS) == (
-      'step  44/440 | epoch 4.0/40.0 | 1,235 img/s | loss 1.9741 | exec rate 0.848 | eta 1:02:05')
-  assert progress.progress_line(110, 440, 11, {'train/loss': 0.5}, bar=True) == (
-      '[#####---------------] step 110/440 | epoch 10.0/40.0 | loss 0.5000')
+      'step  44/440 | epoch 4.0/40.0 | 1,235 img/s | loss 1.9741 | exec rate 0.848 | eta 1:02:05'
+  )
+  assert progress.progress_line(
+      110, 440, 11, {'train/loss': 0.5}, bar=True
+  ) == ('[#####---------------] step 110/440 | epoch 10.0/40.0 | loss 0.5000')
 
 
 def test_eval_lines_one_per_mode():
-  record = {'eval/deterministic/accuracy': 0.975, 'eval/deterministic/loss': 0.1,
-            'eval/deterministic/gate_rate': 0.6125, 'eval/deterministic/gflops_per_image': 0.0012,
-            'eval/sample/accuracy': 0.5}
+  record = {
+      'eval/deterministic/accuracy': 0.975,
+      'eval/deterministic/loss': 0.1,
+      'eval/deterministic/gate_rate': 0.6125,
+      'eval/deterministic/gflops_per_image': 0.0012,
+      'eval/sample/accuracy': 0.5,
+  }
   assert progress.eval_lines(440, record) == [
       'eval at step 440 (deterministic gates) | accuracy 97.50% | loss 0.1000 | exec rate 0.613 | '
       '1.200 MFLOPs/image',
-      'eval at step 440 (sample gates) | accuracy 50.00%']
+      'eval at step 440 (sample gates) | accuracy 50.00%',
+  ]
 
 
 def test_console_writer_bar_only_on_a_terminal():
   class Terminal(io.StringIO):
+
     def isatty(self):
       return True
+
   plain, terminal = io.StringIO(), Terminal()
   for stream in (plain, terminal):
     progress.ConsoleWriter(20, 10, stream).write(10, {'train/loss': 1.0})
   assert plain.getvalue() == 'step 10/20 | epoch 1.0/2.0 | loss 1.0000\n'
-  assert terminal.getvalue() == '[##########----------] step 10/20 | epoch 1.0/2.0 | loss 1.0000\n'
+  assert (
+      terminal.getvalue()
+      == '[##########----------] step 10/20 | epoch 1.0/2.0 | loss 1.0000\n'
+  )
 
 
 def test_quiet_native_logs_keeps_what_the_user_set():
   environ = {'TF_CPP_MIN_LOG_LEVEL': '0'}
   console.quiet_native_logs(environ)
-  assert environ == {'TF_CPP_MIN_LOG_LEVEL': '0', 'TF_ENABLE_ONEDNN_OPTS': '0',
-                     'GRPC_VERBOSITY': 'ERROR'}
+  assert environ == {
+      'TF_CPP_MIN_LOG_LEVEL': '0',
+      'TF_ENABLE_ONEDNN_OPTS': '0',
+      'GRPC_VERBOSITY': 'ERROR',
+  }
 
 
 def _user_env():
@@ -77,10 +121,23 @@ def _user_env():
 def test_training_and_load_print_no_noise(tmp_path):
   workdir = tmp_path / 'w'
   out = subprocess.run(
-      [sys.executable, '-m', 'adanet_jax.main', '--config=configs/digits.py:depth=8',
-       f'--workdir={workdir}', '--config.train.num_epochs=0.2', '--config.train.batch_size=32',
-       '--config.train.log_every_steps=3', '--config.eval.batch_size=120'],
-      cwd=REPO, env=_user_env(), capture_output=True, text=True, timeout=240)
+      [
+          sys.executable,
+          '-m',
+          'adanet_jax.main',
+          '--config=configs/digits.py:depth=8',
+          f'--workdir={workdir}',
+          '--config.train.num_epochs=0.2',
+          '--config.train.batch_size=32',
+          '--config.train.log_every_steps=3',
+          '--config.eval.batch_size=120',
+      ],
+      cwd=REPO,
+      env=_user_env(),
+      capture_output=True,
+      text=True,
+      timeout=240,
+  )
   text = out.stdout + out.stderr
   assert out.returncode == 0, text[-3000:]
   for noise in NOISE:
@@ -92,13 +149,25 @@ def test_training_and_load_print_no_noise(tmp_path):
   assert 'eval at step 9 (deterministic gates) | accuracy ' in out.stdout
   assert 'train/loss=' not in text  # the old key=value dump
   # Log lines only from our own modules: the libraries' INFO lines are quieted.
-  sources = set(re.findall(r'^[IWE]\d{4} [\d:.]+ +\d+ ([\w.]+):\d+\]', text, re.M))
+  sources = set(
+      re.findall(r'^[IWE]\d{4} [\d:.]+ +\d+ ([\w.]+):\d+\]', text, re.M)
+  )
   assert sources == {'main.py', 'compilation.py'}, text[-3000:]
 
   load = subprocess.run(
-      [sys.executable, '-c', 'import sys, adanet_jax; m = adanet_jax.load(sys.argv[1]); '
-       'print(m.predict(m.eval_split()[0][:4]).logits.shape)', str(workdir)],
-      cwd=REPO, env=_user_env(), capture_output=True, text=True, timeout=240)
+      [
+          sys.executable,
+          '-c',
+          'import sys, adanet_jax; m = adanet_jax.load(sys.argv[1]); '
+          'print(m.predict(m.eval_split()[0][:4]).logits.shape)',
+          str(workdir),
+      ],
+      cwd=REPO,
+      env=_user_env(),
+      capture_output=True,
+      text=True,
+      timeout=240,
+  )
   text = load.stdout + load.stderr
   assert load.returncode == 0, text[-3000:]
   assert load.stdout.strip().splitlines()[-1] == '(4, 10)'

@@ -4,42 +4,63 @@ per-class x per-block matrix; the evaluator returns them and writes nothing."""
 
 import os
 
+from conftest import final_metrics, restore_state
 import jax
 import numpy as np
 import pytest
 
 from adanet_jax.data import input_pipeline
 from adanet_jax.model import accounting
-from adanet_jax.train import evaluation, rundir, trainer
 from adanet_jax.tools import summary
-from conftest import final_metrics, restore_state
+from adanet_jax.train import evaluation, rundir, trainer
 
-COSTS = accounting.CostTable(blocks=('b0', 'b1', 'b2'), outside=100, branch=(10, 20, 40),
-                             shortcut=(0, 5, 0), gate=(1, 1, 0), gate_pool_adds=(4, 4, 4))
+COSTS = accounting.CostTable(
+    blocks=('b0', 'b1', 'b2'),
+    outside=100,
+    branch=(10, 20, 40),
+    shortcut=(0, 5, 0),
+    gate=(1, 1, 0),
+    gate_pool_adds=(4, 4, 4),
+)
 
 
 def test_summary_by_hand():
-  sums = {'count': 4.0, 'correct': 3.0, 'ce': 2.0,
-          'gates': np.array([2.0, 1.0, 4.0]), 'executed': np.array([2.0, 1.0, 4.0]),
-          'class_count': np.array([1.0, 3.0]),
-          'class_gates': np.array([[1.0, 0.0, 1.0], [1.0, 1.0, 3.0]])}
+  sums = {
+      'count': 4.0,
+      'correct': 3.0,
+      'ce': 2.0,
+      'gates': np.array([2.0, 1.0, 4.0]),
+      'executed': np.array([2.0, 1.0, 4.0]),
+      'class_count': np.array([1.0, 3.0]),
+      'class_gates': np.array([[1.0, 0.0, 1.0], [1.0, 1.0, 3.0]]),
+  }
   s = evaluation.summarize(sums, COSTS, fixed_blocks=(2,), gated=True)
   assert (s['count'], s['accuracy'], s['loss']) == (4, 0.75, 0.5)
   assert s['gate_rates'] == [0.5, 0.25, 1.0]
   assert s['gate_rate'] == pytest.approx(1.75 / 3)
-  assert s['gated_block_rate'] == pytest.approx(0.375)   # blocks 0 and 1; block 2 is fixed
+  assert s['gated_block_rate'] == pytest.approx(
+      0.375
+  )  # blocks 0 and 1; block 2 is fixed
   # always = 100 + 5 + 2 = 107; branches 0.5 x 10 + 0.25 x 20 + 1 x 40 = 50.
   assert s['macs_per_image'] == 157.0
   assert s['gflops_per_image'] == 2 * 157.0 / 1e9
-  assert s['paper_gflops'] == pytest.approx(2 * (177 - 2) * (1.75 / 3) / 1e9)  # baseline x rate
-  np.testing.assert_allclose(evaluation.class_block_rates(sums),
-                             [[1.0, 0.0, 1.0], [1 / 3, 1 / 3, 1.0]])
+  assert s['paper_gflops'] == pytest.approx(
+      2 * (177 - 2) * (1.75 / 3) / 1e9
+  )  # baseline x rate
+  np.testing.assert_allclose(
+      evaluation.class_block_rates(sums), [[1.0, 0.0, 1.0], [1 / 3, 1 / 3, 1.0]]
+  )
 
 
 def test_expected_mode_costs_every_branch():
   # Probabilities as gate values, every branch computed.
-  sums = {'count': 2.0, 'correct': 2.0, 'ce': 0.0, 'gates': np.array([1.2, 0.4, 2.0]),
-          'executed': np.array([2.0, 2.0, 2.0])}
+  sums = {
+      'count': 2.0,
+      'correct': 2.0,
+      'ce': 0.0,
+      'gates': np.array([1.2, 0.4, 2.0]),
+      'executed': np.array([2.0, 2.0, 2.0]),
+  }
   s = evaluation.summarize(sums, COSTS, fixed_blocks=(2,), gated=True)
   assert s['gate_rates'] == [0.6, 0.2, 1.0]
   assert s['macs_per_image'] == COSTS.dense == 177
@@ -55,25 +76,33 @@ def test_trainer_macs_equal_predict_and_summary(gated_run, loaded):
   expected = loaded.predict(images, gate_mode='expected')
   assert np.all(expected.macs == dense)
   deterministic = loaded.predict(images)
-  assert final['eval/deterministic/macs_per_image'] == pytest.approx(deterministic.macs.mean(),
-                                                                     rel=1e-12)
+  assert final['eval/deterministic/macs_per_image'] == pytest.approx(
+      deterministic.macs.mean(), rel=1e-12
+  )
 
 
 @pytest.mark.timeout(300)
 def test_evaluator_returns_what_the_trainer_wrote_and_writes_nothing(gated_run):
   config = rundir.read_config(gated_run)
   dataset = input_pipeline.create_dataset(config)
-  setup = trainer.setup(config, dataset)   # all 8 devices, as the run
+  setup = trainer.setup(config, dataset)  # all 8 devices, as the run
   step, state = restore_state(config, gated_run)
   assert step == 22
   before = sorted(os.listdir(os.path.join(gated_run, rundir.EVAL_DIR)))
-  results, matrices = setup.evaluator(jax.device_put(state, setup.placement.replicated), dataset)
+  results, matrices = setup.evaluator(
+      jax.device_put(state, setup.placement.replicated), dataset
+  )
   assert sorted(os.listdir(os.path.join(gated_run, rundir.EVAL_DIR))) == before
   final = final_metrics(gated_run)
   assert results == {k: v for k, v in final.items() if k.startswith('eval/')}
   assert sorted(matrices) == ['deterministic', 'expected']
   for mode, matrix in matrices.items():
-    written = np.loadtxt(rundir.class_block_rates_path(gated_run, mode, 22), delimiter=',',
-                         skiprows=1)
+    written = np.loadtxt(
+        rundir.class_block_rates_path(gated_run, mode, 22),
+        delimiter=',',
+        skiprows=1,
+    )
     np.testing.assert_array_equal(written[:, 0], np.arange(10))
-    np.testing.assert_allclose(written[:, 1:], matrix, rtol=0, atol=5e-7)  # 6 decimals
+    np.testing.assert_allclose(
+        written[:, 1:], matrix, rtol=0, atol=5e-7
+    )  # 6 decimals

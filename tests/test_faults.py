@@ -22,6 +22,7 @@ import sys
 import threading
 import time
 
+from conftest import REPO
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
@@ -30,23 +31,30 @@ import pytest
 from adanet_jax import config_lib, errors
 from adanet_jax.infer import inference
 from adanet_jax.model import factory
-from adanet_jax.train import checkpoints, preemption, rundir, workdir_lock
 from adanet_jax.tools import launch
-from conftest import REPO
+from adanet_jax.train import checkpoints, rundir, workdir_lock
+
 STEPS = 24
 # Depth 8 on 8x8 digits, batch 32 over 4 CPU devices, 24 steps, a log line
 # after every step, a checkpoint every 4 (the last 5 kept).
-OVERRIDES = {'train.batch_size': 32, 'train.num_epochs': STEPS * 32 / 1437,
-             'train.sync_every_steps': 1, 'train.log_every_steps': 1,
-             'train.eval_every_epochs': 0.0, 'eval.batch_size': 64,
-             'checkpoint.every_steps': 4, 'checkpoint.keep': 5}
+OVERRIDES = {
+    'train.batch_size': 32,
+    'train.num_epochs': STEPS * 32 / 1437,
+    'train.sync_every_steps': 1,
+    'train.log_every_steps': 1,
+    'train.eval_every_epochs': 0.0,
+    'eval.batch_size': 64,
+    'checkpoint.every_steps': 4,
+    'checkpoint.keep': 5,
+}
 STEP_LINE = re.compile(r'step +(\d+)/\d+ \| epoch')
 
 
 def _args(workdir, **extra) -> list[str]:
   overrides = {**OVERRIDES, **extra}
-  return (['--config=configs/digits.py:depth=8', f'--workdir={workdir}'] +
-          [f'--config.{k}={v!r}' for k, v in overrides.items()])
+  return ['--config=configs/digits.py:depth=8', f'--workdir={workdir}'] + [
+      f'--config.{k}={v!r}' for k, v in overrides.items()
+  ]
 
 
 def _env(devices=4) -> dict:
@@ -57,9 +65,16 @@ class Run:
   """A training process whose output lines are read as they come."""
 
   def __init__(self, command: list[str], env=None):
-    self.proc = subprocess.Popen(command, cwd=REPO, env=env or _env(), stdout=subprocess.PIPE,
-                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True,
-                                 errors='replace')  # a kill can cut a character in two
+    self.proc = subprocess.Popen(
+        command,
+        cwd=REPO,
+        env=env or _env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        text=True,
+        errors='replace',
+    )  # a kill can cut a character in two
     self.lines, self._queue = [], queue.Queue()
     threading.Thread(target=self._pump, daemon=True).start()
 
@@ -93,7 +108,9 @@ class Run:
     deadline = time.monotonic() + timeout
     while self.next_line() is not None:
       if time.monotonic() > deadline:
-        raise AssertionError('no end of output; last lines:\n' + '\n'.join(self.lines[-40:]))
+        raise AssertionError(
+            'no end of output; last lines:\n' + '\n'.join(self.lines[-40:])
+        )
     return self.proc.wait(timeout=timeout)
 
   @property
@@ -102,7 +119,9 @@ class Run:
 
 
 def _main(workdir, **extra) -> Run:
-  return Run([sys.executable, '-m', 'adanet_jax.main', *_args(workdir, **extra)])
+  return Run(
+      [sys.executable, '-m', 'adanet_jax.main', *_args(workdir, **extra)]
+  )
 
 
 def _completed(workdir, **extra) -> Run:
@@ -112,8 +131,10 @@ def _completed(workdir, **extra) -> Run:
 
 
 def _config():
-  return config_lib.load_config(os.path.join(REPO, 'configs', 'digits.py') + ':depth=8',
-                                {k: str(v) for k, v in OVERRIDES.items()})
+  return config_lib.load_config(
+      os.path.join(REPO, 'configs', 'digits.py') + ':depth=8',
+      {k: str(v) for k, v in OVERRIDES.items()},
+  )
 
 
 def _final_state(workdir):
@@ -127,7 +148,10 @@ def _assert_identical(workdir, reference, steps=STEPS):
   ours, ref = _final_state(workdir), _final_state(reference)
   assert int(ours.step) == int(ref.step) == steps
   for part in ('params', 'batch_stats', 'opt_state'):
-    for x, y in zip(jax.tree.leaves(getattr(ours, part)), jax.tree.leaves(getattr(ref, part))):
+    for x, y in zip(
+        jax.tree.leaves(getattr(ours, part)),
+        jax.tree.leaves(getattr(ref, part)),
+    ):
       np.testing.assert_array_equal(np.asarray(x), np.asarray(y), err_msg=part)
 
 
@@ -145,7 +169,10 @@ def reference(tmp_path_factory):
 
 
 def _seed() -> int:
-  seed = int(os.environ.get('ADANET_JAX_FAULT_SEED') or random.SystemRandom().randrange(2**31))
+  seed = int(
+      os.environ.get('ADANET_JAX_FAULT_SEED')
+      or random.SystemRandom().randrange(2**31)
+  )
   print(f'fault seed: {seed} (replay with ADANET_JAX_FAULT_SEED={seed})')
   return seed
 
@@ -163,7 +190,9 @@ def _kill_inside_a_save(run: Run, workdir) -> bool:
 
 
 @pytest.mark.timeout(900)
-def test_sigkill_at_random_moments_then_resume_is_bit_identical(reference, tmp_path):
+def test_sigkill_at_random_moments_then_resume_is_bit_identical(
+    reference, tmp_path
+):
   seed = _seed()
   rng = random.Random(seed)
   workdir = tmp_path / 'w'
@@ -189,37 +218,50 @@ def test_sigkill_at_random_moments_then_resume_is_bit_identical(reference, tmp_p
     if code == 0:
       break  # finished before the kill: nothing left to interrupt
     # The killed run's lock is left behind; the next launch takes it over.
-    assert os.path.exists(workdir / rundir.LOCK_FILE) or not os.path.exists(workdir)
+    assert os.path.exists(workdir / rundir.LOCK_FILE) or not os.path.exists(
+        workdir
+    )
   assert killed_in_save, f'seed {seed}: no kill landed inside a checkpoint save'
   _completed(workdir)
   _assert_identical(workdir, reference)
   assert _logged_steps(workdir) == list(range(1, STEPS + 1))
 
 
-def _sigterm_at_step_line(run: Run, pid: int, line_prefix: str = '', steps: int = STEPS) -> int:
+def _sigterm_at_step_line(
+    run: Run, pid: int, line_prefix: str = '', steps: int = STEPS
+) -> int:
   """Sends SIGTERM to `pid` at the third step line (twice: the second lands
   during the save); returns the step the run says it stopped at."""
   for _ in range(3):
-    assert run.wait_for(lambda l: l.startswith(line_prefix) and STEP_LINE.search(l))
+    assert run.wait_for(
+        lambda l: l.startswith(line_prefix) and STEP_LINE.search(l)
+    )
   os.kill(pid, signal.SIGTERM)
   os.kill(pid, signal.SIGTERM)
   assert run.finish() == errors.Preempted.exit_code, run.output[-4000:]
-  stops = re.findall(rf'stopped by .* at step (\d+) of {steps}; saved a checkpoint of step \1; run the '
-                     'same command again to resume from there', run.output)
+  stops = re.findall(
+      rf'stopped by .* at step (\d+) of {steps}; saved a checkpoint of step \1; run the '
+      'same command again to resume from there',
+      run.output,
+  )
   assert len(stops) >= 1, run.output[-4000:]
   assert 'Traceback' not in run.output
   return int(stops[0])
 
 
 @pytest.mark.timeout(600)
-def test_sigterm_saves_the_step_and_the_rerun_resumes_there(reference, tmp_path):
+def test_sigterm_saves_the_step_and_the_rerun_resumes_there(
+    reference, tmp_path
+):
   workdir = tmp_path / 'w'
   run = _main(workdir)
   stopped = _sigterm_at_step_line(run, run.proc.pid)
   assert 3 <= stopped < STEPS
   assert str(stopped) in os.listdir(workdir / 'checkpoints')
   assert run.lines[-1].startswith('error: stopped by SIGTERM at step')
-  assert not os.path.exists(workdir / rundir.LOCK_FILE)  # released on the way out
+  assert not os.path.exists(
+      workdir / rundir.LOCK_FILE
+  )  # released on the way out
   rerun = _completed(workdir)
   redone = [int(s) for s in STEP_LINE.findall(rerun.output)]
   assert redone == list(range(stopped + 1, STEPS + 1))  # no step done twice
@@ -231,8 +273,15 @@ def test_sigterm_saves_the_step_and_the_rerun_resumes_there(reference, tmp_path)
 def test_sigterm_on_one_of_two_processes_stops_both_at_one_step(tmp_path):
   steps = 12  # three 2-process runs: half the module's steps
   shorter = {'train.num_epochs': steps * 32 / 1437}
-  launcher = [sys.executable, '-m', 'adanet_jax.tools.launch', '--processes=2',
-              '--devices_per_process=2', '--timeout=500', '--']
+  launcher = [
+      sys.executable,
+      '-m',
+      'adanet_jax.tools.launch',
+      '--processes=2',
+      '--devices_per_process=2',
+      '--timeout=500',
+      '--',
+  ]
   workdir = tmp_path / 'w'
   command = [*launcher, *_args(workdir, **shorter)]
   run = Run(command, env=dict(os.environ))
@@ -247,13 +296,18 @@ def test_sigterm_on_one_of_two_processes_stops_both_at_one_step(tmp_path):
   assert redone == list(range(stopped + 1, steps + 1))
   assert _logged_steps(workdir) == list(range(1, steps + 1))
   reference_2x2 = tmp_path / 'reference_2x2'
-  uninterrupted = Run([*launcher, *_args(reference_2x2, **shorter)], env=dict(os.environ))
+  uninterrupted = Run(
+      [*launcher, *_args(reference_2x2, **shorter)], env=dict(os.environ)
+  )
   assert uninterrupted.finish() == 0, uninterrupted.output[-4000:]
   _assert_identical(workdir, reference_2x2, steps)
 
 
 def _damage(step_dir, how: str) -> None:
-  biggest = max((p for p in glob.glob(f'{step_dir}/**/d/*', recursive=True)), key=os.path.getsize)
+  biggest = max(
+      (p for p in glob.glob(f'{step_dir}/**/d/*', recursive=True)),
+      key=os.path.getsize,
+  )
   if how == 'truncated':
     with open(biggest, 'r+b') as f:
       f.truncate(100)
@@ -267,62 +321,101 @@ def _damage(step_dir, how: str) -> None:
 
 
 @pytest.mark.timeout(600)
-def test_damaged_checkpoints_are_moved_aside_and_the_newest_intact_resumes(reference, tmp_path):
+def test_damaged_checkpoints_are_moved_aside_and_the_newest_intact_resumes(
+    reference, tmp_path
+):
   workdir = tmp_path / 'w'
   shutil.copytree(reference, workdir)
   ckpt = workdir / 'checkpoints'
-  assert sorted(int(s) for s in os.listdir(ckpt) if s.isdigit()) == [8, 12, 16, 20, 24]
+  assert sorted(int(s) for s in os.listdir(ckpt) if s.isdigit()) == [
+      8,
+      12,
+      16,
+      20,
+      24,
+  ]
   _damage(ckpt / '24', 'truncated')
   _damage(ckpt / '20', 'corrupted')
   _damage(ckpt / '16', 'emptied')
   os.mkdir(ckpt / '999')  # a stray empty step directory
   # Loading reads around the damage, moving nothing.
   import adanet_jax  # pylint: disable=import-outside-toplevel
+
   assert adanet_jax.load(str(workdir)).step == 12
-  with pytest.raises(errors.DamagedCheckpointError,
-                     match=r'checkpoint step 24 of .* is damaged \(.*\); other steps there: '
-                           r'8, 12, 16, 20, 999'):
+  with pytest.raises(
+      errors.DamagedCheckpointError,
+      match=r'checkpoint step 24 of .* is damaged \(.*\); other steps there: '
+      r'8, 12, 16, 20, 999',
+  ):
     adanet_jax.load(str(ckpt / '24'))
-  assert sorted(os.listdir(ckpt)) == ['12', '16', '20', '24', '8', '999', 'model.json']
+  assert sorted(os.listdir(ckpt)) == [
+      '12',
+      '16',
+      '20',
+      '24',
+      '8',
+      '999',
+      'model.json',
+  ]
   rerun = _completed(workdir)
   for step in (999, 24, 20, 16):
-    assert re.search(rf'checkpoint step {step} does not restore \(.*\); moved to .*'
-                     rf'checkpoints_damaged/{step}-\d+T\d+, resuming from step 12', rerun.output)
-  assert [int(s) for s in STEP_LINE.findall(rerun.output)] == list(range(13, STEPS + 1))
-  kept_aside = sorted(int(n.split('-')[0]) for n in os.listdir(workdir / 'checkpoints_damaged'))
+    assert re.search(
+        rf'checkpoint step {step} does not restore \(.*\); moved to .*'
+        rf'checkpoints_damaged/{step}-\d+T\d+, resuming from step 12',
+        rerun.output,
+    )
+  assert [int(s) for s in STEP_LINE.findall(rerun.output)] == list(
+      range(13, STEPS + 1)
+  )
+  kept_aside = sorted(
+      int(n.split('-')[0]) for n in os.listdir(workdir / 'checkpoints_damaged')
+  )
   assert kept_aside == [16, 20, 24, 999]
   _assert_identical(workdir, reference)
   assert _logged_steps(workdir) == list(range(1, STEPS + 1))
 
 
 def _snapshot(root) -> dict:
-  return {os.path.join(r, p): (os.path.getsize(os.path.join(r, p)),
-                               os.path.getmtime(os.path.join(r, p)))
-          for r, _, ps in os.walk(root) for p in ps}
+  return {
+      os.path.join(r, p): (
+          os.path.getsize(os.path.join(r, p)),
+          os.path.getmtime(os.path.join(r, p)),
+      )
+      for r, _, ps in os.walk(root)
+      for p in ps
+  }
 
 
 @pytest.mark.timeout(300)
-def test_second_launch_on_a_live_workdir_is_refused_untouched(reference, tmp_path):
+def test_second_launch_on_a_live_workdir_is_refused_untouched(
+    reference, tmp_path
+):
   workdir = tmp_path / 'w'
   shutil.copytree(reference, workdir)
   with workdir_lock.acquire(str(workdir)):  # this process is the live run
     before = _snapshot(workdir)
     run = _main(workdir)
     assert run.finish() == 2
-    error_lines = [l for l in run.lines if l.startswith("error:")]
-    assert error_lines == [f'error: workdir {workdir} is in use by another run (host '
-                      f'{os.uname().nodename}, pid {os.getpid()}, started '
-                      f'{error_lines[0].split("started ")[-1]}'], run.output[-3000:]
+    error_lines = [l for l in run.lines if l.startswith('error:')]
+    assert error_lines == [
+        f'error: workdir {workdir} is in use by another run (host '
+        f'{os.uname().nodename}, pid {os.getpid()}, started '
+        f'{error_lines[0].split("started ")[-1]}'
+    ], run.output[-3000:]
     assert 'Traceback' not in run.output
     assert _snapshot(workdir) == before
 
 
-def test_lock_of_another_host_is_taken_over_only_when_its_heartbeat_is_stale(tmp_path):
+def test_lock_of_another_host_is_taken_over_only_when_its_heartbeat_is_stale(
+    tmp_path,
+):
   path = tmp_path / rundir.LOCK_FILE
   path.write_text(json.dumps({'host': 'elsewhere', 'pid': 1, 'start': 'then'}))
-  with pytest.raises(errors.WorkdirInUseError,
-                     match=r'in use by another run \(host elsewhere, pid 1, started then\) '
-                           r'\(heartbeat \d+ s ago; taken over after 600 s\)'):
+  with pytest.raises(
+      errors.WorkdirInUseError,
+      match=r'in use by another run \(host elsewhere, pid 1, started then\) '
+      r'\(heartbeat \d+ s ago; taken over after 600 s\)',
+  ):
     workdir_lock.acquire(str(tmp_path))
   stale = time.time() - workdir_lock.STALE_S - 1
   os.utime(path, (stale, stale))
@@ -335,11 +428,13 @@ def _failing_write_run(workdir, patch: str) -> tuple[Run, list[str]]:
   """Runs the trainer with `patch` (Python run first, making a write fail as
   on a full disk) to its end; (the run, its `error:` lines). It must exit
   with status 1 and no traceback."""
-  main = ('import sys\n'
-          'from adanet_jax import main\n'
-          'from adanet_jax.runtime import cli\n'
-          'sys.argv = ["main"] + sys.argv[1:]\n'
-          'cli.run(main.main, main.define_flags)\n')
+  main = (
+      'import sys\n'
+      'from adanet_jax import main\n'
+      'from adanet_jax.runtime import cli\n'
+      'sys.argv = ["main"] + sys.argv[1:]\n'
+      'cli.run(main.main, main.define_flags)\n'
+  )
   run = Run([sys.executable, '-c', patch + main, *_args(workdir)])
   assert run.finish() == 1, run.output[-4000:]
   assert 'Traceback' not in run.output
@@ -360,17 +455,24 @@ def test_failed_checkpoint_write_stops_at_once_and_keeps_earlier_ones(tmp_path):
       '  if os.path.basename(str(target)) == "8":\n'
       '    raise OSError(errno.ENOSPC, "No space left on device")\n'
       '  return rename(self, target)\n'
-      'cls.rename = failing\n')
+      'cls.rename = failing\n'
+  )
   run, error_lines = _failing_write_run(workdir, inject)
-  assert error_lines == [f'error: writing the checkpoint of step 8 to {workdir}/checkpoints/8 failed '
-                    '(No space left on device [errno 28]); training stopped; earlier '
-                    'checkpoints kept: 4'], run.output[-4000:]
-  assert max(int(s) for s in STEP_LINE.findall(run.output)) == 8  # not one step more
+  assert error_lines == [
+      f'error: writing the checkpoint of step 8 to {workdir}/checkpoints/8 failed '
+      '(No space left on device [errno 28]); training stopped; earlier '
+      'checkpoints kept: 4'
+  ], run.output[-4000:]
+  assert (
+      max(int(s) for s in STEP_LINE.findall(run.output)) == 8
+  )  # not one step more
   assert sorted(os.listdir(workdir / 'checkpoints')) == ['4', 'model.json']
 
 
 @pytest.mark.timeout(600)
-def test_failed_metrics_write_stops_with_one_line_and_the_rerun_resumes(reference, tmp_path):
+def test_failed_metrics_write_stops_with_one_line_and_the_rerun_resumes(
+    reference, tmp_path
+):
   # metrics.jsonl cannot take the record of step 8, as on a full disk.
   workdir = tmp_path / 'w'
   inject = (
@@ -388,11 +490,14 @@ def test_failed_metrics_write_stops_with_one_line_and_the_rerun_resumes(referenc
       'def opening(path, *args, **kwargs):\n'
       '  f = builtins.open(path, *args, **kwargs)\n'
       '  return Full(f) if str(path).endswith("metrics.jsonl") else f\n'
-      'metrics.open = opening\n')
+      'metrics.open = opening\n'
+  )
   run, error_lines = _failing_write_run(workdir, inject)
-  assert error_lines == [f'error: writing the metrics of step 8 to {workdir} failed (No space '
-                         'left on device [errno 28]); training stopped; run the same command '
-                         'again to resume from the last checkpoint'], run.output[-4000:]
+  assert error_lines == [
+      f'error: writing the metrics of step 8 to {workdir} failed (No space '
+      'left on device [errno 28]); training stopped; run the same command '
+      'again to resume from the last checkpoint'
+  ], run.output[-4000:]
   assert sorted(os.listdir(workdir / 'checkpoints')) == ['4', 'model.json']
   assert _logged_steps(workdir) == list(range(1, 8))
   _completed(workdir)  # space again: resumes from step 4

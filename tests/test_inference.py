@@ -1,26 +1,28 @@
 """Tests of `adanet_jax.infer.inference`: a checkpoint trained on 8 devices loads on
 one, and `predict` reproduces the trainer's evaluation exactly."""
 
-import json
 import os
 import subprocess
 import sys
 
+from conftest import REPO, final_metrics
 import jax
 import numpy as np
 import pytest
 
 import adanet_jax
-from adanet_jax.infer import inference
 from adanet_jax.errors import ConfigError
-from conftest import REPO, final_metrics
+from adanet_jax.infer import inference
+
 
 def test_checkpoint_of_eight_devices_loads_on_one(gated_run, loaded):
   assert jax.device_count() == 8  # the trainer's mesh had 8 devices
   assert loaded.step == 22
   assert loaded.config.model.depth == 8 and loaded.config.train.batch_size == 64
   leaves = jax.tree.leaves((loaded.params, loaded.batch_stats))
-  assert {frozenset(x.devices()) for x in leaves} == {frozenset({jax.devices()[0]})}
+  assert {frozenset(x.devices()) for x in leaves} == {
+      frozenset({jax.devices()[0]})
+  }
   # The checkpoints directory and the latest step directory are the same checkpoint.
   for path in ('checkpoints', 'checkpoints/22'):
     other = inference.load(os.path.join(gated_run, path))
@@ -29,8 +31,10 @@ def test_checkpoint_of_eight_devices_loads_on_one(gated_run, loaded):
       np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   older = inference.load(os.path.join(gated_run, 'checkpoints', '20'))
   assert older.step == 20
-  assert not np.array_equal(np.asarray(older.params['head']['kernel']),
-                            np.asarray(loaded.params['head']['kernel']))
+  assert not np.array_equal(
+      np.asarray(older.params['head']['kernel']),
+      np.asarray(loaded.params['head']['kernel']),
+  )
 
 
 @pytest.mark.timeout(240)
@@ -41,9 +45,16 @@ def test_predict_reproduces_trainer_evaluation_exactly(gated_run, loaded):
   out = loaded.predict(images)  # batches of 64: the last one padded
   assert out.logits.shape == (360, 10) and out.executed.shape == (360, 3)
   assert np.mean(out.labels == labels) == final['eval/deterministic/accuracy']
-  assert list(inference.block_rates(out.executed)) == final['eval/deterministic/gate_rates']
-  assert np.isclose(out.macs.mean(), final['eval/deterministic/macs_per_image'], rtol=1e-12)
-  csv = os.path.join(gated_run, 'eval', 'class_block_rates_deterministic_step00000022.csv')
+  assert (
+      list(inference.block_rates(out.executed))
+      == final['eval/deterministic/gate_rates']
+  )
+  assert np.isclose(
+      out.macs.mean(), final['eval/deterministic/macs_per_image'], rtol=1e-12
+  )
+  csv = os.path.join(
+      gated_run, 'eval', 'class_block_rates_deterministic_step00000022.csv'
+  )
   expected = np.loadtxt(csv, delimiter=',', skiprows=1)[:, 1:]
   matrix = inference.class_block_rates(labels, out.executed, 10)
   np.testing.assert_allclose(matrix, expected, atol=5e-7, rtol=0)
@@ -53,11 +64,15 @@ def test_predict_reproduces_trainer_evaluation_exactly(gated_run, loaded):
 def test_predict_batches_any_size_the_same(loaded):
   images = loaded.eval_split(limit=23)[0]
   whole = loaded.predict(images)
-  small = loaded.predict(images, batch_size=5)  # 5 batches, the last padded with 2 rows
+  small = loaded.predict(
+      images, batch_size=5
+  )  # 5 batches, the last padded with 2 rows
   assert small.logits.shape == (23, 10)
   np.testing.assert_allclose(small.logits, whole.logits, atol=1e-5)
   np.testing.assert_array_equal(small.executed, whole.executed)
-  np.testing.assert_array_equal(whole.macs, loaded.costs.per_image(whole.executed))
+  np.testing.assert_array_equal(
+      whole.macs, loaded.costs.per_image(whole.executed)
+  )
   assert set(np.unique(whole.gates)) <= {0.0, 1.0}
   assert np.all((whole.probs > 0) & (whole.probs < 1))
 
@@ -69,42 +84,64 @@ def test_gate_modes(loaded):
   assert expected.executed.all()  # every branch runs, scaled by its probability
   np.testing.assert_allclose(expected.gates, expected.probs, rtol=1e-6)
   assert np.all(expected.macs == loaded.costs.dense)
-  first, again = (loaded.predict(images, gate_mode='sample', seed=3) for _ in range(2))
+  first, again = (
+      loaded.predict(images, gate_mode='sample', seed=3) for _ in range(2)
+  )
   np.testing.assert_array_equal(first.gates, again.gates)
   assert set(np.unique(first.gates)) <= {0.0, 1.0}
 
 
 def test_bad_inputs_are_refused(loaded, tmp_path):
-  with pytest.raises(ValueError, match=r'images must have shape \(N, 8, 8, 1\), got \(2, 8, 8\)'):
+  with pytest.raises(
+      ValueError,
+      match=r'images must have shape \(N, 8, 8, 1\), got \(2, 8, 8\)',
+  ):
     loaded.predict(np.zeros((2, 8, 8)))
-  with pytest.raises(ConfigError, match='is not a workdir, a checkpoints directory or a step'):
+  with pytest.raises(
+      ConfigError, match='is not a workdir, a checkpoints directory or a step'
+  ):
     inference.load(str(tmp_path))
 
 
 def test_raw_pixels_and_non_finite_pixels_are_refused(loaded):
   images = loaded.eval_split(limit=4)[0]
-  with pytest.raises(ConfigError, match=r'images are uint8 \(raw pixels\?\); .* pass input_scale='):
+  with pytest.raises(
+      ConfigError,
+      match=r'images are uint8 \(raw pixels\?\); .* pass input_scale=',
+  ):
     loaded.predict(np.zeros((2, 8, 8, 1), np.uint8))
-  with pytest.raises(ConfigError, match=r'input_scale=0.5 is only for integer images'):
+  with pytest.raises(
+      ConfigError, match=r'input_scale=0.5 is only for integer images'
+  ):
     loaded.predict(images, input_scale=0.5)
   bad = images.copy()
   bad[1, 0, 0, 0], bad[3, 2, 2, 0] = np.nan, np.inf
-  with pytest.raises(ConfigError, match=r'2 image\(s\) hold NaN or infinite pixels \(indices 1, 3\)'):
+  with pytest.raises(
+      ConfigError,
+      match=r'2 image\(s\) hold NaN or infinite pixels \(indices 1, 3\)',
+  ):
     loaded.predict(bad)
   with pytest.raises(ConfigError, match=r'batch_size=0 must be >= 1'):
     loaded.predict(images, batch_size=0)
-  with pytest.raises(ConfigError, match=r'^images holds no image \(shape \(0, \.\.\.\)\); pass at '
-                                        r'least one$'):
+  with pytest.raises(
+      ConfigError,
+      match=r'^images holds no image \(shape \(0, \.\.\.\)\); pass at '
+      r'least one$',
+  ):
     loaded.predict(images[:0])
   # Integer pixels with their scale are the float images.
   scaled = loaded.predict(np.full((2, 8, 8, 1), 4, np.uint8), input_scale=0.25)
-  np.testing.assert_array_equal(scaled.logits, loaded.predict(np.ones((2, 8, 8, 1))).logits)
+  np.testing.assert_array_equal(
+      scaled.logits, loaded.predict(np.ones((2, 8, 8, 1))).logits
+  )
 
 
 @pytest.mark.timeout(120)
 def test_skip_matches_masked_model(loaded):
   images = loaded.eval_split(limit=16)[0]
-  masked, skipped = (loaded.predict(images, skip=skip) for skip in (False, True))
+  masked, skipped = (
+      loaded.predict(images, skip=skip) for skip in (False, True)
+  )
   np.testing.assert_array_equal(skipped.executed, masked.executed)
   np.testing.assert_allclose(skipped.logits, masked.logits, atol=1e-4)
   with pytest.raises(ConfigError, match="needs gate_mode='deterministic'"):
@@ -113,9 +150,17 @@ def test_skip_matches_masked_model(loaded):
 
 def test_import_stays_light():
   # `import adanet_jax` must not pull in orbax; `adanet_jax.load` imports it on use.
-  out = subprocess.run([sys.executable, '-c', 'import sys, adanet_jax; '
-                        'print("orbax.checkpoint" in sys.modules)'], cwd=REPO,
-                       capture_output=True, text=True, timeout=120)
+  out = subprocess.run(
+      [
+          sys.executable,
+          '-c',
+          'import sys, adanet_jax; ' 'print("orbax.checkpoint" in sys.modules)',
+      ],
+      cwd=REPO,
+      capture_output=True,
+      text=True,
+      timeout=120,
+  )
   assert out.stdout.strip() == 'False', out.stderr[-2000:]
   assert adanet_jax.load is inference.load
 
@@ -127,7 +172,9 @@ def test_a_workdir_of_the_first_version_loads_and_predicts_the_same():
   expected = np.load(os.path.join(workdir, 'expected_predict.npz'))
   model = inference.load(workdir)
   assert model.step == 9
-  assert model.config.optim.schedule == 'cosine'   # its decay_epochs were never read
+  assert (
+      model.config.optim.schedule == 'cosine'
+  )  # its decay_epochs were never read
   assert model.config.optim.decay_fractions == (3 / 7, 5 / 7)
   out = model.predict(expected['images'])
   np.testing.assert_allclose(out.logits, expected['logits'], atol=1e-6, rtol=0)

@@ -14,33 +14,42 @@ import subprocess
 import sys
 import time
 
+from conftest import REPO, restore_state
 import jax
 import numpy as np
 import pytest
 
-from adanet_jax.model import factory
-from adanet_jax.runtime import distributed
-from adanet_jax.train import checkpoints, optim, steps
-from adanet_jax.tools import launch
 from adanet_jax.errors import ConfigError
-from conftest import REPO, restore_state
+from adanet_jax.runtime import distributed
+from adanet_jax.tools import launch
 
 STEPS = 4
 # The tiny digits job of tests/test_trainer.py: batch 32, 4 steps,
 # checkpoints at steps 2 and 4, blocking on every step (multi-device CPU).
-OVERRIDES = {'train.batch_size': 32, 'train.num_epochs': STEPS * 32 / 1437,
-             'train.sync_every_steps': 1, 'train.log_every_steps': 2,
-             'train.eval_every_epochs': 0.0, 'eval.batch_size': 64,
-             'checkpoint.every_steps': 2}
+OVERRIDES = {
+    'train.batch_size': 32,
+    'train.num_epochs': STEPS * 32 / 1437,
+    'train.sync_every_steps': 1,
+    'train.log_every_steps': 2,
+    'train.eval_every_epochs': 0.0,
+    'eval.batch_size': 64,
+    'checkpoint.every_steps': 2,
+}
 CONFIG = 'digits.py'
 CONFIG_ARG = 'depth=8'
 # Keys that depend on timing, or on what the compilation cache held.
-TIMING_KEYS = ('train/images_per_s', 'train/eta_s', 'run/compile_s', 'run/compile_cached')
+TIMING_KEYS = (
+    'train/images_per_s',
+    'train/eta_s',
+    'run/compile_s',
+    'run/compile_cached',
+)
 
 
 def _main_args(workdir) -> list[str]:
-  return ([f'--config=configs/{CONFIG}:{CONFIG_ARG}', f'--workdir={workdir}'] +
-          [f'--config.{k}={v!r}' for k, v in OVERRIDES.items()])
+  return [f'--config=configs/{CONFIG}:{CONFIG_ARG}', f'--workdir={workdir}'] + [
+      f'--config.{k}={v!r}' for k, v in OVERRIDES.items()
+  ]
 
 
 def _config(load_config):
@@ -54,9 +63,22 @@ def _config(load_config):
 def _launch(workdir, *, processes=2, timeout=400, extra=()):
   """Runs the launcher; returns the CompletedProcess (text output)."""
   return subprocess.run(
-      [sys.executable, '-m', 'adanet_jax.tools.launch', f'--processes={processes}',
-       '--devices_per_process=2', f'--timeout={timeout}', '--', *_main_args(workdir), *extra],
-      cwd=REPO, capture_output=True, text=True, timeout=timeout + 60)
+      [
+          sys.executable,
+          '-m',
+          'adanet_jax.tools.launch',
+          f'--processes={processes}',
+          '--devices_per_process=2',
+          f'--timeout={timeout}',
+          '--',
+          *_main_args(workdir),
+          *extra,
+      ],
+      cwd=REPO,
+      capture_output=True,
+      text=True,
+      timeout=timeout + 60,
+  )
 
 
 def _check_ok(out):
@@ -67,19 +89,31 @@ def _check_ok(out):
 def reference(tmp_path_factory):
   """The 1-process x 4-device run (no jax.distributed): its workdir."""
   workdir = tmp_path_factory.mktemp('one_process') / 'w'
-  out = subprocess.run([sys.executable, '-m', 'adanet_jax.main', *_main_args(workdir)],
-                       cwd=REPO, capture_output=True, text=True, timeout=400,
-                       env=launch.cpu_devices_env(os.environ, 4))
+  out = subprocess.run(
+      [sys.executable, '-m', 'adanet_jax.main', *_main_args(workdir)],
+      cwd=REPO,
+      capture_output=True,
+      text=True,
+      timeout=400,
+      env=launch.cpu_devices_env(os.environ, 4),
+  )
   _check_ok(out)
   return workdir
 
 
 def _assert_same_state(config, workdir, reference_workdir):
-  (step, state), (ref_step, ref) = (restore_state(config, w) for w in (workdir, reference_workdir))
+  (step, state), (ref_step, ref) = (
+      restore_state(config, w) for w in (workdir, reference_workdir)
+  )
   assert step == ref_step == STEPS
   for part in ('params', 'batch_stats', 'opt_state'):
-    for x, y in zip(jax.tree.leaves(getattr(state, part)), jax.tree.leaves(getattr(ref, part))):
-      np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=1e-5, rtol=0)
+    for x, y in zip(
+        jax.tree.leaves(getattr(state, part)),
+        jax.tree.leaves(getattr(ref, part)),
+    ):
+      np.testing.assert_allclose(
+          np.asarray(x), np.asarray(y), atol=1e-5, rtol=0
+      )
 
 
 def _metric_lines(workdir):
@@ -93,8 +127,12 @@ def test_two_processes_equal_one_process(load_config, reference, tmp_path):
   out = _launch(workdir)
   _check_ok(out)
   lines = out.stdout.splitlines()
-  assert any(l.startswith('[1] ') for l in lines)  # both processes' output, prefixed
-  assert any('4 cpu device(s), 2 process(es) (explicit settings)' in l for l in lines)
+  assert any(
+      l.startswith('[1] ') for l in lines
+  )  # both processes' output, prefixed
+  assert any(
+      '4 cpu device(s), 2 process(es) (explicit settings)' in l for l in lines
+  )
   # Only process 0 logs metrics and writes them (once: as many lines as the reference).
   assert not any(l.startswith('[1] ') and '| loss ' in l for l in lines)
   assert any(l.startswith('[0] step ') and '| loss ' in l for l in lines)
@@ -104,16 +142,25 @@ def test_two_processes_equal_one_process(load_config, reference, tmp_path):
   ours, ref = _metric_lines(workdir), _metric_lines(reference)
   assert [l['step'] for l in ours] == [l['step'] for l in ref] == [2, 4, 4]
   for a, b in zip(ours, ref):
-    np.testing.assert_allclose(np.concatenate([np.ravel(a[k]) for k in sorted(a) if k != 'step']),
-                               np.concatenate([np.ravel(b[k]) for k in sorted(b) if k != 'step']),
-                               atol=1e-5, rtol=0)
-  assert os.listdir(workdir / 'eval') == ['class_block_rates_deterministic_step00000004.csv']
-  assert len([n for n in os.listdir(workdir) if n.startswith('events.out')]) == 1
+    np.testing.assert_allclose(
+        np.concatenate([np.ravel(a[k]) for k in sorted(a) if k != 'step']),
+        np.concatenate([np.ravel(b[k]) for k in sorted(b) if k != 'step']),
+        atol=1e-5,
+        rtol=0,
+    )
+  assert os.listdir(workdir / 'eval') == [
+      'class_block_rates_deterministic_step00000004.csv'
+  ]
+  assert (
+      len([n for n in os.listdir(workdir) if n.startswith('events.out')]) == 1
+  )
   _assert_same_state(_config(load_config), workdir, reference)
 
 
 @pytest.mark.timeout(900)
-def test_two_processes_resume_one_process_checkpoint(load_config, reference, tmp_path):
+def test_two_processes_resume_one_process_checkpoint(
+    load_config, reference, tmp_path
+):
   # Every process restores the step-2 checkpoint of the 1-process run into its
   # own shardings, then trains steps 3 and 4.
   workdir = tmp_path / 'w'
@@ -139,39 +186,73 @@ def test_launcher_timeout_kills_a_hung_job(tmp_path):
   workdir = str(tmp_path / 'hung')
   start = time.monotonic()
   out = _launch(workdir, timeout=5, extra=['--num_processes=3'])
-  assert out.returncode == launch.TIMEOUT_STATUS, out.stdout[-3000:] + out.stderr[-3000:]
-  assert 'launch: timed out after 5 s; killed the 2 process(es) still running' in out.stderr
+  assert out.returncode == launch.TIMEOUT_STATUS, (
+      out.stdout[-3000:] + out.stderr[-3000:]
+  )
+  assert (
+      'launch: timed out after 5 s; killed the 2 process(es) still running'
+      in out.stderr
+  )
   assert time.monotonic() - start < 80
-  pids = [int(p) for p in re.findall(r'^launch: process \d+ pid (\d+)', out.stdout, re.M)]
+  pids = [
+      int(p)
+      for p in re.findall(r'^launch: process \d+ pid (\d+)', out.stdout, re.M)
+  ]
   assert len(pids) == 2
   assert not any(_alive(pid, workdir) for pid in pids)
 
 
 def test_settings_come_from_flags_then_environment():
-  env = {'JAX_COORDINATOR_ADDRESS': 'h:1', 'JAX_NUM_PROCESSES': '4', 'JAX_PROCESS_ID': '3'}
+  env = {
+      'JAX_COORDINATOR_ADDRESS': 'h:1',
+      'JAX_NUM_PROCESSES': '4',
+      'JAX_PROCESS_ID': '3',
+  }
   assert distributed.resolve_settings(environ=env).values() == ('h:1', 4, 3)
-  assert distributed.resolve_settings('f:2', None, 0, environ=env).values() == ('f:2', 4, 0)
+  assert distributed.resolve_settings('f:2', None, 0, environ=env).values() == (
+      'f:2',
+      4,
+      0,
+  )
   assert distributed.resolve_settings(environ={}).empty
   with pytest.raises(ConfigError, match=r'process id 4 is outside \[0, 4\)'):
     distributed.resolve_settings(process_id=4, environ=env)
-  with pytest.raises(ConfigError, match=r"JAX_NUM_PROCESSES='two' must be an integer"):
+  with pytest.raises(
+      ConfigError, match=r"JAX_NUM_PROCESSES='two' must be an integer"
+  ):
     distributed.resolve_settings(environ={'JAX_NUM_PROCESSES': 'two'})
 
 
 # What makes JAX see a cluster around a process (and the settings it would
 # otherwise read from the environment).
-CLUSTER_VARIABLES = ('SLURM_JOB_ID', 'OMPI_MCA_orte_hnp_uri', 'KUBERNETES_SERVICE_HOST',
-                     'TPU_WORKER_HOSTNAMES', distributed.ENV_COORDINATOR,
-                     distributed.ENV_NUM_PROCESSES, distributed.ENV_PROCESS_ID)
+CLUSTER_VARIABLES = (
+    'SLURM_JOB_ID',
+    'OMPI_MCA_orte_hnp_uri',
+    'KUBERNETES_SERVICE_HOST',
+    'TPU_WORKER_HOSTNAMES',
+    distributed.ENV_COORDINATOR,
+    distributed.ENV_NUM_PROCESSES,
+    distributed.ENV_PROCESS_ID,
+)
 
 
 def _initialize_in_a_new_process(script: str, **variables) -> list[str]:
   """Runs `script` in a fresh interpreter (JAX joins a job only before its
   backend starts) outside any cluster, plus `variables`; its stdout lines."""
   env = {k: v for k, v in os.environ.items() if k not in CLUSTER_VARIABLES}
-  out = subprocess.run([sys.executable, '-c', 'from adanet_jax.runtime import distributed\n'
-                        'import jax\n' + script], cwd=REPO, env={**env, **variables},
-                       capture_output=True, text=True, timeout=120)
+  out = subprocess.run(
+      [
+          sys.executable,
+          '-c',
+          'from adanet_jax.runtime import distributed\n'
+          'import jax\n' + script,
+      ],
+      cwd=REPO,
+      env={**env, **variables},
+      capture_output=True,
+      text=True,
+      timeout=120,
+  )
   assert out.returncode == 0, out.stderr[-3000:]
   return out.stdout.splitlines()
 
@@ -184,12 +265,14 @@ def test_no_cluster_is_one_process_and_incomplete_settings_are_refused():
       '  distributed.initialize("h:1")\n'
       'except distributed.ConfigError as e:\n'
       '  print(e)\n'
-      'print(jax.distributed.is_initialized(), jax.process_count())\n') == [
-          'single process',
-          "incomplete distributed settings (coordinator address, process count, process id = "
-          "('h:1', None, None)) and no cluster environment to detect the rest: give all three "
-          '(flags, or JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID)',
-          'False 1']
+      'print(jax.distributed.is_initialized(), jax.process_count())\n'
+  ) == [
+      'single process',
+      'incomplete distributed settings (coordinator address, process count, process id = '
+      "('h:1', None, None)) and no cluster environment to detect the rest: give all three "
+      '(flags, or JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID)',
+      'False 1',
+  ]
 
 
 def test_slurm_environment_is_detected_by_jax():
@@ -201,9 +284,13 @@ def test_slurm_environment_is_detected_by_jax():
   assert _initialize_in_a_new_process(
       'print(distributed.initialize())\n'
       'print(jax.distributed.is_initialized(), jax.process_count(), jax.process_index())\n',
-      SLURM_JOB_ID='7', SLURM_STEP_NODELIST='localhost', SLURM_NTASKS='1', SLURM_PROCID='0',
-      SLURM_LOCALID='0', JAX_COORDINATOR_PORT=str(port)) == [
-          'cluster environment detected by JAX', 'True 1 0']
+      SLURM_JOB_ID='7',
+      SLURM_STEP_NODELIST='localhost',
+      SLURM_NTASKS='1',
+      SLURM_PROCID='0',
+      SLURM_LOCALID='0',
+      JAX_COORDINATOR_PORT=str(port),
+  ) == ['cluster environment detected by JAX', 'True 1 0']
 
 
 @pytest.fixture
@@ -211,7 +298,9 @@ def calls(monkeypatch):
   """Records calls of jax.distributed.initialize instead of making them (as
   JAX inside a cluster: no error)."""
   made = []
-  monkeypatch.setattr(jax.distributed, 'initialize', lambda *a, **k: made.append((a, k)))
+  monkeypatch.setattr(
+      jax.distributed, 'initialize', lambda *a, **k: made.append((a, k))
+  )
   return made
 
 
@@ -221,16 +310,33 @@ def test_explicit_settings_skip_cluster_detection(calls):
 
 
 def test_unset_settings_are_left_to_jax_detection(calls):
-  assert distributed.initialize(environ={}) == 'cluster environment detected by JAX'
+  assert (
+      distributed.initialize(environ={})
+      == 'cluster environment detected by JAX'
+  )
   assert distributed.initialize(environ={'JAX_PROCESS_ID': '1'}) == (
-      'cluster environment detected by JAX')
+      'cluster environment detected by JAX'
+  )
   assert calls == [((None, None, None), {}), ((None, None, 1), {})]
 
 
 def test_worker_environment_replaces_the_device_count():
-  env = launch.worker_env({'XLA_FLAGS': '--xla_a=1 --xla_force_host_platform_device_count=8',
-                           'JAX_NUM_CPU_DEVICES': '8'}, 1, 2, 3, '127.0.0.1:5')
-  assert env['XLA_FLAGS'] == '--xla_a=1 --xla_force_host_platform_device_count=3'
+  env = launch.worker_env(
+      {
+          'XLA_FLAGS': '--xla_a=1 --xla_force_host_platform_device_count=8',
+          'JAX_NUM_CPU_DEVICES': '8',
+      },
+      1,
+      2,
+      3,
+      '127.0.0.1:5',
+  )
+  assert (
+      env['XLA_FLAGS'] == '--xla_a=1 --xla_force_host_platform_device_count=3'
+  )
   assert 'JAX_NUM_CPU_DEVICES' not in env
-  assert (env['JAX_COORDINATOR_ADDRESS'], env['JAX_NUM_PROCESSES'], env['JAX_PROCESS_ID']) == (
-      '127.0.0.1:5', '2', '1')
+  assert (
+      env['JAX_COORDINATOR_ADDRESS'],
+      env['JAX_NUM_PROCESSES'],
+      env['JAX_PROCESS_ID'],
+  ) == ('127.0.0.1:5', '2', '1')

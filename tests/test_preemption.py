@@ -15,8 +15,10 @@ def test_signals_are_recorded_and_the_old_handlers_restored():
     os.kill(os.getpid(), signal.SIGINT)  # no KeyboardInterrupt: recorded
     os.kill(os.getpid(), signal.SIGTERM)  # a second signal changes nothing
     assert stop.should_stop(4)
-    assert stop.message(4, 10) == ('stopped by SIGINT at step 4 of 10; saved a checkpoint of '
-                                   'step 4; run the same command again to resume from there')
+    assert stop.message(4, 10) == (
+        'stopped by SIGINT at step 4 of 10; saved a checkpoint of '
+        'step 4; run the same command again to resume from there'
+    )
   assert {s: signal.getsignal(s) for s in preemption.SIGNALS} == before
   assert errors.Preempted('x').exit_code == errors.Preempted.exit_code == 75
 

@@ -11,17 +11,18 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from adanet_jax.errors import ConfigError
 from adanet_jax.infer import skip_inference
 from adanet_jax.model import factory, resnet
-from adanet_jax.errors import ConfigError
 
 
 def _images(batch, size, seed=0):
   # Per-image channel offsets make the images' pooled features, and so the
   # gates' logits, differ from image to image.
   noise, offset = jax.random.split(jax.random.key(seed))
-  return (jax.random.normal(noise, (batch, size, size, 3))
-          + 2 * jax.random.normal(offset, (batch, 1, 1, 3)))
+  return jax.random.normal(
+      noise, (batch, size, size, 3)
+  ) + 2 * jax.random.normal(offset, (batch, 1, 1, 3))
 
 
 def _random_variables(model, size, seed=0):
@@ -31,14 +32,21 @@ def _random_variables(model, size, seed=0):
   cores. Random running statistics make inference BatchNorm non-trivial, and
   gate kernels of std 3 make the gates' decisions depend on the image.
   """
-  shapes = jax.eval_shape(lambda: model.init({'params': jax.random.key(0)},
-                                             jnp.zeros((1, size, size, 3)), train=False))
+  shapes = jax.eval_shape(
+      lambda: model.init(
+          {'params': jax.random.key(0)},
+          jnp.zeros((1, size, size, 3)),
+          train=False,
+      )
+  )
   rng = np.random.default_rng(seed)
 
   def draw(path, leaf):
     names = [getattr(p, 'key', '') for p in path]
     if names[-1] == 'kernel':
-      std = 3.0 if names[-2] == 'fc2' else (1 / math.prod(leaf.shape[:-1])) ** 0.5
+      std = (
+          3.0 if names[-2] == 'fc2' else (1 / math.prod(leaf.shape[:-1])) ** 0.5
+      )
       value = rng.normal(0, std, leaf.shape)
     elif names[-1] in ('scale', 'var'):
       value = rng.uniform(0.5, 1.5, leaf.shape)
@@ -49,8 +57,12 @@ def _random_variables(model, size, seed=0):
   return jax.tree_util.tree_map_with_path(draw, shapes)
 
 
-_masked = jax.jit(lambda model, variables, x: model.apply(
-    variables, x, train=False, gate_mode='deterministic'), static_argnums=0)
+_masked = jax.jit(
+    lambda model, variables, x: model.apply(
+        variables, x, train=False, gate_mode='deterministic'
+    ),
+    static_argnums=0,
+)
 
 
 def _check_matches_masked(model, variables, x, open_counts):
@@ -70,10 +82,13 @@ def _check_matches_masked(model, variables, x, open_counts):
 
 # Blocks 3 and 6 of ResNet-20 have projection shortcuts. Batch 9 runs open
 # samples in chunks of 2 rows: the counts fill chunks exactly and partly.
-@pytest.mark.parametrize('batch,open_counts', [
-    (1, [1, 0, 1, 0, 0, 1, 0, 1, 1]),
-    (9, [9, 0, 1, 3, 4, 5, 7, 8, 2]),
-])
+@pytest.mark.parametrize(
+    'batch,open_counts',
+    [
+        (1, [1, 0, 1, 0, 0, 1, 0, 1, 1]),
+        (9, [9, 0, 1, 3, 4, 5, 7, 8, 2]),
+    ],
+)
 def test_cifar_resnet_matches_masked(load_config, batch, open_counts):
   model = factory.create_model(load_config('cifar10.py', 'depth=20'))
   variables = _random_variables(model, 32)
@@ -83,17 +98,24 @@ def test_cifar_resnet_matches_masked(load_config, batch, open_counts):
 def test_scanned_runs_skip_like_masked(load_config):
   # Blocks 1-3 of each stage of ResNet-26 run under one lax.scan (as the long
   # runs of ResNet-110 do by default on XLA:CPU); their skipping runs in the loop body.
-  model = factory.create_model(load_config('cifar10.py', 'depth=26')).clone(scan_min_run=2)
+  model = factory.create_model(load_config('cifar10.py', 'depth=26')).clone(
+      scan_min_run=2
+  )
   variables = _random_variables(model, 16)
-  _check_matches_masked(model, variables, _images(9, 16), [9, 0, 1, 3, 4, 5, 7, 8, 2, 0, 6, 9])
+  _check_matches_masked(
+      model, variables, _images(9, 16), [9, 0, 1, 3, 4, 5, 7, 8, 2, 0, 6, 9]
+  )
 
 
 # ResNet-50 with the reference targets: blocks 0, 1, 3, 7, 13, 15 are fixed
 # (their counts are ignored); block 3 onwards start stages with projections.
-@pytest.mark.parametrize('batch,open_counts', [
-    (1, [0, 0, 1, 0, 0, 1, 1, 0, 0, 1, 0, 1, 1, 0, 1, 0]),
-    (3, [0, 0, 3, 0, 0, 1, 2, 0, 3, 2, 1, 0, 2, 0, 1, 0]),
-])
+@pytest.mark.parametrize(
+    'batch,open_counts',
+    [
+        (1, [0, 0, 1, 0, 0, 1, 1, 0, 0, 1, 0, 1, 1, 0, 1, 0]),
+        (3, [0, 0, 3, 0, 0, 1, 2, 0, 3, 2, 1, 0, 2, 0, 1, 0]),
+    ],
+)
 def test_imagenet_resnet50_matches_masked(load_config, batch, open_counts):
   model = factory.create_model(load_config('imagenet.py', 'resnet50'))
   assert model.fixed_blocks == (0, 1, 3, 7, 13, 15)
@@ -105,7 +127,11 @@ def test_wide_resnet_matches_masked(load_config):
   # Pre-activation blocks: a closed block outputs shortcut(x), no ReLU; the
   # projection of blocks 1 and 2 reads relu(bn1(x)).
   config = load_config('cifar10.py')
-  config.model.name, config.model.depth, config.model.width = 'wide_resnet', 10, 2
+  config.model.name, config.model.depth, config.model.width = (
+      'wide_resnet',
+      10,
+      2,
+  )
   model = factory.create_model(config)
   variables = _random_variables(model, 32)
   _check_matches_masked(model, variables, _images(5, 32), [3, 0, 2])
@@ -132,22 +158,34 @@ def test_rejects_soft_and_random_gate_modes(load_config, mode):
     skip_inference.check_skip_mode('hard')
 
 
-@pytest.mark.parametrize('batch,chunks,want_shapes', [
-    (1, 8, [1]),      # batch 1: a conditional, the branch on the one image
-    (9, 4, [3, 9]),   # chunks of 3 rows (the mix) and the whole batch (all open)
-    (9, 1, [9, 9]),   # one chunk: the mix runs the whole (gathered) batch
-    (8, 8, [1, 8]),   # chunks of one row
-])
+@pytest.mark.parametrize(
+    'batch,chunks,want_shapes',
+    [
+        (1, 8, [1]),  # batch 1: a conditional, the branch on the one image
+        (
+            9,
+            4,
+            [3, 9],
+        ),  # chunks of 3 rows (the mix) and the whole batch (all open)
+        (9, 1, [9, 9]),  # one chunk: the mix runs the whole (gathered) batch
+        (8, 8, [1, 8]),  # chunks of one row
+    ],
+)
 def test_run_where_open_every_count(batch, chunks, want_shapes):
   traced, runs = [], []
 
   def run_open(x):
     traced.append(x.shape[0])
-    jax.debug.callback(lambda: runs.append(1))  # one per chunk or batch actually run
+    jax.debug.callback(
+        lambda: runs.append(1)
+    )  # one per chunk or batch actually run
     return 2 * x + 1
 
-  combine = jax.jit(lambda is_open, x: skip_inference.run_where_open(
-      is_open, x, run_open, lambda x: -x, chunks))
+  combine = jax.jit(
+      lambda is_open, x: skip_inference.run_where_open(
+          is_open, x, run_open, lambda x: -x, chunks
+      )
+  )
   x = jnp.arange(batch * 2, dtype=jnp.float32).reshape(batch, 2) + 1
   rng = np.random.default_rng(0)
   size = -(-batch // chunks)
@@ -160,30 +198,46 @@ def test_run_where_open_every_count(batch, chunks, want_shapes):
     jax.effects_barrier()
     # Nothing runs when no row is open, one whole-batch run when all are,
     # else as many chunks as the open rows fill.
-    assert len(runs) == (0 if count == 0 else 1 if count == batch else -(-count // size))
+    assert len(runs) == (
+        0 if count == 0 else 1 if count == batch else -(-count // size)
+    )
   assert traced == want_shapes
   with pytest.raises(ValueError, match='chunks must be at least 1'):
-    skip_inference.run_where_open(jnp.ones(2, bool), x, run_open, lambda x: -x, 0)
+    skip_inference.run_where_open(
+        jnp.ones(2, bool), x, run_open, lambda x: -x, 0
+    )
 
 
-@pytest.mark.parametrize('block_class,features,strides,want_convs', [
-    (resnet.BasicBlock, 16, 1, 0),
-    (resnet.BasicBlock, 32, 2, 1),
-    (resnet.Bottleneck, 4, 1, 0),
-    (resnet.Bottleneck, 16, 2, 1),
-    (resnet.PreActBlock, 16, 1, 0),
-    (resnet.PreActBlock, 32, 2, 1),
-])
-def test_closed_block_computes_only_gate_and_shortcut(block_class, features, strides,
-                                                      want_convs):
+@pytest.mark.parametrize(
+    'block_class,features,strides,want_convs',
+    [
+        (resnet.BasicBlock, 16, 1, 0),
+        (resnet.BasicBlock, 32, 2, 1),
+        (resnet.Bottleneck, 4, 1, 0),
+        (resnet.Bottleneck, 16, 2, 1),
+        (resnet.PreActBlock, 16, 1, 0),
+        (resnet.PreActBlock, 32, 2, 1),
+    ],
+)
+def test_closed_block_computes_only_gate_and_shortcut(
+    block_class, features, strides, want_convs
+):
   # What makes skipping save compute: the branch of a closed block is dead
   # code that XLA removes; only a projection shortcut's conv remains.
   block = skip_inference._closed_class(block_class)(  # pylint: disable=protected-access
-      features=features, strides=strides)
+      features=features, strides=strides
+  )
   x = jnp.ones((2, 8, 8, 16))
-  variables = block.init(jax.random.key(0), x, train=False, gate_mode='deterministic')
-  apply = jax.jit(lambda v, x: block.apply(v, x, train=False, gate_mode='deterministic'))
-  assert apply.lower(variables, x).compile().as_text().count('convolution(') == want_convs
+  variables = block.init(
+      jax.random.key(0), x, train=False, gate_mode='deterministic'
+  )
+  apply = jax.jit(
+      lambda v, x: block.apply(v, x, train=False, gate_mode='deterministic')
+  )
+  assert (
+      apply.lower(variables, x).compile().as_text().count('convolution(')
+      == want_convs
+  )
 
 
 @pytest.mark.parametrize('batch,want_loops', [(1, 0), (4, 3)])
@@ -192,6 +246,8 @@ def test_one_conditional_per_gated_block(load_config, batch, want_loops):
   # branch is compiled twice at most (whole batch and chunk), whatever the count.
   model = factory.create_model(load_config('cifar10.py', 'depth=8'))
   variables = _random_variables(model, 32)
-  hlo = skip_inference.skip_apply.lower(model, variables, _images(batch, 32)).as_text()
+  hlo = skip_inference.skip_apply.lower(
+      model, variables, _images(batch, 32)
+  ).as_text()
   assert hlo.count('stablehlo.case') == 3
   assert hlo.count('stablehlo.while') == want_loops

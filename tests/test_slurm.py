@@ -16,72 +16,126 @@ import time
 
 import pytest
 
-from adanet_jax.tools import launch
 # The tiny digits job (4 steps) of the multi-process tests and their check
 # that two runs end in the same state; the tiny 3-point sweep of the sweep tests.
 # pylint: disable=wrong-import-order
 from test_multihost import _assert_same_state, _config, _main_args
 from test_sweep import TINY as SWEEP
 
+from adanet_jax.tools import launch
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 POINTS = ['target-0.3_seed-0', 'target-0.5_seed-0', 'target-0.7_seed-0']
 
 
 @pytest.mark.timeout(600)
-def test_srun_two_tasks_equal_one_process_with_two_devices(slurm_cluster, load_config, tmp_path):
+def test_srun_two_tasks_equal_one_process_with_two_devices(
+    slurm_cluster, load_config, tmp_path
+):
   reference = tmp_path / 'one_process'
-  out = subprocess.run([sys.executable, '-m', 'adanet_jax.main', *_main_args(reference)],
-                       cwd=REPO, env=launch.cpu_devices_env(os.environ, 2),
-                       capture_output=True, text=True, timeout=300)
+  out = subprocess.run(
+      [sys.executable, '-m', 'adanet_jax.main', *_main_args(reference)],
+      cwd=REPO,
+      env=launch.cpu_devices_env(os.environ, 2),
+      capture_output=True,
+      text=True,
+      timeout=300,
+  )
   assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
 
   workdir = tmp_path / 'srun'
   env = launch.cpu_devices_env(slurm_cluster, 1)  # each task: one CPU device
-  out = subprocess.run(['srun', '-n', '2', '--cpus-per-task=1', '--time=10',
-                        '--kill-on-bad-exit=1', sys.executable, '-m', 'adanet_jax.main',
-                        *_main_args(workdir)],
-                       cwd=REPO, env=env, capture_output=True, text=True, timeout=500)
+  out = subprocess.run(
+      [
+          'srun',
+          '-n',
+          '2',
+          '--cpus-per-task=1',
+          '--time=10',
+          '--kill-on-bad-exit=1',
+          sys.executable,
+          '-m',
+          'adanet_jax.main',
+          *_main_args(workdir),
+      ],
+      cwd=REPO,
+      env=env,
+      capture_output=True,
+      text=True,
+      timeout=500,
+  )
   log = out.stdout + out.stderr
   assert out.returncode == 0, log[-5000:]
-  assert 'JAX 0.10.2 on 2 cpu device(s), 2 process(es) (cluster environment detected by JAX)' in log
+  assert (
+      'JAX 0.10.2 on 2 cpu device(s), 2 process(es) (cluster environment detected by JAX)'
+      in log
+  )
   assert '[Gloo]' not in log
   _assert_same_state(_config(load_config), workdir, reference)
 
 
 def _sweep_command(root):
-  return [sys.executable, '-m', 'adanet_jax.tools.sweep', f'--root={root}', *SWEEP,
-          '--launcher=slurm', '--slurm.time=10', '--slurm.cpus_per_task=1']
+  return [
+      sys.executable,
+      '-m',
+      'adanet_jax.tools.sweep',
+      f'--root={root}',
+      *SWEEP,
+      '--launcher=slurm',
+      '--slurm.time=10',
+      '--slurm.cpus_per_task=1',
+  ]
 
 
 def _sweep(root, env):
-  out = subprocess.run(_sweep_command(root), cwd=REPO, env=env, capture_output=True, text=True,
-                       timeout=500)
+  out = subprocess.run(
+      _sweep_command(root),
+      cwd=REPO,
+      env=env,
+      capture_output=True,
+      text=True,
+      timeout=500,
+  )
   assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
   return out
 
 
 def _slurm_jobs(root):
-  return sorted(n for n in os.listdir(root / 'slurm') if n.isdigit())  # one folder per job
+  return sorted(
+      n for n in os.listdir(root / 'slurm') if n.isdigit()
+  )  # one folder per job
 
 
 def _started(stdout):
   """{point: SLURM job id} of the `started NAME (SLURM job ID)` lines."""
-  found = re.findall(r'^started (\S+) \(SLURM job (\d+)\)$', stdout, re.MULTILINE)
+  found = re.findall(
+      r'^started (\S+) \(SLURM job (\d+)\)$', stdout, re.MULTILINE
+  )
   return dict(found)
 
 
 @pytest.mark.timeout(900)
-def test_sweep_through_slurm_finishes_resumes_and_summarises(slurm_cluster, tmp_path):
+def test_sweep_through_slurm_finishes_resumes_and_summarises(
+    slurm_cluster, tmp_path
+):
   env = dict(slurm_cluster)
   env.pop('XLA_FLAGS', None)  # one device per point, as on a user's machine
   root = tmp_path / 'sweep'
   # The sweep dies (a closed login session) once its three jobs are submitted.
   with open(tmp_path / 'first.txt', 'w') as out:
-    launcher = subprocess.Popen(_sweep_command(root), cwd=REPO, env=env, stdout=out,
-                                stderr=subprocess.STDOUT)
+    launcher = subprocess.Popen(
+        _sweep_command(root),
+        cwd=REPO,
+        env=env,
+        stdout=out,
+        stderr=subprocess.STDOUT,
+    )
     deadline = time.time() + 200
-    while time.time() < deadline and launcher.poll() is None and len(
-        _started((tmp_path / 'first.txt').read_text())) < 3:
+    while (
+        time.time() < deadline
+        and launcher.poll() is None
+        and len(_started((tmp_path / 'first.txt').read_text())) < 3
+    ):
       time.sleep(0.2)
     launcher.kill()
     launcher.wait()
@@ -94,10 +148,15 @@ def test_sweep_through_slurm_finishes_resumes_and_summarises(slurm_cluster, tmp_
   assert _started(first.stdout) == submitted
   assert _slurm_jobs(root) == sorted(submitted.values())
   for name in POINTS:
-    assert json.loads((root / name / 'sweep_status.json').read_text())['status'] == 'done'
+    assert (
+        json.loads((root / name / 'sweep_status.json').read_text())['status']
+        == 'done'
+    )
   for path in ('summary.md', 'summary.csv', 'accuracy_vs_gflops.png'):
     assert f'wrote {root / path}' in first.stdout
-  assert 'sacct' not in first.stderr  # no accounting here: submitit's sacct is not used
+  assert (
+      'sacct' not in first.stderr
+  )  # no accounting here: submitit's sacct is not used
 
   # A point whose status was lost is submitted again and resumes from its last
   # checkpoint; the finished ones are not resubmitted.
@@ -109,8 +168,10 @@ def test_sweep_through_slurm_finishes_resumes_and_summarises(slurm_cluster, tmp_
   assert len(_slurm_jobs(root)) == 4
   for name in (POINTS[0], POINTS[2]):
     assert (root / name / 'log.txt').read_text() == logs[name]
-  resumed = (root / POINTS[1] / 'log.txt').read_text()[len(logs[POINTS[1]]):]
-  assert '| loss ' not in resumed  # resumed at its last step: no training step ran again
+  resumed = (root / POINTS[1] / 'log.txt').read_text()[len(logs[POINTS[1]]) :]
+  assert (
+      '| loss ' not in resumed
+  )  # resumed at its last step: no training step ran again
   assert 'eval/deterministic/accuracy:' in resumed
   rows = list(csv.DictReader(open(root / 'summary.csv')))
   assert [r['point'] for r in rows] == POINTS

@@ -9,61 +9,100 @@ import subprocess
 import sys
 import time
 
+from conftest import REPO
 import pytest
 
-from conftest import REPO
-
-TINY = ['--config=configs/digits.py:depth=8', '--sweep=smoke', '--config.train.num_epochs=0.2',
-        '--config.train.batch_size=64', '--config.eval.batch_size=120']
+TINY = [
+    '--config=configs/digits.py:depth=8',
+    '--sweep=smoke',
+    '--config.train.num_epochs=0.2',
+    '--config.train.batch_size=64',
+    '--config.eval.batch_size=120',
+]
 
 
 def _sweep_command(root, *extra):
-  return [sys.executable, '-m', 'adanet_jax.tools.sweep', f'--root={root}', *TINY, *extra]
+  return [
+      sys.executable,
+      '-m',
+      'adanet_jax.tools.sweep',
+      f'--root={root}',
+      *TINY,
+      *extra,
+  ]
 
 
 def _env(cache_dir=None):
   env = dict(os.environ)
-  env.pop('XLA_FLAGS', None)  # the points run on one device, as on a user's machine
-  if cache_dir is not None:  # a fresh persistent compilation cache of this test alone
+  env.pop(
+      'XLA_FLAGS', None
+  )  # the points run on one device, as on a user's machine
+  if (
+      cache_dir is not None
+  ):  # a fresh persistent compilation cache of this test alone
     env['ADANET_JAX_CACHE_DIR'] = str(cache_dir)
   return env
 
 
 def _compile_records(workdir):
-  records = [json.loads(l) for l in open(os.path.join(workdir, 'metrics.jsonl'))]
+  records = [
+      json.loads(l) for l in open(os.path.join(workdir, 'metrics.jsonl'))
+  ]
   return [r for r in records if 'run/compile_s' in r]
 
 
 def _last_eval(workdir):
-  records = [json.loads(l) for l in open(os.path.join(workdir, 'metrics.jsonl'))]
+  records = [
+      json.loads(l) for l in open(os.path.join(workdir, 'metrics.jsonl'))
+  ]
   return [r for r in records if 'eval/deterministic/accuracy' in r][-1]
 
 
 @pytest.mark.timeout(400)
 def test_sweep_survives_a_kill_resumes_summarizes_and_compiles_once(tmp_path):
   root, env = tmp_path / 'sweep', _env(tmp_path / 'cache')
-  launcher = subprocess.Popen(_sweep_command(root), cwd=REPO, env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+  launcher = subprocess.Popen(
+      _sweep_command(root),
+      cwd=REPO,
+      env=env,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT,
+  )
   first = root / 'target-0.3_seed-0' / 'sweep_status.json'
   deadline = time.time() + 200
-  while not first.exists() and time.time() < deadline and launcher.poll() is None:
+  while (
+      not first.exists() and time.time() < deadline and launcher.poll() is None
+  ):
     time.sleep(0.2)
-  launcher.send_signal(signal.SIGKILL)  # mid-sweep: point 1 done, point 2 running
+  launcher.send_signal(
+      signal.SIGKILL
+  )  # mid-sweep: point 1 done, point 2 running
   launcher.wait()
   assert json.loads(first.read_text())['status'] == 'done'
   assert not (root / 'target-0.7_seed-0' / 'sweep_status.json').exists()
   first_log = (root / 'target-0.3_seed-0' / 'log.txt').read_text()
 
-  out = subprocess.run(_sweep_command(root), cwd=REPO, env=env, capture_output=True,
-                       text=True, timeout=300)
+  out = subprocess.run(
+      _sweep_command(root),
+      cwd=REPO,
+      env=env,
+      capture_output=True,
+      text=True,
+      timeout=300,
+  )
   assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
   assert '1 of 3 points already done' in out.stdout
   assert 'target-0.3_seed-0 [done]' in out.stdout
-  assert (root / 'target-0.3_seed-0' / 'log.txt').read_text() == first_log  # not rerun
+  assert (
+      root / 'target-0.3_seed-0' / 'log.txt'
+  ).read_text() == first_log  # not rerun
 
   rows = list(csv.DictReader(open(root / 'summary.csv')))
-  assert [r['point'] for r in rows] == ['target-0.3_seed-0', 'target-0.5_seed-0',
-                                        'target-0.7_seed-0']
+  assert [r['point'] for r in rows] == [
+      'target-0.3_seed-0',
+      'target-0.5_seed-0',
+      'target-0.7_seed-0',
+  ]
   for row, target in zip(rows, ('0.3', '0.5', '0.7')):
     workdir = root / row['point']
     config = json.load(open(workdir / 'config.json'))
@@ -73,34 +112,65 @@ def test_sweep_survives_a_kill_resumes_summarizes_and_compiles_once(tmp_path):
     assert row['status'] == 'done'
     last = _last_eval(workdir)
     assert float(row['accuracy']) == last['eval/deterministic/accuracy']
-    assert float(row['macs_per_image']) == last['eval/deterministic/macs_per_image']
+    assert (
+        float(row['macs_per_image'])
+        == last['eval/deterministic/macs_per_image']
+    )
     assert float(row['paper_gflops']) == last['eval/deterministic/paper_gflops']
   # The points differ only in a runtime value: the first compiles the train
   # step, every other launch (the killed one included) loads it from the cache.
-  cached = {r['point']: [rec['run/compile_cached'] for rec in _compile_records(root / r['point'])]
-            for r in rows}
+  cached = {
+      r['point']: [
+          rec['run/compile_cached']
+          for rec in _compile_records(root / r['point'])
+      ]
+      for r in rows
+  }
   assert cached['target-0.3_seed-0'] == [0.0]
-  assert set(cached['target-0.5_seed-0']) == {1.0} and cached['target-0.7_seed-0'] == [1.0]
+  assert set(cached['target-0.5_seed-0']) == {1.0} and cached[
+      'target-0.7_seed-0'
+  ] == [1.0]
   assert [r['compile_cached'] for r in rows] == ['0', '1', '1']
   for row in rows:
     first = _compile_records(root / row['point'])[0]
     assert float(row['compile_s']) == round(first['run/compile_s'], 2) > 0
   assert (root / 'accuracy_vs_gflops.png').stat().st_size > 10_000
-  assert '| target-0.5_seed-0 | loss.target=0.5 seed=0 | done |' in (root / 'summary.md').read_text()
+  assert (
+      '| target-0.5_seed-0 | loss.target=0.5 seed=0 | done |'
+      in (root / 'summary.md').read_text()
+  )
 
 
-@pytest.mark.parametrize('extra,message', [
-    (['--sweep=nope'], "--sweep='nope' is not defined by configs/digits.py; its sweeps: pareto, "
-                       'smoke, targets'),
-    (['--config.loss.targt=0.5'], 'error: sweep point target-0.3_seed-0: --config.loss.targt '
-                                  'names no field of the config'),
-    (['--config.train.batch_size=many'], 'error: sweep point target-0.3_seed-0: '
-                                         '--config.train.batch_size=many: not a valid int'),
-])
+@pytest.mark.parametrize(
+    'extra,message',
+    [
+        (
+            ['--sweep=nope'],
+            "--sweep='nope' is not defined by configs/digits.py; its sweeps: pareto, "
+            'smoke, targets',
+        ),
+        (
+            ['--config.loss.targt=0.5'],
+            'error: sweep point target-0.3_seed-0: --config.loss.targt '
+            'names no field of the config',
+        ),
+        (
+            ['--config.train.batch_size=many'],
+            'error: sweep point target-0.3_seed-0: '
+            '--config.train.batch_size=many: not a valid int',
+        ),
+    ],
+)
 def test_bad_sweep_input_starts_nothing(tmp_path, extra, message):
   root = tmp_path / 'sweep'
-  out = subprocess.run(_sweep_command(root, *extra), cwd=REPO, env=_env(), capture_output=True,
-                       text=True, timeout=120)
+  out = subprocess.run(
+      _sweep_command(root, *extra),
+      cwd=REPO,
+      env=_env(),
+      capture_output=True,
+      text=True,
+      timeout=120,
+  )
   assert out.returncode != 0
   assert message in out.stderr, out.stderr[-2000:]
   assert 'Traceback' not in out.stderr
@@ -109,12 +179,24 @@ def test_bad_sweep_input_starts_nothing(tmp_path, extra, message):
 
 def test_root_of_another_sweep_is_refused(tmp_path):
   root = tmp_path / 'sweep'
-  plan = subprocess.run(_sweep_command(root, '--plan_only'), cwd=REPO, env=_env(),
-                        capture_output=True, text=True, timeout=120)
+  plan = subprocess.run(
+      _sweep_command(root, '--plan_only'),
+      cwd=REPO,
+      env=_env(),
+      capture_output=True,
+      text=True,
+      timeout=120,
+  )
   assert plan.returncode == 0 and 'sweep plan: 3 points' in plan.stdout
   assert (root / 'commands.sh').read_text().count('adanet_jax.main') == 3
-  other = subprocess.run(_sweep_command(root, '--config.seed=1'), cwd=REPO, env=_env(),
-                         capture_output=True, text=True, timeout=120)
+  other = subprocess.run(
+      _sweep_command(root, '--config.seed=1'),
+      cwd=REPO,
+      env=_env(),
+      capture_output=True,
+      text=True,
+      timeout=120,
+  )
   assert other.returncode != 0
   assert f'--root={root} holds a different sweep' in other.stderr
   assert sorted(os.listdir(root)) == ['commands.sh', 'sweep.json']
@@ -136,22 +218,37 @@ def _processes_mentioning(text):
 @pytest.mark.timeout(300)
 def test_ctrl_c_stops_the_points_and_says_how_to_resume(tmp_path):
   root = tmp_path / 'sweep'
-  launcher = subprocess.Popen(_sweep_command(root, '--parallel=2'), cwd=REPO, env=_env(),
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-  logs = [root / name / 'log.txt' for name in ('target-0.3_seed-0', 'target-0.5_seed-0')]
+  launcher = subprocess.Popen(
+      _sweep_command(root, '--parallel=2'),
+      cwd=REPO,
+      env=_env(),
+      stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE,
+      text=True,
+  )
+  logs = [
+      root / name / 'log.txt'
+      for name in ('target-0.3_seed-0', 'target-0.5_seed-0')
+  ]
   deadline = time.time() + 200
   # Both points are in training set-up (their first log line is out).
-  while time.time() < deadline and launcher.poll() is None and not all(
-      log.exists() and 'JAX ' in log.read_text() for log in logs):
+  while (
+      time.time() < deadline
+      and launcher.poll() is None
+      and not all(log.exists() and 'JAX ' in log.read_text() for log in logs)
+  ):
     time.sleep(0.2)
-  assert len(_processes_mentioning(str(root))) == 3  # the sweep and its two points
+  assert (
+      len(_processes_mentioning(str(root))) == 3
+  )  # the sweep and its two points
   launcher.send_signal(signal.SIGINT)
   stdout, stderr = launcher.communicate(timeout=120)
   assert launcher.returncode == 1, stdout[-2000:] + stderr[-2000:]
   assert 'Traceback' not in stdout + stderr
   assert stderr.strip().splitlines() == [
       f'error: sweep interrupted (2 running point(s) stopped); rerun to resume: python -m '
-      f'adanet_jax.tools.sweep --root={root} {" ".join(TINY)} --parallel=2']
+      f'adanet_jax.tools.sweep --root={root} {" ".join(TINY)} --parallel=2'
+  ]
   assert _processes_mentioning(str(root)) == []  # no orphaned point
   for log in logs:  # interrupted, not failed: a rerun resumes them
     assert not (log.parent / 'sweep_status.json').exists()
@@ -159,36 +256,79 @@ def test_ctrl_c_stops_the_points_and_says_how_to_resume(tmp_path):
 
 def test_coinciding_points_are_spread():
   from adanet_jax.tools import sweep_summary  # pylint: disable=import-outside-toplevel
+
   points = [(1.0, 95.0), (2.0, 96.0), (1.0, 95.0), (1.0001, 95.0), (3.0, 97.0)]
   assert sweep_summary.coincident_shifts(points, (2.0, 2.0)) == [
-      (-3.5, 0.0), (0.0, 0.0), (3.5, 0.0), (0.0, 3.5), (0.0, 0.0)]
+      (-3.5, 0.0),
+      (0.0, 0.0),
+      (3.5, 0.0),
+      (0.0, 3.5),
+      (0.0, 0.0),
+  ]
 
 
 def test_pareto_figure_labels_do_not_overlap(tmp_path):
   from adanet_jax.tools import sweep_summary  # pylint: disable=import-outside-toplevel
   # Twelve points, most within 0.4% accuracy and 10% compute of each other,
   # the last two on the same spot (t = 1.0 and the gates-off baseline).
-  accuracy = [0.9510, 0.9522, 0.9515, 0.9524, 0.9525, 0.9503, 0.9501, 0.9534, 0.9510, 0.9509,
-              0.9540]
-  rows = [dict(point=f'target-{t}_seed-0', accuracy=a, gflops_per_image=0.0015 * (0.9 + 0.1 * t),
-               gated=True, eval_mode='deterministic')
-          for t, a in zip((0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7, 0.8, 1.0), accuracy)]
+  accuracy = [
+      0.9510,
+      0.9522,
+      0.9515,
+      0.9524,
+      0.9525,
+      0.9503,
+      0.9501,
+      0.9534,
+      0.9510,
+      0.9509,
+      0.9540,
+  ]
+  rows = [
+      dict(
+          point=f'target-{t}_seed-0',
+          accuracy=a,
+          gflops_per_image=0.0015 * (0.9 + 0.1 * t),
+          gated=True,
+          eval_mode='deterministic',
+      )
+      for t, a in zip(
+          (0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7, 0.8, 1.0), accuracy
+      )
+  ]
   rows.append(dict(rows[-1], point='gated-False_seed-0', gated=False))
-  boxes = sweep_summary.plot_pareto(rows, str(tmp_path / 'f.png'), 'digits.py --sweep=targets')
+  boxes = sweep_summary.plot_pareto(
+      rows, str(tmp_path / 'f.png'), 'digits.py --sweep=targets'
+  )
   assert len(boxes) == 12
-  assert [(i, j) for i in range(12) for j in range(i)
-          if sweep_summary._overlap(boxes[i], boxes[j])] == []  # pylint: disable=protected-access
-  assert all(b[0] >= 0 and b[1] >= 0 and b[2] <= 1000 and b[3] <= 550 for b in boxes)  # 10x5.5 in
+  assert [
+      (i, j)
+      for i in range(12)
+      for j in range(i)
+      if sweep_summary._overlap(boxes[i], boxes[j])
+  ] == []  # pylint: disable=protected-access
+  assert all(
+      b[0] >= 0 and b[1] >= 0 and b[2] <= 1000 and b[3] <= 550 for b in boxes
+  )  # 10x5.5 in
 
 
 def test_gated_or_plain_comes_from_the_config(tmp_path):
   from adanet_jax.tools import sweep_summary  # pylint: disable=import-outside-toplevel
+
   for name, gated in (('a', False), ('b', True)):
     workdir = tmp_path / name
     workdir.mkdir()
-    (workdir / 'sweep_status.json').write_text(json.dumps(
-        {'status': 'done', 'overrides': {'seed': 0}, 'wall_s': 1.0}))
-    (workdir / 'config.json').write_text(json.dumps(
-        {'model': {'gated': gated}, 'gates': {'eval_modes': ['expected']}}))
+    (workdir / 'sweep_status.json').write_text(
+        json.dumps({'status': 'done', 'overrides': {'seed': 0}, 'wall_s': 1.0})
+    )
+    (workdir / 'config.json').write_text(
+        json.dumps(
+            {'model': {'gated': gated}, 'gates': {'eval_modes': ['expected']}}
+        )
+    )
     row = sweep_summary.read_point(str(workdir))
-    assert (row['gated'], row['eval_mode'], row['overrides']) == (gated, 'expected', 'seed=0')
+    assert (row['gated'], row['eval_mode'], row['overrides']) == (
+        gated,
+        'expected',
+        'seed=0',
+    )

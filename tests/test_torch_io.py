@@ -16,12 +16,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-torch = pytest.importorskip('torch', reason='torch is not installed (pip install torch==2.13.0)')
+torch = pytest.importorskip(
+    'torch', reason='torch is not installed (pip install torch==2.13.0)'
+)
 
+from adanet_jax.errors import ConfigError  # noqa: E402
 from adanet_jax.infer import inference  # noqa: E402
 from adanet_jax.model import factory, torch_io
-from adanet_jax.train import checkpoints, optim, plan as plan_lib, steps
-from adanet_jax.errors import ConfigError  # noqa: E402
+from adanet_jax.train import checkpoints, optim, steps
+from adanet_jax.train import plan as plan_lib
 from experiments import torch_twin  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -35,19 +38,28 @@ def _config(load_config, name, arg, size):
 
 
 def _template(model, size):
-  return jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, size, size, 3)),
-                                           train=False))
+  return jax.eval_shape(
+      lambda: model.init(
+          jax.random.key(0), jnp.zeros((1, size, size, 3)), train=False
+      )
+  )
 
 
 def _twin_outputs(net, x, mode, noise=None):
   with torch.no_grad():
-    logits, aux = net(torch.from_numpy(x.transpose(0, 3, 1, 2)), gate_mode=mode,
-                      noise=None if noise is None else torch.from_numpy(noise))
+    logits, aux = net(
+        torch.from_numpy(x.transpose(0, 3, 1, 2)),
+        gate_mode=mode,
+        noise=None if noise is None else torch.from_numpy(noise),
+    )
   return logits.numpy(), {k: v.numpy() for k, v in aux.items()}
 
 
 def _our_outputs(model, variables, x, mode, key=None):
-  return jax.tree.map(np.asarray, model.apply(variables, x, train=False, gate_mode=mode, key=key))
+  return jax.tree.map(
+      np.asarray,
+      model.apply(variables, x, train=False, gate_mode=mode, key=key),
+  )
 
 
 def _assert_same_outputs(ours, theirs):
@@ -55,22 +67,36 @@ def _assert_same_outputs(ours, theirs):
   np.testing.assert_allclose(logits, t_logits, rtol=0, atol=1e-5)
   np.testing.assert_allclose(aux['logits'], t_aux['logits'], rtol=0, atol=1e-5)
   np.testing.assert_array_equal(aux['gates'], t_aux['gates'])
-  assert 0 < aux['gates'].mean() < 1  # decisions differ between images and blocks
+  assert (
+      0 < aux['gates'].mean() < 1
+  )  # decisions differ between images and blocks
 
 
-@pytest.mark.parametrize('config_name,arg,size', [('cifar10.py', 'depth=110', 8),
-                                                   ('imagenet.py', 'resnet50', 32),
-                                                   ('wide_cifar10.py', 'depth=10,width=2', 8)])
-def test_twin_weights_and_export_give_same_outputs(load_config, config_name, arg, size):
+@pytest.mark.parametrize(
+    'config_name,arg,size',
+    [
+        ('cifar10.py', 'depth=110', 8),
+        ('imagenet.py', 'resnet50', 32),
+        ('wide_cifar10.py', 'depth=10,width=2', 8),
+    ],
+)
+def test_twin_weights_and_export_give_same_outputs(
+    load_config, config_name, arg, size
+):
   config = _config(load_config, config_name, arg, size)
   model = factory.create_model(config)
   net = torch_twin.randomize_(torch_twin.from_config(config), seed=1).eval()
   state_dict = {k: v.numpy() for k, v in net.state_dict().items()}
   variables = torch_io.import_state_dict(state_dict, _template(model, size))
   x = np.random.RandomState(0).randn(8, size, size, 3).astype(np.float32)
-  key = jax.random.key(2)  # our gates draw from it; the twin gets the same noise
+  key = jax.random.key(
+      2
+  )  # our gates draw from it; the twin gets the same noise
   noise = torch_twin.gumbel_noise(key, 8, model.num_blocks)
-  for mode, mode_key, mode_noise in (('deterministic', None, None), ('sample', key, noise)):
+  for mode, mode_key, mode_noise in (
+      ('deterministic', None, None),
+      ('sample', key, noise),
+  ):
     ours = _our_outputs(model, variables, x, mode, mode_key)
     _assert_same_outputs(ours, _twin_outputs(net, x, mode, mode_noise))
   # Export: ours -> reference layout -> a fresh twin gives the same outputs.
@@ -92,20 +118,25 @@ def test_training_step_matches_twin(load_config):
   net32 = torch_twin.randomize_(torch_twin.from_config(config), seed=3).train()
   net64 = copy.deepcopy(net32).double()
   template = _template(model, 8)
-  variables = torch_io.import_state_dict({k: v.numpy() for k, v in net32.state_dict().items()},
-                                         template)
+  variables = torch_io.import_state_dict(
+      {k: v.numpy() for k, v in net32.state_dict().items()}, template
+  )
   rng = np.random.RandomState(4)
   x = rng.randn(32, 8, 8, 3).astype(np.float32)
   labels = rng.randint(0, 10, 32)
   key = jax.random.key(5)
   noise = torch_twin.gumbel_noise(key, 32, model.num_blocks)
   loss, _, batch_stats, grads = torch_twin.our_train_forward_backward(
-      model, variables, x, labels, key, targets, 2.0)
-  loss32, _ = torch_twin.twin_train_forward_backward(net32, x, labels, noise, targets, 2.0)
+      model, variables, x, labels, key, targets, 2.0
+  )
+  loss32, _ = torch_twin.twin_train_forward_backward(
+      net32, x, labels, noise, targets, 2.0
+  )
   torch_twin.twin_train_forward_backward(net64, x, labels, noise, targets, 2.0)
   assert abs(loss - loss32) < 1e-6
-  exported = torch_io.export_state_dict({'params': variables['params'],
-                                         'batch_stats': batch_stats})
+  exported = torch_io.export_state_dict(
+      {'params': variables['params'], 'batch_stats': batch_stats}
+  )
   stats = [k for k in exported if k.endswith(('running_mean', 'running_var'))]
   assert len(stats) == 2 * (1 + 9 * 2 + 2 + 9)  # stem, blocks, shortcuts, gates
   for key in stats:
@@ -113,14 +144,26 @@ def test_training_step_matches_twin(load_config):
     assert torch_twin.relative_error(exported[key].numpy(), twin) < 1e-5, key
   # Gate-path gradients: ours against float64 within 10x of the twin's own
   # float32 error against float64.
-  grads = torch_io.export_state_dict({'params': grads, 'batch_stats': batch_stats})
+  grads = torch_io.export_state_dict(
+      {'params': grads, 'batch_stats': batch_stats}
+  )
   for suffix in ('fc1.weight', 'fc1bn.weight', 'fc2.weight'):
     keys = [k for k in grads if k.endswith(suffix)]
-    ref = np.concatenate([net64.get_parameter(k).grad.numpy().ravel() for k in keys])
-    twin = np.concatenate([net32.get_parameter(k).grad.numpy().ravel() for k in keys])
+    ref = np.concatenate(
+        [net64.get_parameter(k).grad.numpy().ravel() for k in keys]
+    )
+    twin = np.concatenate(
+        [net32.get_parameter(k).grad.numpy().ravel() for k in keys]
+    )
     mine = np.concatenate([grads[k].numpy().ravel() for k in keys])
-    error, twin_error = torch_twin.relative_error(mine, ref), torch_twin.relative_error(twin, ref)
-    assert 0 < twin_error and error <= 10 * twin_error, (suffix, error, twin_error)
+    error, twin_error = torch_twin.relative_error(
+        mine, ref
+    ), torch_twin.relative_error(twin, ref)
+    assert 0 < twin_error and error <= 10 * twin_error, (
+        suffix,
+        error,
+        twin_error,
+    )
 
 
 TORCHVISION_STAGES = (3, 4, 6, 3)
@@ -163,7 +206,9 @@ def _torchvision_resnet50(rng):
 
 
 def _save(state_dict, path):
-  torch.save({k: torch.from_numpy(np.asarray(v)) for k, v in state_dict.items()}, path)
+  torch.save(
+      {k: torch.from_numpy(np.asarray(v)) for k, v in state_dict.items()}, path
+  )
   return str(path)
 
 
@@ -171,23 +216,37 @@ def _save(state_dict, path):
 def resnet50_template():
   """Shapes and dtypes of the gated ResNet-50's variables (at 32x32)."""
   from adanet_jax import config_lib  # pylint: disable=import-outside-toplevel
-  config = config_lib.load_config(os.path.join(REPO, 'configs', 'imagenet.py') + ':resnet50')
+
+  config = config_lib.load_config(
+      os.path.join(REPO, 'configs', 'imagenet.py') + ':resnet50'
+  )
   config.data.image_size = 32
   return _template(factory.create_model(config), 32)
 
 
-def test_torchvision_resnet50_initialises_gated_model(resnet50_template, tmp_path):
+def test_torchvision_resnet50_initialises_gated_model(
+    resnet50_template, tmp_path
+):
   # A stand-in for the freshly initialised model: random values everywhere,
   # so that "gates kept" and "everything else replaced" are both visible.
   rng = np.random.RandomState(1)
-  fresh = jax.tree.map(lambda s: jnp.asarray(rng.randn(*s.shape), s.dtype), resnet50_template)
+  fresh = jax.tree.map(
+      lambda s: jnp.asarray(rng.randn(*s.shape), s.dtype), resnet50_template
+  )
   sd = _torchvision_resnet50(np.random.RandomState(0))
-  path = _save({f'module.{k}': v for k, v in sd.items()}, tmp_path / 'resnet50.pth')
+  path = _save(
+      {f'module.{k}': v for k, v in sd.items()}, tmp_path / 'resnet50.pth'
+  )
   loaded = torch_io.restore_variables(path, fresh)
   flat = dict(jax.tree_util.tree_flatten_with_path(loaded)[0])
   fresh_flat = dict(jax.tree_util.tree_flatten_with_path(fresh)[0])
-  names = {'scale': 'weight', 'bias': 'bias', 'mean': 'running_mean', 'var': 'running_var',
-           'kernel': 'weight'}
+  names = {
+      'scale': 'weight',
+      'bias': 'bias',
+      'mean': 'running_mean',
+      'var': 'running_var',
+      'kernel': 'weight',
+  }
   used, gates = set(), 0
   for keypath, value in flat.items():
     parts = [k.key for k in keypath]
@@ -210,26 +269,43 @@ def _torchvision_name(modules):
   top = {'stem_conv': 'conv1', 'stem_bn': 'bn1', 'head': 'fc'}
   if len(modules) == 1:
     return top[modules[0]]
-  stage, block = modules[0][len('stage'):].split('_block')
-  inner = {'shortcut_conv': 'downsample.0', 'shortcut_bn': 'downsample.1'}.get(modules[1],
-                                                                                 modules[1])
+  stage, block = modules[0][len('stage') :].split('_block')
+  inner = {'shortcut_conv': 'downsample.0', 'shortcut_bn': 'downsample.1'}.get(
+      modules[1], modules[1]
+  )
   return f'layer{stage}.{block}.{inner}'
 
 
-@pytest.mark.parametrize('change,message', [
-    (lambda sd: sd.pop('layer2.1.bn2.running_var'), "missing 'layer2.1.bn2.running_var'"),
-    (lambda sd: sd.update({'layer5.0.conv1.weight': np.zeros(1, np.float32)}),
-     "unexpected 'layer5.0.conv1.weight'"),
-    (lambda sd: sd.update({'fc.weight': np.zeros((10, 2048), np.float32)}),
-     r"'fc.weight' has shape \(10, 2048\) in the file, the model needs \(1000, 2048\)"),
-])
+@pytest.mark.parametrize(
+    'change,message',
+    [
+        (
+            lambda sd: sd.pop('layer2.1.bn2.running_var'),
+            "missing 'layer2.1.bn2.running_var'",
+        ),
+        (
+            lambda sd: sd.update(
+                {'layer5.0.conv1.weight': np.zeros(1, np.float32)}
+            ),
+            "unexpected 'layer5.0.conv1.weight'",
+        ),
+        (
+            lambda sd: sd.update(
+                {'fc.weight': np.zeros((10, 2048), np.float32)}
+            ),
+            r"'fc.weight' has shape \(10, 2048\) in the file, the model needs \(1000, 2048\)",
+        ),
+    ],
+)
 def test_torchvision_mismatch_is_one_line(resnet50_template, change, message):
   sd = _torchvision_resnet50(np.random.RandomState(0))
   change(sd)
   with pytest.raises(ConfigError, match=message) as error:
     torch_io.import_state_dict(sd, resnet50_template, torchvision=True)
   assert '\n' not in str(error.value)
-  assert str(error.value).startswith('the torchvision ResNet state_dict does not fit the model: ')
+  assert str(error.value).startswith(
+      'the torchvision ResNet state_dict does not fit the model: '
+  )
 
 
 def test_reference_layout_errors_name_the_tensor(load_config, tmp_path):
@@ -238,17 +314,24 @@ def test_reference_layout_errors_name_the_tensor(load_config, tmp_path):
   sd = {f'module.{k}': v.numpy() for k, v in net.state_dict().items()}
   sd['module.layer3.0.fc1.weight'] = np.zeros((16, 32, 3, 3), np.float32)
   path = _save(sd, tmp_path / 'aig.pth')
-  template = jax.tree.map(jnp.zeros_like, _template(factory.create_model(config), 8))
+  template = jax.tree.map(
+      jnp.zeros_like, _template(factory.create_model(config), 8)
+  )
   with pytest.raises(ConfigError) as error:
     torch_io.restore_variables(path, template)
   assert str(error.value) == (
-      f"{path}: the reference ConvNet-AIG state_dict does not fit the model: "
+      f'{path}: the reference ConvNet-AIG state_dict does not fit the model: '
       "'layer3.0.fc1.weight' has shape (16, 32, 3, 3) in the file, the model needs "
-      "(16, 32, 1, 1); nothing was loaded")
+      '(16, 32, 1, 1); nothing was loaded'
+  )
   with pytest.raises(ConfigError, match='fits only the bottleneck ResNets'):
-    torch_io.import_state_dict({'fc.weight': np.zeros(1)}, template, torchvision=True)
+    torch_io.import_state_dict(
+        {'fc.weight': np.zeros(1)}, template, torchvision=True
+    )
   (tmp_path / 'bad.pth').write_text('not a torch file')
-  with pytest.raises(ConfigError, match=r"^cannot read '.*bad.pth' as a PyTorch file: "):
+  with pytest.raises(
+      ConfigError, match=r"^cannot read '.*bad.pth' as a PyTorch file: "
+  ):
     torch_io.read_state_dict(str(tmp_path / 'bad.pth'))
 
 
@@ -259,38 +342,58 @@ def test_init_from_load_and_export_command(load_config, tmp_path):
   config = _config(load_config, 'digits.py', 'depth=8', 8)
   net = torch_twin.randomize_(torch_twin.from_config(config), seed=6).eval()
   path = tmp_path / 'aig.pth'
-  torch.save({'epoch': 3, 'best_prec1': 90.0,
-              'state_dict': {f'module.{k}': v for k, v in net.state_dict().items()}}, path)
+  torch.save(
+      {
+          'epoch': 3,
+          'best_prec1': 90.0,
+          'state_dict': {f'module.{k}': v for k, v in net.state_dict().items()},
+      },
+      path,
+  )
   x = np.random.RandomState(7).randn(4, 8, 8, 1).astype(np.float32)
   want = _twin_outputs(net, x, 'deterministic')
   loaded = inference.load(str(path), config=config)
   prediction = loaded.predict(x)
   np.testing.assert_allclose(prediction.logits, want[0], rtol=0, atol=1e-5)
   np.testing.assert_array_equal(prediction.gates, want[1]['gates'])
-  with pytest.raises(ConfigError, match='is a PyTorch file and holds no config: pass config='):
+  with pytest.raises(
+      ConfigError, match='is a PyTorch file and holds no config: pass config='
+  ):
     inference.load(str(path))
   zeros = jax.tree.map(jnp.zeros_like, loaded.variables)
-  state = steps.TrainState.create(apply_fn=None, params=zeros['params'],
-                                  batch_stats=zeros['batch_stats'],
-                                  tx=optim.create_optimizer(
-                                      plan_lib.make_plan(config, 1).optimizer)[0])
+  state = steps.TrainState.create(
+      apply_fn=None,
+      params=zeros['params'],
+      batch_stats=zeros['batch_stats'],
+      tx=optim.create_optimizer(plan_lib.make_plan(config, 1).optimizer)[0],
+  )
 
   class NoCheckpoint:
+
     def restore_newest_intact(self, state):
       del state
 
-  state = checkpoints.restore_or_init(NoCheckpoint(), state, str(path)).replace(step=jnp.asarray(5))
-  jax.tree.map(np.testing.assert_array_equal, {'params': state.params,
-                                               'batch_stats': state.batch_stats},
-               loaded.variables)
+  state = checkpoints.restore_or_init(NoCheckpoint(), state, str(path)).replace(
+      step=jnp.asarray(5)
+  )
+  jax.tree.map(
+      np.testing.assert_array_equal,
+      {'params': state.params, 'batch_stats': state.batch_stats},
+      loaded.variables,
+  )
   workdir = tmp_path / 'run'
   checkpointer = checkpoints.Checkpointer(str(workdir), config)
   checkpointer.save(5, state)
   checkpointer.close()
   (workdir / 'config.json').write_text(config.to_json_best_effort())
   run = lambda *args: subprocess.run(  # noqa: E731
-      [sys.executable, '-m', 'adanet_jax.tools.export_torch', *args], cwd=REPO,
-      capture_output=True, text=True, timeout=300, check=False)
+      [sys.executable, '-m', 'adanet_jax.tools.export_torch', *args],
+      cwd=REPO,
+      capture_output=True,
+      text=True,
+      timeout=300,
+      check=False,
+  )
   result = run(f'--workdir={workdir}', f'--output={tmp_path / "out.pth"}')
   assert result.returncode == 0, result.stderr
   assert result.stdout.strip().endswith('out.pth (step 5)')
@@ -299,7 +402,11 @@ def test_init_from_load_and_export_command(load_config, tmp_path):
   twin.load_state_dict(exported, strict=True)
   assert int(exported['bn1.num_batches_tracked']) == 5
   _assert_same_outputs(_twin_outputs(twin, x, 'deterministic'), want)
-  result = run(f'--workdir={tmp_path / "none"}', f'--output={tmp_path / "x.pth"}')
+  result = run(
+      f'--workdir={tmp_path / "none"}', f'--output={tmp_path / "x.pth"}'
+  )
   assert result.returncode == 2
-  assert result.stderr.strip() == (f"error: --workdir='{tmp_path / 'none'}' is not a workdir "
-                                   'with checkpoints')
+  assert result.stderr.strip() == (
+      f"error: --workdir='{tmp_path / 'none'}' is not a workdir "
+      'with checkpoints'
+  )

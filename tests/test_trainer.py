@@ -4,15 +4,16 @@ exact resume, evaluation coverage, bad input and non-finite losses."""
 import json
 import os
 
+from conftest import restore_state, tiny_config
 import jax
 import numpy as np
 import pytest
 from tensorboard.backend.event_processing import event_accumulator
 
 from adanet_jax.data import input_pipeline
-from adanet_jax.train import checkpoints, steps, trainer
 from adanet_jax.errors import ConfigError
-from conftest import restore_state, tiny_config
+from adanet_jax.train import trainer
+
 
 def _params_close(a, b, atol):
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
@@ -26,7 +27,9 @@ def _run_steps(config, devices, num_steps):
   state = setup.init_state()
   all_metrics = []
   for step in range(num_steps):
-    state, m = setup.train_step(state, setup.placement.to_global(dataset.train_batch(step)))
+    state, m = setup.train_step(
+        state, setup.placement.to_global(dataset.train_batch(step))
+    )
     all_metrics.append(jax.device_get(m))  # blocks on every step
   return jax.device_get(state), all_metrics
 
@@ -68,11 +71,16 @@ def test_resume_equals_uninterrupted_run(load_config, tmp_path):
   dataset = input_pipeline.create_dataset(config)
   trainer.train_and_evaluate(config, str(tmp_path / 'straight'), dataset)
   with pytest.raises(_Interrupted):
-    trainer.train_and_evaluate(config, str(tmp_path / 'resumed'), _StopAt(dataset, 2))
+    trainer.train_and_evaluate(
+        config, str(tmp_path / 'resumed'), _StopAt(dataset, 2)
+    )
   assert restore_state(config, str(tmp_path / 'resumed'))[0] == 2
-  trainer.train_and_evaluate(config, str(tmp_path / 'resumed'), dataset)  # from step 2
-  (step_a, a), (step_b, b) = (restore_state(config, str(tmp_path / n)) for n in ('straight',
-                                                                             'resumed'))
+  trainer.train_and_evaluate(
+      config, str(tmp_path / 'resumed'), dataset
+  )  # from step 2
+  (step_a, a), (step_b, b) = (
+      restore_state(config, str(tmp_path / n)) for n in ('straight', 'resumed')
+  )
   assert step_a == step_b == 4
   _params_close(a.params, b.params, 1e-6)
   _params_close(a.batch_stats, b.batch_stats, 1e-6)
@@ -94,15 +102,23 @@ def test_evaluation_writes_every_output(load_config, tmp_path):
   # metrics.jsonl and TensorBoard hold the per-block execution rates.
   lines = [json.loads(l) for l in open(tmp_path / 'w' / 'metrics.jsonl')]
   assert len(lines[0]['train/gate_rates']) == 3
-  assert lines[-1]['eval/deterministic/gate_rates'] == final['eval/deterministic/gate_rates']
+  assert (
+      lines[-1]['eval/deterministic/gate_rates']
+      == final['eval/deterministic/gate_rates']
+  )
   assert lines[-1]['eval/deterministic/count'] == 360
   accumulator = event_accumulator.EventAccumulator(str(tmp_path / 'w'))
   accumulator.Reload()
-  assert {'train/gate_rates/block02', 'eval/deterministic/gate_rates/block02',
-          'eval/deterministic/accuracy', 'train/loss'} <= set(accumulator.Tags()['scalars'])
+  assert {
+      'train/gate_rates/block02',
+      'eval/deterministic/gate_rates/block02',
+      'eval/deterministic/accuracy',
+      'train/loss',
+  } <= set(accumulator.Tags()['scalars'])
   shown = accumulator.Scalars('eval/deterministic/gate_rates/block02')
   assert [(e.step, e.value) for e in shown] == [
-      (2, pytest.approx(final['eval/deterministic/gate_rates'][2]))]
+      (2, pytest.approx(final['eval/deterministic/gate_rates'][2]))
+  ]
 
 
 class _NaNAfter:
@@ -125,19 +141,26 @@ class _NaNAfter:
 def test_nonfinite_loss_stops_and_keeps_last_checkpoint(load_config, tmp_path):
   config = tiny_config(train__num_epochs=6 * 32 / 1437)
   dataset = _NaNAfter(input_pipeline.create_dataset(config), bad=3)
-  with pytest.raises(trainer.NonFiniteLossError,
-                     match=r'the loss is not finite at step 3 .* the last checkpoint \(step 2\) '
-                           r'is kept'):
+  with pytest.raises(
+      trainer.NonFiniteLossError,
+      match=r'the loss is not finite at step 3 .* the last checkpoint \(step 2\) '
+      r'is kept',
+  ):
     trainer.train_and_evaluate(config, str(tmp_path / 'w'), dataset)
   step, restored = restore_state(config, str(tmp_path / 'w'))
   assert step == 2
-  assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(restored.params))
+  assert all(
+      np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(restored.params)
+  )
 
 
 def test_batch_not_divisible_by_devices_is_refused(load_config, tmp_path):
   config = tiny_config(train__batch_size=36)
-  with pytest.raises(ConfigError, match=r'train.batch_size=36 must be a positive multiple of '
-                                        r'the device count \(8 devices\)'):
+  with pytest.raises(
+      ConfigError,
+      match=r'train.batch_size=36 must be a positive multiple of '
+      r'the device count \(8 devices\)',
+  ):
     trainer.train_and_evaluate(config, str(tmp_path / 'w'))
   assert not os.path.exists(tmp_path / 'w')
 

@@ -19,23 +19,39 @@ def pad_and_mask(batch: dict, size: int) -> dict:
   n = len(next(iter(batch.values())))
   if n > size:
     raise ValueError(f'a batch of {n} does not fit in {size}')
-  padded = {k: np.concatenate([v, np.zeros((size - n, *v.shape[1:]), v.dtype)]) if n < size
-            else v for k, v in batch.items()}
+  padded = {
+      k: np.concatenate([v, np.zeros((size - n, *v.shape[1:]), v.dtype)])
+      if n < size
+      else v
+      for k, v in batch.items()
+  }
   return {**padded, 'mask': (np.arange(size) < n).astype(np.float32)}
 
 
 def process_share(x: np.ndarray) -> np.ndarray:
   """This process's contiguous slice of a global batch."""
   per = len(x) // jax.process_count()
-  return x[jax.process_index() * per:(jax.process_index() + 1) * per]
+  return x[jax.process_index() * per : (jax.process_index() + 1) * per]
 
 
-def check_batch_sizes(batch_size: int, eval_batch_size: int, num_train: int,
-                      process_count: int, name: str) -> None:
+def check_batch_sizes(
+    batch_size: int,
+    eval_batch_size: int,
+    num_train: int,
+    process_count: int,
+    name: str,
+) -> None:
   """Refuses global batches larger than the data or not divisible by the processes."""
   if batch_size > num_train:
-    raise ConfigError(f'train.batch_size={batch_size} is larger than the {num_train} '
-                      f'training examples of {name}')
-  for field, size in (('train.batch_size', batch_size), ('eval.batch_size', eval_batch_size)):
+    raise ConfigError(
+        f'train.batch_size={batch_size} is larger than the {num_train} '
+        f'training examples of {name}'
+    )
+  for field, size in (
+      ('train.batch_size', batch_size),
+      ('eval.batch_size', eval_batch_size),
+  ):
     if size % process_count:
-      raise ConfigError(f'{field}={size} is not divisible by the {process_count} processes')
+      raise ConfigError(
+          f'{field}={size} is not divisible by the {process_count} processes'
+      )

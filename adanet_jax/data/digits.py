@@ -21,18 +21,24 @@ DIGITS_TEST_EVERY = 5
 @dataclasses.dataclass
 class ArrayDataset:
   """An in-memory dataset, sharded over processes by example."""
+
   train_images: np.ndarray
   train_labels: np.ndarray
   eval_images: np.ndarray
   eval_labels: np.ndarray
   num_classes: int
-  batch_size: int        # global
-  eval_batch_size: int   # global
+  batch_size: int  # global
+  eval_batch_size: int  # global
   seed: int
 
   def __post_init__(self):
-    batches.check_batch_sizes(self.batch_size, self.eval_batch_size, self.num_train,
-                      jax.process_count(), 'digits')
+    batches.check_batch_sizes(
+        self.batch_size,
+        self.eval_batch_size,
+        self.num_train,
+        jax.process_count(),
+        'digits',
+    )
 
   @property
   def num_train(self) -> int:
@@ -54,16 +60,23 @@ class ArrayDataset:
 
   def train_batch(self, step: int) -> dict:
     epoch, index = divmod(step, self.steps_per_epoch)
-    order = np.random.default_rng([self.seed, epoch]).permutation(self.num_train)
-    ids = order[index * self.batch_size:(index + 1) * self.batch_size]
+    order = np.random.default_rng([self.seed, epoch]).permutation(
+        self.num_train
+    )
+    ids = order[index * self.batch_size : (index + 1) * self.batch_size]
     ids = batches.process_share(ids)
     return {'image': self.train_images[ids], 'label': self.train_labels[ids]}
 
   def eval_batches(self):
     b = self.eval_batch_size
     for start in range(0, self.num_eval, b):
-      batch = batches.pad_and_mask({'image': self.eval_images[start:start + b],
-                                    'label': self.eval_labels[start:start + b]}, b)
+      batch = batches.pad_and_mask(
+          {
+              'image': self.eval_images[start : start + b],
+              'label': self.eval_labels[start : start + b],
+          },
+          b,
+      )
       yield {k: batches.process_share(v) for k, v in batch.items()}
 
 
@@ -71,12 +84,20 @@ def load_digits(config: ml_collections.ConfigDict) -> ArrayDataset:
   """scikit-learn's digits as 8x8x1 float32 images, standardised with the
   training set's mean and standard deviation."""
   from sklearn import datasets as sk_datasets  # pylint: disable=import-outside-toplevel
+
   digits = sk_datasets.load_digits()
   images = digits.images.astype(np.float32)[..., None] / 16.0
   labels = digits.target.astype(np.int32)
   test = np.arange(len(labels)) % DIGITS_TEST_EVERY == 0
   mean, std = images[~test].mean(), images[~test].std()
   images = (images - mean) / std
-  return ArrayDataset(images[~test], labels[~test], images[test], labels[test],
-                      num_classes=10, batch_size=config.train.batch_size,
-                      eval_batch_size=config.eval.batch_size, seed=config.seed)
+  return ArrayDataset(
+      images[~test],
+      labels[~test],
+      images[test],
+      labels[test],
+      num_classes=10,
+      batch_size=config.train.batch_size,
+      eval_batch_size=config.eval.batch_size,
+      seed=config.seed,
+  )

@@ -27,6 +27,7 @@ DATASETS = ('digits', 'cifar10', 'cifar100', 'imagenet2012')
 
 class Dataset(Protocol):
   """What the trainer, evaluation and `predict` need of a dataset."""
+
   num_train: int
   num_eval: int
   num_classes: int
@@ -44,18 +45,25 @@ def create_dataset(config: ml_collections.ConfigDict) -> Dataset:
   """The dataset `config.data.name` names, checked against the model config."""
   name = config.data.name
   if name not in DATASETS:
-    raise ConfigError(f'data.name={name!r} is unknown; supported datasets: '
-                      f'{", ".join(DATASETS)}')
+    raise ConfigError(
+        f'data.name={name!r} is unknown; supported datasets: '
+        f'{", ".join(DATASETS)}'
+    )
   if name == 'digits':
     dataset = digits.load_digits(config)
   else:
     from adanet_jax.data import tfds_pipeline  # pylint: disable=import-outside-toplevel
+
     dataset = tfds_pipeline.create_dataset(config)
   want = (config.data.image_size, config.data.image_size, config.data.channels)
   if dataset.image_shape != want:
-    raise ConfigError(f'data.image_size/data.channels give {want} but {name} images are '
-                      f'{dataset.image_shape}')
+    raise ConfigError(
+        f'data.image_size/data.channels give {want} but {name} images are '
+        f'{dataset.image_shape}'
+    )
   if dataset.num_classes != config.model.num_classes:
-    raise ConfigError(f'model.num_classes={config.model.num_classes} but {name} has '
-                      f'{dataset.num_classes} classes')
+    raise ConfigError(
+        f'model.num_classes={config.model.num_classes} but {name} has '
+        f'{dataset.num_classes} classes'
+    )
   return dataset

@@ -47,37 +47,44 @@ SPLIT_SIZES = {
     'imagenet2012': (1_281_167, 50_000),
 }
 
-AUGMENT_STREAM = 1                  # keeps augmentation seeds apart from other uses of the seed
+AUGMENT_STREAM = 1  # keeps augmentation seeds apart from other uses of the seed
 
 
 @dataclasses.dataclass(frozen=True)
 class DatasetSpec:
   """What differs between the tfds datasets."""
+
   train_split: str
   eval_split: str
   num_classes: int
-  family: str           # 'cifar' | 'imagenet': decoding and augmentation
-  shuffle_buffer: int   # examples; CIFAR: the whole split (a uniform permutation)
-  prepare_hint: str     # how to prepare it, {data_dir} and {manual_dir} filled in
+  family: str  # 'cifar' | 'imagenet': decoding and augmentation
+  shuffle_buffer: (
+      int  # examples; CIFAR: the whole split (a uniform permutation)
+  )
+  prepare_hint: str  # how to prepare it, {data_dir} and {manual_dir} filled in
 
 
-_PREPARE = ("prepare it once where there is network access: python -c \"import "
-            "tensorflow_datasets as tfds; tfds.builder('{name}', data_dir='{data_dir}')"
-            ".download_and_prepare()\" (writes {data_dir}/{name}; copy that here if prepared "
-            "elsewhere); or point --config.data.data_dir (or $TFDS_DATA_DIR) at a directory "
-            "where it is prepared")
+_PREPARE = (
+    'prepare it once where there is network access: python -c "import '
+    "tensorflow_datasets as tfds; tfds.builder('{name}', data_dir='{data_dir}')"
+    '.download_and_prepare()" (writes {data_dir}/{name}; copy that here if prepared '
+    'elsewhere); or point --config.data.data_dir (or $TFDS_DATA_DIR) at a directory '
+    'where it is prepared'
+)
 _PREPARE_IMAGENET = (
     'imagenet2012 needs a manual download: register at https://image-net.org/download-images, '
     'put ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar into {manual_dir}, then run '
     "python -c \"import tensorflow_datasets as tfds; tfds.builder('imagenet2012', "
     "data_dir='{data_dir}').download_and_prepare()\" (hours; about 155 GB of TFRecords); or "
-    'point --config.data.data_dir (or $TFDS_DATA_DIR) at a directory where it is prepared')
+    'point --config.data.data_dir (or $TFDS_DATA_DIR) at a directory where it is prepared'
+)
 
 SPECS = {
     'cifar10': DatasetSpec('train', 'test', 10, 'cifar', 50_000, _PREPARE),
     'cifar100': DatasetSpec('train', 'test', 100, 'cifar', 50_000, _PREPARE),
-    'imagenet2012': DatasetSpec('train', 'validation', 1000, 'imagenet', 10_000,
-                                _PREPARE_IMAGENET),
+    'imagenet2012': DatasetSpec(
+        'train', 'validation', 1000, 'imagenet', 10_000, _PREPARE_IMAGENET
+    ),
 }
 
 
@@ -99,23 +106,45 @@ class TfdsDataset:
       (default: JAX's).
   """
 
-  def __init__(self, name: str, *, batch_size: int, eval_batch_size: int, seed: int,
-               image_size: int, data_dir: str | None = None,
-               process_index: int | None = None, process_count: int | None = None):
+  def __init__(
+      self,
+      name: str,
+      *,
+      batch_size: int,
+      eval_batch_size: int,
+      seed: int,
+      image_size: int,
+      data_dir: str | None = None,
+      process_index: int | None = None,
+      process_count: int | None = None,
+  ):
     self.name, self.spec = name, SPECS[name]
-    self.batch_size, self.eval_batch_size, self.seed = batch_size, eval_batch_size, seed
+    self.batch_size, self.eval_batch_size, self.seed = (
+        batch_size,
+        eval_batch_size,
+        seed,
+    )
     self.image_size = image_size if self.spec.family == 'imagenet' else 32
     self.num_train, self.num_eval = SPLIT_SIZES[name]
-    self.process_index = jax.process_index() if process_index is None else process_index
-    self.process_count = jax.process_count() if process_count is None else process_count
+    self.process_index = (
+        jax.process_index() if process_index is None else process_index
+    )
+    self.process_count = (
+        jax.process_count() if process_count is None else process_count
+    )
     self._check_batch_sizes()
     self._builder = tfds.builder(name, data_dir=data_dir or None)
     self._check_prepared()
     self._iterator, self._next_step = None, None
 
   def _check_batch_sizes(self):
-    batches.check_batch_sizes(self.batch_size, self.eval_batch_size, self.num_train,
-                                     self.process_count, self.name)
+    batches.check_batch_sizes(
+        self.batch_size,
+        self.eval_batch_size,
+        self.num_train,
+        self.process_count,
+        self.name,
+    )
 
   def _check_prepared(self):
     try:
@@ -123,9 +152,14 @@ class TfdsDataset:
     except AssertionError:  # tfds: "could not find data in <data_dir>"
       root = str(self._builder.data_dir_root)
       hint = self.spec.prepare_hint.format(
-          name=self.name, data_dir=root, manual_dir=os.path.join(root, 'downloads', 'manual'))
-      raise ConfigError(f'dataset {self.name} is not prepared in {root} (no '
-                        f'{self._builder.data_dir}): {hint}') from None
+          name=self.name,
+          data_dir=root,
+          manual_dir=os.path.join(root, 'downloads', 'manual'),
+      )
+      raise ConfigError(
+          f'dataset {self.name} is not prepared in {root} (no '
+          f'{self._builder.data_dir}): {hint}'
+      ) from None
 
   @property
   def num_classes(self) -> int:
@@ -155,13 +189,16 @@ class TfdsDataset:
     while True:
       remaining = self.steps_per_epoch - index
       count = 0
-      for count, batch in enumerate(tfds.as_numpy(self._train_epoch(epoch, index)), 1):
+      for count, batch in enumerate(
+          tfds.as_numpy(self._train_epoch(epoch, index)), 1
+      ):
         yield batch
       if count != remaining:
         raise RuntimeError(
             f'{self.name} {self.spec.train_split}: epoch {epoch} gave {count} batches of '
             f'{self._local(self.batch_size)} from batch {index} on, expected {remaining}: '
-            f'SPLIT_SIZES[{self.name!r}] = {SPLIT_SIZES[self.name]} does not match the data')
+            f'SPLIT_SIZES[{self.name!r}] = {SPLIT_SIZES[self.name]} does not match the data'
+        )
       epoch, index = epoch + 1, 0
 
   def _train_epoch(self, epoch: int, index: int) -> tf.data.Dataset:
@@ -169,12 +206,21 @@ class TfdsDataset:
     local = self._local(self.batch_size)
     shuffle_seed = derived_seed(self.seed, epoch)
     ds = self._read(self.spec.train_split, shuffle_seed)
-    ds = ds.shuffle(self.spec.shuffle_buffer, seed=shuffle_seed, reshuffle_each_iteration=False)
+    ds = ds.shuffle(
+        self.spec.shuffle_buffer,
+        seed=shuffle_seed,
+        reshuffle_each_iteration=False,
+    )
     ds = ds.take(self.steps_per_epoch * local).skip(index * local)
-    first = (epoch * self.steps_per_epoch + index) * local   # this process's example count
-    positions = tf.data.Dataset.range(first, first + (self.steps_per_epoch - index) * local)
-    ds = tf.data.Dataset.zip(positions, ds).map(self._train_example,
-                                                num_parallel_calls=tf.data.AUTOTUNE)
+    first = (
+        epoch * self.steps_per_epoch + index
+    ) * local  # this process's example count
+    positions = tf.data.Dataset.range(
+        first, first + (self.steps_per_epoch - index) * local
+    )
+    ds = tf.data.Dataset.zip(positions, ds).map(
+        self._train_example, num_parallel_calls=tf.data.AUTOTUNE
+    )
     return ds.batch(local, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
 
   def _train_example(self, position: tf.Tensor, example: dict) -> dict:
@@ -182,23 +228,28 @@ class TfdsDataset:
     step, i = position // local, position % local
     global_position = step * self.batch_size + self.process_index * local + i
     seed = tf.random.experimental.stateless_fold_in(
-        tf.constant([self.seed, AUGMENT_STREAM], tf.int64), global_position)
+        tf.constant([self.seed, AUGMENT_STREAM], tf.int64), global_position
+    )
     if self.spec.family == 'cifar':
       image = augment.cifar_train_image(example['image'], seed)
     else:
-      image = augment.imagenet_train_image(example['image'], seed, self.image_size)
+      image = augment.imagenet_train_image(
+          example['image'], seed, self.image_size
+      )
     return {'image': image, 'label': tf.cast(example['label'], tf.int32)}
 
   # Evaluation.
 
   def eval_batches(self):
     """This process's share of every evaluation batch, the last ones padded
-    and masked (mask 1 real, 0 padding). Every process yields the same number."""
+    and masked (mask 1 real, 0 padding). Every process yields the same number.
+    """
     local = self._local(self.eval_batch_size)
     per_process = -(-self.num_eval // self.process_count)
     num_batches = -(-per_process // local)
-    ds = self._read(self.spec.eval_split).map(self._eval_example,
-                                              num_parallel_calls=tf.data.AUTOTUNE)
+    ds = self._read(self.spec.eval_split).map(
+        self._eval_example, num_parallel_calls=tf.data.AUTOTUNE
+    )
     ds = ds.batch(local).prefetch(tf.data.AUTOTUNE)
     seen = yielded = 0
     for batch in tfds.as_numpy(ds):
@@ -206,13 +257,19 @@ class TfdsDataset:
       yielded += 1
       yield batches.pad_and_mask(batch, local)
     for _ in range(yielded, num_batches):
-      yield batches.pad_and_mask({'image': np.zeros((0, *self.image_shape), np.float32),
-                                  'label': np.zeros((0,), np.int32)}, local)
+      yield batches.pad_and_mask(
+          {
+              'image': np.zeros((0, *self.image_shape), np.float32),
+              'label': np.zeros((0,), np.int32),
+          },
+          local,
+      )
     if not self.num_eval // self.process_count <= seen <= per_process:
       raise RuntimeError(
           f'{self.name} {self.spec.eval_split}: this process read {seen} examples, expected '
           f'{self.num_eval} / {self.process_count} processes: SPLIT_SIZES[{self.name!r}] = '
-          f'{SPLIT_SIZES[self.name]} does not match the data')
+          f'{SPLIT_SIZES[self.name]} does not match the data'
+      )
 
   def _eval_example(self, example: dict) -> dict:
     if self.spec.family == 'cifar':
@@ -226,15 +283,25 @@ class TfdsDataset:
   def _local(self, global_batch: int) -> int:
     return global_batch // self.process_count
 
-  def _read(self, split: str, shuffle_seed: int | None = None) -> tf.data.Dataset:
+  def _read(
+      self, split: str, shuffle_seed: int | None = None
+  ) -> tf.data.Dataset:
     """This process's part of `split`, images still encoded; files in a
     seeded order when `shuffle_seed` is given, else in stored order."""
-    split = tfds.split_for_jax_process(split, process_index=self.process_index,
-                                       process_count=self.process_count)
-    read_config = tfds.ReadConfig(shuffle_seed=shuffle_seed, try_autocache=False)
-    ds = self._builder.as_dataset(split=split, shuffle_files=shuffle_seed is not None,
-                                  decoders={'image': tfds.decode.SkipDecoding()},
-                                  read_config=read_config)
+    split = tfds.split_for_jax_process(
+        split,
+        process_index=self.process_index,
+        process_count=self.process_count,
+    )
+    read_config = tfds.ReadConfig(
+        shuffle_seed=shuffle_seed, try_autocache=False
+    )
+    ds = self._builder.as_dataset(
+        split=split,
+        shuffle_files=shuffle_seed is not None,
+        decoders={'image': tfds.decode.SkipDecoding()},
+        read_config=read_config,
+    )
     options = tf.data.Options()
     options.deterministic = True
     return ds.with_options(options)
@@ -247,10 +314,14 @@ def create_dataset(config: ml_collections.ConfigDict) -> TfdsDataset:
   accelerators first.
   """
   hide_accelerators_from_tf()
-  return TfdsDataset(config.data.name, batch_size=config.train.batch_size,
-                     eval_batch_size=config.eval.batch_size, seed=config.seed,
-                     image_size=config.data.image_size,
-                     data_dir=config.data.data_dir or None)
+  return TfdsDataset(
+      config.data.name,
+      batch_size=config.train.batch_size,
+      eval_batch_size=config.eval.batch_size,
+      seed=config.seed,
+      image_size=config.data.image_size,
+      data_dir=config.data.data_dir or None,
+  )
 
 
 def hide_accelerators_from_tf() -> None:
@@ -259,8 +330,12 @@ def hide_accelerators_from_tf() -> None:
   Imports TF: call it only where a TF pipeline is about to be built.
   """
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
+
   for kind in ('GPU', 'TPU'):
     try:
       tf.config.set_visible_devices([], kind)
-    except (RuntimeError, ValueError):  # TF already initialised, or no such device kind
+    except (
+        RuntimeError,
+        ValueError,
+    ):  # TF already initialised, or no such device kind
       pass

@@ -23,13 +23,12 @@ import jax
 import ml_collections
 import numpy as np
 
-from adanet_jax import config_lib
 from adanet_jax.data import batches, input_pipeline
+from adanet_jax.errors import ConfigError
 from adanet_jax.infer import skip_inference
 from adanet_jax.model import accounting, factory, torch_io
-from adanet_jax.train import checkpoints, evaluation, optim, plan as plan_lib, rundir, steps
-from adanet_jax.errors import ConfigError
-from adanet_jax.train import checks
+from adanet_jax.train import checkpoints, checks, evaluation, optim, rundir, steps
+from adanet_jax.train import plan as plan_lib
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,6 +46,7 @@ class Prediction:
     macs: (N,) exact MACs of each image given `executed` (1 MAC = one
       multiply-add; see `adanet_jax.model.accounting`).
   """
+
   logits: np.ndarray
   gates: np.ndarray
   executed: np.ndarray
@@ -71,6 +71,7 @@ class LoadedModel:
     step: the optimizer step of the checkpoint.
     workdir: the run's workdir (for a PyTorch file, the folder holding it).
   """
+
   config: ml_collections.ConfigDict
   model: Any
   params: Any
@@ -97,10 +98,15 @@ class LoadedModel:
   def _forward(self) -> Callable:
     # gate_mode is static: one compilation per (mode, batch shape).
     def forward(variables, images, key, gate_mode):
-      return self.model.apply(variables, images, train=False, gate_mode=gate_mode, key=key)
+      return self.model.apply(
+          variables, images, train=False, gate_mode=gate_mode, key=key
+      )
+
     return jax.jit(forward, static_argnames='gate_mode')
 
-  def eval_split(self, limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+  def eval_split(
+      self, limit: int | None = None
+  ) -> tuple[np.ndarray, np.ndarray]:
     """(images, labels) of the split the trainer evaluates on, in its order.
 
     Read through the dataset's `eval_batches()` (padding dropped), so the
@@ -119,9 +125,15 @@ class LoadedModel:
         break
     return np.concatenate(images)[:limit], np.concatenate(labels)[:limit]
 
-  def predict(self, images, gate_mode: str = 'deterministic', batch_size: int | None = None,
-              seed: int = 0, skip: bool = False,
-              input_scale: float | None = None) -> Prediction:
+  def predict(
+      self,
+      images,
+      gate_mode: str = 'deterministic',
+      batch_size: int | None = None,
+      seed: int = 0,
+      skip: bool = False,
+      input_scale: float | None = None,
+  ) -> Prediction:
     """Runs the model on `images` in batches.
 
     Args:
@@ -154,22 +166,36 @@ class LoadedModel:
     """
     images = _checked_images(images, self.image_shape, input_scale)
     if batch_size is not None and batch_size <= 0:
-      raise ConfigError(f'batch_size={batch_size} must be >= 1 (or None: eval.batch_size)')
-    apply = self._skip_apply(gate_mode) if skip else self._apply_fn(gate_mode, seed)
+      raise ConfigError(
+          f'batch_size={batch_size} must be >= 1 (or None: eval.batch_size)'
+      )
+    apply = (
+        self._skip_apply(gate_mode) if skip else self._apply_fn(gate_mode, seed)
+    )
     size = min(batch_size or self.config.eval.batch_size, len(images))
     logits, (gates, probs) = map_batches(apply, size, images)
     executed = accounting.executed_branches(gates, gate_mode) != 0
-    return Prediction(logits=logits, gates=gates, executed=executed, probs=probs,
-                      macs=self.costs.per_image(executed))
+    return Prediction(
+        logits=logits,
+        gates=gates,
+        executed=executed,
+        probs=probs,
+        macs=self.costs.per_image(executed),
+    )
 
   def _apply_fn(self, gate_mode: str, seed: int) -> Callable:
     """(batch index, images) -> (logits, (gates, probs)) on one device."""
     key = jax.random.key(seed)
 
     def apply(index, images):
-      logits, aux = self._forward(self.variables, images, jax.random.fold_in(key, index),
-                                  gate_mode=gate_mode)
+      logits, aux = self._forward(
+          self.variables,
+          images,
+          jax.random.fold_in(key, index),
+          gate_mode=gate_mode,
+      )
       return logits, (aux['gates'], aux['probs'])
+
     return apply
 
   def _skip_apply(self, gate_mode: str) -> Callable:
@@ -178,33 +204,51 @@ class LoadedModel:
 
     def apply(index, images):
       del index
-      logits, aux = skip_inference.skip_apply(self.model, self.variables, images,
-                                              gate_mode=gate_mode)
+      logits, aux = skip_inference.skip_apply(
+          self.model, self.variables, images, gate_mode=gate_mode
+      )
       return logits, (aux['gates'], aux['probs'])
+
     return apply
 
 
-def _checked_images(images, image_shape: tuple, input_scale: float | None) -> np.ndarray:
+def _checked_images(
+    images, image_shape: tuple, input_scale: float | None
+) -> np.ndarray:
   """`images` as float32 after the checks of `LoadedModel.predict`."""
   images = np.asarray(images)
   if images.ndim != 4 or images.shape[1:] != image_shape:
-    raise ConfigError(f'images must have shape (N, {", ".join(map(str, image_shape))}), '
-                      f'got {images.shape}')
+    raise ConfigError(
+        f'images must have shape (N, {", ".join(map(str, image_shape))}), '
+        f'got {images.shape}'
+    )
   if len(images) == 0:
-    raise ConfigError('images holds no image (shape (0, ...)); pass at least one')
+    raise ConfigError(
+        'images holds no image (shape (0, ...)); pass at least one'
+    )
   integer = np.issubdtype(images.dtype, np.integer) or images.dtype == bool
   if integer and input_scale is None:
-    raise ConfigError(f'images are {images.dtype} (raw pixels?); the model expects them '
-                      'preprocessed as in training: pass input_scale= (e.g. 1/255) or '
-                      'preprocessed float images')
+    raise ConfigError(
+        f'images are {images.dtype} (raw pixels?); the model expects them '
+        'preprocessed as in training: pass input_scale= (e.g. 1/255) or '
+        'preprocessed float images'
+    )
   if not integer and input_scale is not None:
-    raise ConfigError(f'input_scale={input_scale} is only for integer images; these are '
-                      f'{images.dtype}')
-  images = images.astype(np.float32) * np.float32(1.0 if input_scale is None else input_scale)
-  bad = np.flatnonzero(~np.isfinite(images).reshape(len(images), -1).all(axis=1))
+    raise ConfigError(
+        f'input_scale={input_scale} is only for integer images; these are '
+        f'{images.dtype}'
+    )
+  images = images.astype(np.float32) * np.float32(
+      1.0 if input_scale is None else input_scale
+  )
+  bad = np.flatnonzero(
+      ~np.isfinite(images).reshape(len(images), -1).all(axis=1)
+  )
   if bad.size:
-    raise ConfigError(f'{bad.size} image(s) hold NaN or infinite pixels (indices '
-                      f'{", ".join(map(str, bad[:5]))}{", ..." if bad.size > 5 else ""})')
+    raise ConfigError(
+        f'{bad.size} image(s) hold NaN or infinite pixels (indices '
+        f'{", ".join(map(str, bad[:5]))}{", ..." if bad.size > 5 else ""})'
+    )
   return images
 
 
@@ -224,18 +268,27 @@ def map_batches(fn: Callable, batch_size: int, *arrays: np.ndarray):
   """
   n = len(arrays[0])
   if n == 0 or batch_size <= 0:
-    raise ValueError(f'need at least one example and a positive batch size, got {n} '
-                     f'examples and batch_size={batch_size}')
+    raise ValueError(
+        f'need at least one example and a positive batch size, got {n} '
+        f'examples and batch_size={batch_size}'
+    )
   outputs = []
   for index, start in enumerate(range(0, n, batch_size)):
-    batch = batches.pad_and_mask({i: a[start:start + batch_size] for i, a in enumerate(arrays)},
-                                 batch_size)
-    outputs.append(jax.device_get(fn(index, *(batch[i] for i in range(len(arrays))))))
+    batch = batches.pad_and_mask(
+        {i: a[start : start + batch_size] for i, a in enumerate(arrays)},
+        batch_size,
+    )
+    outputs.append(
+        jax.device_get(fn(index, *(batch[i] for i in range(len(arrays)))))
+    )
   return jax.tree.map(lambda *parts: np.concatenate(parts)[:n], *outputs)
 
 
-def load(path: str, device: jax.Device | None = None,
-         config: ml_collections.ConfigDict | None = None) -> LoadedModel:
+def load(
+    path: str,
+    device: jax.Device | None = None,
+    config: ml_collections.ConfigDict | None = None,
+) -> LoadedModel:
   """Loads a trained model from a workdir, checkpoint directory or PyTorch file.
 
   Args:
@@ -253,35 +306,51 @@ def load(path: str, device: jax.Device | None = None,
   if torch_io.is_torch_file(path):
     return _load_torch(path, device or jax.local_devices()[0], config)
   if config is not None:
-    raise ConfigError(f'{path!r} is a workdir or checkpoint: it is loaded with its own '
-                      'config.json; config= is only for PyTorch files')
+    raise ConfigError(
+        f'{path!r} is a workdir or checkpoint: it is loaded with its own '
+        'config.json; config= is only for PyTorch files'
+    )
   workdir, step = _resolve(path)
   config = rundir.read_config(workdir)
   checks.validate(config)
   model = factory.create_model(config)
   abstract = _abstract_state(config, model, device or jax.local_devices()[0])
   state = _restore(workdir, abstract, step)
-  return LoadedModel(config=config, model=model, params=state.params,
-                     batch_stats=state.batch_stats, step=int(state.step), workdir=workdir)
+  return LoadedModel(
+      config=config,
+      model=model,
+      params=state.params,
+      batch_stats=state.batch_stats,
+      step=int(state.step),
+      workdir=workdir,
+  )
 
 
 def _load_torch(path: str, device: jax.Device, config) -> LoadedModel:
   """A PyTorch file's weights in the model `config` describes (step 0)."""
   if config is None:
-    raise ConfigError(f'{path!r} is a PyTorch file and holds no config: pass config=, e.g. '
-                      "adanet_jax.load(path, config=config_lib.load_config('configs/"
-                      "cifar10.py'))")
+    raise ConfigError(
+        f'{path!r} is a PyTorch file and holds no config: pass config=, e.g. '
+        "adanet_jax.load(path, config=config_lib.load_config('configs/"
+        "cifar10.py'))"
+    )
   checks.validate(config)
   model = factory.create_model(config)
   shape = (config.data.image_size, config.data.image_size, config.data.channels)
   # Fresh variables on `device` (the template; gates of a torchvision file keep them).
   with jax.default_device(device):
-    variables = jax.jit(lambda key: model.init(key, jax.numpy.zeros((1, *shape)), train=False))(
-        jax.random.key(config.seed))
+    variables = jax.jit(
+        lambda key: model.init(key, jax.numpy.zeros((1, *shape)), train=False)
+    )(jax.random.key(config.seed))
   variables = torch_io.restore_variables(path, variables)
-  return LoadedModel(config=config, model=model, params=variables['params'],
-                     batch_stats=variables['batch_stats'], step=0,
-                     workdir=os.path.dirname(os.path.abspath(path)))
+  return LoadedModel(
+      config=config,
+      model=model,
+      params=variables['params'],
+      batch_stats=variables['batch_stats'],
+      step=0,
+      workdir=os.path.dirname(os.path.abspath(path)),
+  )
 
 
 def _resolve(path: str) -> tuple[str, int | None]:
@@ -292,9 +361,14 @@ def _resolve(path: str) -> tuple[str, int | None]:
   if os.path.basename(path) == rundir.CHECKPOINTS_DIR:
     return os.path.dirname(path), None
   parent = os.path.dirname(path)
-  if os.path.basename(parent) == rundir.CHECKPOINTS_DIR and os.path.basename(path).isdigit():
+  if (
+      os.path.basename(parent) == rundir.CHECKPOINTS_DIR
+      and os.path.basename(path).isdigit()
+  ):
     return os.path.dirname(parent), int(os.path.basename(path))
-  raise ConfigError(f'{path!r} is not a workdir, a checkpoints directory or a step directory')
+  raise ConfigError(
+      f'{path!r} is not a workdir, a checkpoints directory or a step directory'
+  )
 
 
 def _abstract_state(config, model, device: jax.Device):
@@ -303,10 +377,13 @@ def _abstract_state(config, model, device: jax.Device):
   Restoring into this, whatever sharding the checkpoint was written with,
   puts every array on the one device.
   """
-  plan = plan_lib.make_plan(config, steps_per_epoch=1)  # only the state's shapes matter
+  plan = plan_lib.make_plan(
+      config, steps_per_epoch=1
+  )  # only the state's shapes matter
   tx, _ = optim.create_optimizer(plan.optimizer)
-  return steps.abstract_train_state(model, tx, plan.image_shape,
-                                    jax.sharding.SingleDeviceSharding(device))
+  return steps.abstract_train_state(
+      model, tx, plan.image_shape, jax.sharding.SingleDeviceSharding(device)
+  )
 
 
 def _restore(workdir: str, abstract, step: int | None):
@@ -320,19 +397,24 @@ def block_rates(executed: np.ndarray) -> np.ndarray:
   return executed.sum(axis=0) / len(executed)
 
 
-def class_block_rates(labels: np.ndarray, executed: np.ndarray, num_classes: int) -> np.ndarray:
+def class_block_rates(
+    labels: np.ndarray, executed: np.ndarray, num_classes: int
+) -> np.ndarray:
   """(classes, blocks): fraction of each class's images that execute each block."""
   # Same sums as steps.eval_step, so evaluation.class_block_rates applies.
   one_hot = np.eye(num_classes)[np.asarray(labels)]
-  sums = {'class_count': one_hot.sum(axis=0),
-          'class_gates': one_hot.T @ np.asarray(executed, np.float64)}
+  sums = {
+      'class_count': one_hot.sum(axis=0),
+      'class_gates': one_hot.T @ np.asarray(executed, np.float64),
+  }
   return evaluation.class_block_rates(sums)
 
 
 def downsampling_blocks(config: ml_collections.ConfigDict) -> tuple[int, ...]:
   """Indices of the blocks that downsample: the first of every stage but the first."""
-  return tuple(int(i) for i in np.cumsum(factory.stage_sizes(config.model))[:-1])
-
+  return tuple(
+      int(i) for i in np.cumsum(factory.stage_sizes(config.model))[:-1]
+  )
 
 
 def gated_blocks(config: ml_collections.ConfigDict) -> tuple[int, ...]:
@@ -340,4 +422,6 @@ def gated_blocks(config: ml_collections.ConfigDict) -> tuple[int, ...]:
   if not config.model.gated:
     return ()
   fixed = set(factory.fixed_blocks(config))
-  return tuple(i for i in range(factory.num_blocks(config.model)) if i not in fixed)
+  return tuple(
+      i for i in range(factory.num_blocks(config.model)) if i not in fixed
+  )

@@ -50,8 +50,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from adanet_jax.model import resnet
 from adanet_jax.errors import ConfigError
+from adanet_jax.model import resnet
 from adanet_jax.model.gate import Gate, check_gate_mode
 
 # The open samples of a mixed batch run in chunks of ceil(batch / CHUNKS)
@@ -63,8 +63,13 @@ _BLOCK_CLASSES = tuple(resnet.BLOCKS.values())
 
 
 @functools.partial(jax.jit, static_argnames=('model', 'gate_mode', 'chunks'))
-def skip_apply(model: resnet.ResNet, variables, images: jax.Array,
-               gate_mode: str = 'deterministic', chunks: int = DEFAULT_CHUNKS):
+def skip_apply(
+    model: resnet.ResNet,
+    variables,
+    images: jax.Array,
+    gate_mode: str = 'deterministic',
+    chunks: int = DEFAULT_CHUNKS,
+):
   """The masked model's inference forward pass, computing only executed blocks.
 
   Args:
@@ -94,7 +99,8 @@ def check_skip_mode(gate_mode: str) -> None:
         f"skipping closed blocks needs gate_mode='deterministic', got {gate_mode!r}: "
         "in 'expected' mode every block runs, scaled by its execution probability, and "
         "'sample' mode draws Gumbel noise, which the skipping path does not; run "
-        'the masked model (skip=False) for those modes')
+        'the masked model (skip=False) for those modes'
+    )
 
 
 def _skip_closed_blocks(next_fun, args, kwargs, context, *, chunks):
@@ -103,8 +109,12 @@ def _skip_closed_blocks(next_fun, args, kwargs, context, *, chunks):
   # Only the ResNet's own blocks, its children or the template of a scanned
   # run (`resnet.ResNet.scan_min_run`): the rebuilt variants below are open
   # (ungated) or of a closed subclass, and must run as written.
-  if (context.method_name != '__call__' or type(block) not in _BLOCK_CLASSES
-      or not block.gated or block.fixed):
+  if (
+      context.method_name != '__call__'
+      or type(block) not in _BLOCK_CLASSES
+      or not block.gated
+      or block.fixed
+  ):
     return next_fun(*args, **kwargs)
   x = args[0]
   variables = block.variables
@@ -112,15 +122,29 @@ def _skip_closed_blocks(next_fun, args, kwargs, context, *, chunks):
   opened = block.clone(parent=None, gated=False)
 
   def output(module):
-    return lambda xs: module.apply(variables, xs, train=False, gate_mode='deterministic')[0]
+    return lambda xs: module.apply(
+        variables, xs, train=False, gate_mode='deterministic'
+    )[0]
 
   # The closed variant's output is unused here, so XLA keeps only its gate.
-  _, gate_out = closed.apply(variables, x, train=False, gate_mode='deterministic')
-  return run_where_open(gate_out[0] > 0, x, output(opened), output(closed), chunks), gate_out
+  _, gate_out = closed.apply(
+      variables, x, train=False, gate_mode='deterministic'
+  )
+  return (
+      run_where_open(
+          gate_out[0] > 0, x, output(opened), output(closed), chunks
+      ),
+      gate_out,
+  )
 
 
-def run_where_open(is_open: jax.Array, x: jax.Array, run_open: Callable, run_closed: Callable,
-                   chunks: int = DEFAULT_CHUNKS) -> jax.Array:
+def run_where_open(
+    is_open: jax.Array,
+    x: jax.Array,
+    run_open: Callable,
+    run_closed: Callable,
+    chunks: int = DEFAULT_CHUNKS,
+) -> jax.Array:
   """Row i of the result is run_open(x)[i] if is_open[i], else run_closed(x)[i].
 
   Both functions must treat rows independently. `run_open` runs only on the
@@ -158,7 +182,9 @@ def run_where_open(is_open: jax.Array, x: jax.Array, run_open: Callable, run_clo
       computed = run_open(jax.lax.dynamic_slice_in_dim(packed, i * size, size))
       return out.at[chunk_rows].set(computed, mode='drop')
 
-    return jax.lax.fori_loop(0, (count + size - 1) // size, run_chunk, run_closed(x))
+    return jax.lax.fori_loop(
+        0, (count + size - 1) // size, run_chunk, run_closed(x)
+    )
 
   index = jnp.where(count == 0, 0, jnp.where(count == batch, 2, 1))
   return jax.lax.switch(index, [run_closed, some_open, run_open], x)
@@ -172,18 +198,28 @@ def _closed_class(block_class: type) -> type:
   there leaves the branch's result unused, so XLA drops its convolutions and
   the block computes only its gate and its shortcut.
   """
-  return type(f'Closed{block_class.__name__}', (block_class,),
-              {'apply_gate': staticmethod(lambda z, branch: jnp.zeros_like(branch))})
+  return type(
+      f'Closed{block_class.__name__}',
+      (block_class,),
+      {'apply_gate': staticmethod(lambda z, branch: jnp.zeros_like(branch))},
+  )
 
 
 def _attributes(module: nn.Module) -> dict:
   """The dataclass attributes of a Flax module, without its place in a tree."""
-  return {f.name: getattr(module, f.name) for f in dataclasses.fields(module)
-          if f.init and f.name not in ('parent', 'name')}
+  return {
+      f.name: getattr(module, f.name)
+      for f in dataclasses.fields(module)
+      if f.init and f.name not in ('parent', 'name')
+  }
 
 
-def set_open_counts(model: resnet.ResNet, variables, images: jax.Array,
-                    open_counts: Sequence[int]) -> dict:
+def set_open_counts(
+    model: resnet.ResNet,
+    variables,
+    images: jax.Array,
+    open_counts: Sequence[int],
+) -> dict:
   """Shifts gate biases so that exactly `open_counts[l]` of `images` run block l.
 
   For tests and benchmarks of the skipping path: it makes gate patterns of
@@ -204,12 +240,17 @@ def set_open_counts(model: resnet.ResNet, variables, images: jax.Array,
   Returns:
     New variables, equal to `variables` except the gates' `fc2` biases.
   """
-  shifts = _threshold_shifts(model, variables, images, jnp.asarray(open_counts, jnp.int32))
+  shifts = _threshold_shifts(
+      model, variables, images, jnp.asarray(open_counts, jnp.int32)
+  )
   params = dict(variables['params'])
   for block, shift in shifts.items():
     fc2 = params[block]['gate']['fc2']
     fc2 = {**fc2, 'bias': fc2['bias'] - jnp.array([0.0, 1.0]) * shift}
-    params[block] = {**params[block], 'gate': {**params[block]['gate'], 'fc2': fc2}}
+    params[block] = {
+        **params[block],
+        'gate': {**params[block]['gate'], 'fc2': fc2},
+    }
   return {**variables, 'params': params}
 
 
@@ -222,20 +263,29 @@ def _threshold_shifts(model, variables, images, open_counts):
     module = context.module
     if context.method_name != '__call__':
       return next_fun(*args, **kwargs)
-    if isinstance(module, _BLOCK_CLASSES) and isinstance(module.parent, resnet.ResNet):
-      index[0] += 1  # blocks run in order: this is the block's column in aux['gates']
+    if isinstance(module, _BLOCK_CLASSES) and isinstance(
+        module.parent, resnet.ResNet
+    ):
+      index[
+          0
+      ] += 1  # blocks run in order: this is the block's column in aux['gates']
     logits = next_fun(*args, **kwargs)
     if module.name != 'fc2' or not isinstance(module.parent, Gate):
       return logits
     diff = jnp.sort(logits[:, 1] - logits[:, 0])[::-1]
     k = open_counts[index[0]]
-    middle = (diff[jnp.maximum(k - 1, 0)] + diff[jnp.minimum(k, len(diff) - 1)]) / 2
-    shift = jnp.where(k == 0, diff[0] + 1, jnp.where(k == len(diff), diff[-1] - 1, middle))
+    middle = (
+        diff[jnp.maximum(k - 1, 0)] + diff[jnp.minimum(k, len(diff) - 1)]
+    ) / 2
+    shift = jnp.where(
+        k == 0, diff[0] + 1, jnp.where(k == len(diff), diff[-1] - 1, middle)
+    )
     shifts[module.parent.parent.name] = shift
     return logits.at[:, 1].add(-shift)
 
   with nn.intercept_methods(interceptor):
     # Unrolled: blocks are counted and named as the ResNet's children.
-    model.clone(scan_min_run=0).apply(variables, images, train=False,
-                                         gate_mode='deterministic')
+    model.clone(scan_min_run=0).apply(
+        variables, images, train=False, gate_mode='deterministic'
+    )
   return shifts

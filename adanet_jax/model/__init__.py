@@ -1,1 +1,2 @@
-"""The paper: gate, BatchNorm, ResNets, config-to-model, MAC accounting, PyTorch weights. Imports only itself, the config and the errors."""
+"""The paper: gate, BatchNorm, ResNets, config-to-model, MAC accounting,
+PyTorch weights. Imports only itself, the config and the errors."""

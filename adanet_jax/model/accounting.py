@@ -33,6 +33,7 @@ class CostTable:
     gate: per block, its gate MLP (0 for fixed blocks and ungated models).
     gate_pool_adds: per block, additions of the gate's global pooling.
   """
+
   blocks: tuple[str, ...]
   outside: int
   branch: tuple[int, ...]
@@ -59,7 +60,9 @@ class CostTable:
     """Exact MACs given which branches ran: `executed` (batch, blocks) of 0/1
     gives MACs per image; a (blocks,) vector of execution rates gives the
     mean MACs per image."""
-    return self.always + np.asarray(executed, np.float64) @ np.asarray(self.branch, np.float64)
+    return self.always + np.asarray(executed, np.float64) @ np.asarray(
+        self.branch, np.float64
+    )
 
   def paper_convention(self, executed) -> float:
     """The paper's count: baseline MACs x mean fraction of blocks executed."""
@@ -76,8 +79,11 @@ def executed_branches(gates, gate_mode: str):
   return (gates != 0) * 1.0
 
 
-def cost_table(model: nn.Module, image_shape: tuple[int, int, int],
-               count_padding: bool = True) -> CostTable:
+def cost_table(
+    model: nn.Module,
+    image_shape: tuple[int, int, int],
+    count_padding: bool = True,
+) -> CostTable:
   """Traces one image of `image_shape` (H, W, C) through `model` abstractly.
 
   Gate decisions do not change shapes, so one abstract pass (no compute)
@@ -111,7 +117,13 @@ def cost_table(model: nn.Module, image_shape: tuple[int, int, int],
     if block is None:
       outside[0] += macs
       return out
-    kind = 'gate' if 'gate' in path else 'shortcut' if 'shortcut' in path[-1] else 'branch'
+    kind = (
+        'gate'
+        if 'gate' in path
+        else 'shortcut'
+        if 'shortcut' in path[-1]
+        else 'branch'
+    )
     parts[kind][block] = parts[kind].get(block, 0) + macs
     return out
 
@@ -138,8 +150,12 @@ def _layer_macs(module, x, y, count_padding: bool) -> int:
   if count_padding:
     return int(np.prod(y.shape[1:-1]) * np.prod(module.kernel_size) * channels)
   taps = 1
-  for size, kernel, stride, (pad, _) in zip(x.shape[1:-1], module.kernel_size,
-                                            module.strides, module.padding):
-    taps *= sum(0 <= i * stride - pad + j < size
-                for i in range((size + 2 * pad - kernel) // stride + 1) for j in range(kernel))
+  for size, kernel, stride, (pad, _) in zip(
+      x.shape[1:-1], module.kernel_size, module.strides, module.padding
+  ):
+    taps *= sum(
+        0 <= i * stride - pad + j < size
+        for i in range((size + 2 * pad - kernel) // stride + 1)
+        for j in range(kernel)
+    )
   return int(taps * channels)

@@ -7,8 +7,8 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from adanet_jax.model import norm, resnet, xla_cpu
 from adanet_jax.errors import ConfigError
+from adanet_jax.model import norm, resnet, xla_cpu
 from adanet_jax.model.gate import check_gate_mode
 
 IMAGENET_STAGES = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
@@ -33,20 +33,28 @@ def stage_sizes(model_config: ml_collections.ConfigDict) -> tuple[int, ...]:
   name, depth = model_config.name, model_config.depth
   if name == 'cifar_resnet':
     if depth < 8 or (depth - 2) % 6:
-      raise ConfigError(f'model.depth={depth} is not allowed for cifar_resnet: '
-                       'depth must be 6n+2 with n >= 1 (20, 32, 56, 110, ...)')
+      raise ConfigError(
+          f'model.depth={depth} is not allowed for cifar_resnet: '
+          'depth must be 6n+2 with n >= 1 (20, 32, 56, 110, ...)'
+      )
     return ((depth - 2) // 6,) * 3
   if name == 'wide_resnet':
     if depth < 10 or (depth - 4) % 6:
-      raise ConfigError(f'model.depth={depth} is not allowed for wide_resnet: '
-                       'depth must be 6n+4 with n >= 1 (10, 16, 28, 40, ...)')
+      raise ConfigError(
+          f'model.depth={depth} is not allowed for wide_resnet: '
+          'depth must be 6n+4 with n >= 1 (10, 16, 28, 40, ...)'
+      )
     return ((depth - 4) // 6,) * 3
   if name == 'imagenet_resnet':
     if depth not in IMAGENET_STAGES:
-      raise ConfigError(f'model.depth={depth} is not allowed for imagenet_resnet: '
-                       f'allowed depths are {sorted(IMAGENET_STAGES)}')
+      raise ConfigError(
+          f'model.depth={depth} is not allowed for imagenet_resnet: '
+          f'allowed depths are {sorted(IMAGENET_STAGES)}'
+      )
     return IMAGENET_STAGES[depth]
-  raise ConfigError(f'model.name={name!r} is unknown; allowed: {", ".join(MODEL_NAMES)}')
+  raise ConfigError(
+      f'model.name={name!r} is unknown; allowed: {", ".join(MODEL_NAMES)}'
+  )
 
 
 def num_blocks(model_config: ml_collections.ConfigDict) -> int:
@@ -68,9 +76,11 @@ def block_targets(config: ml_collections.ConfigDict) -> tuple[float, ...]:
   if loss.targets:
     targets = tuple(float(v) for v in loss.targets)
     if len(targets) != n:
-      raise ConfigError(f'loss.targets has {len(targets)} entries but the model has {n} '
-                       'gated blocks: give exactly one target per block, or () to use '
-                       'loss.target_schedule')
+      raise ConfigError(
+          f'loss.targets has {len(targets)} entries but the model has {n} '
+          'gated blocks: give exactly one target per block, or () to use '
+          'loss.target_schedule'
+      )
   elif loss.target_schedule == 'uniform':
     targets = (t,) * n
   elif loss.target_schedule == 'resnet50_reference':
@@ -78,17 +88,23 @@ def block_targets(config: ml_collections.ConfigDict) -> tuple[float, ...]:
   elif loss.target_schedule == 'resnet101_reference':
     targets = (1,) * 8 + (t,) * 25
   else:
-    raise ConfigError(f'loss.target_schedule={loss.target_schedule!r} is unknown; allowed: '
-                     f'{", ".join(TARGET_SCHEDULES)}')
+    raise ConfigError(
+        f'loss.target_schedule={loss.target_schedule!r} is unknown; allowed: '
+        f'{", ".join(TARGET_SCHEDULES)}'
+    )
   if len(targets) != n:
-    raise ConfigError(f'loss.target_schedule={loss.target_schedule!r} defines '
-                     f'{len(targets)} blocks but model {config.model.name}-'
-                     f'{config.model.depth} has {n}')
+    raise ConfigError(
+        f'loss.target_schedule={loss.target_schedule!r} defines '
+        f'{len(targets)} blocks but model {config.model.name}-'
+        f'{config.model.depth} has {n}'
+    )
   for i, v in enumerate(targets):
     if not 0.0 < v <= 1.0:
       field = f'loss.targets[{i}]' if loss.targets else 'loss.target'
-      raise ConfigError(f'{field}={v} is outside (0, 1]: a target is the fraction of '
-                       'images that execute a block')
+      raise ConfigError(
+          f'{field}={v} is outside (0, 1]: a target is the fraction of '
+          'images that execute a block'
+      )
   if not config.model.gated:
     return (1.0,) * n  # every block of a plain ResNet runs: no target-rate loss
   return tuple(float(v) for v in targets)
@@ -110,11 +126,15 @@ def validate(config: ml_collections.ConfigDict) -> None:
   stage_sizes(config.model)
   block_targets(config)
   if config.model.dtype not in DTYPES:
-    raise ConfigError(f'model.dtype={config.model.dtype!r} is unknown; allowed: '
-                     f'{", ".join(DTYPES)}')
+    raise ConfigError(
+        f'model.dtype={config.model.dtype!r} is unknown; allowed: '
+        f'{", ".join(DTYPES)}'
+    )
   if config.loss.reduction not in REDUCTIONS:
-    raise ConfigError(f'loss.reduction={config.loss.reduction!r} is unknown; allowed: '
-                     f'{", ".join(REDUCTIONS)}')
+    raise ConfigError(
+        f'loss.reduction={config.loss.reduction!r} is unknown; allowed: '
+        f'{", ".join(REDUCTIONS)}'
+    )
   for field in ('train_mode', 'eval_modes'):
     modes = config.gates[field]
     for mode in (modes,) if isinstance(modes, str) else modes:
@@ -123,15 +143,23 @@ def validate(config: ml_collections.ConfigDict) -> None:
       except ConfigError as e:
         raise ConfigError(f'gates.{field}: {e}') from None
   if config.gates.temperature <= 0:
-    raise ConfigError(f'gates.temperature={config.gates.temperature} must be > 0')
+    raise ConfigError(
+        f'gates.temperature={config.gates.temperature} must be > 0'
+    )
   if bn_gamma_init(config.model) not in BN_GAMMA_INITS:
-    raise ConfigError(f'model.bn_gamma_init={bn_gamma_init(config.model)!r} is unknown; '
-                      f'allowed: {", ".join(BN_GAMMA_INITS)}')
+    raise ConfigError(
+        f'model.bn_gamma_init={bn_gamma_init(config.model)!r} is unknown; '
+        f'allowed: {", ".join(BN_GAMMA_INITS)}'
+    )
   if config.model.width < 1:
-    raise ConfigError(f'model.width={config.model.width} must be a positive integer')
+    raise ConfigError(
+        f'model.width={config.model.width} must be a positive integer'
+    )
   if config.model.scan_blocks not in SCAN_BLOCKS:
-    raise ConfigError(f'model.scan_blocks={config.model.scan_blocks!r} is unknown; allowed: '
-                      f'{", ".join(SCAN_BLOCKS)}')
+    raise ConfigError(
+        f'model.scan_blocks={config.model.scan_blocks!r} is unknown; allowed: '
+        f'{", ".join(SCAN_BLOCKS)}'
+    )
 
 
 def scans_blocks(model_config: ml_collections.ConfigDict, backend: str) -> bool:
@@ -140,8 +168,9 @@ def scans_blocks(model_config: ml_collections.ConfigDict, backend: str) -> bool:
   'auto' scans only on XLA:CPU, the one backend where a benchmark showed that
   scanning helps; elsewhere the model stays unrolled.
   """
-  return model_config.scan_blocks == 'on' or (model_config.scan_blocks == 'auto'
-                                              and backend == 'cpu')
+  return model_config.scan_blocks == 'on' or (
+      model_config.scan_blocks == 'auto' and backend == 'cpu'
+  )
 
 
 def scan_attributes(config: ml_collections.ConfigDict, backend: str) -> dict:
@@ -157,7 +186,9 @@ def scan_attributes(config: ml_collections.ConfigDict, backend: str) -> dict:
   return attributes
 
 
-def create_model(config: ml_collections.ConfigDict, backend: str | None = None) -> resnet.ResNet:
+def create_model(
+    config: ml_collections.ConfigDict, backend: str | None = None
+) -> resnet.ResNet:
   """The ResNet that `config` describes; `checks.validate` (which runs
   `validate`) has checked it.
 
@@ -169,18 +200,45 @@ def create_model(config: ml_collections.ConfigDict, backend: str | None = None) 
   m = config.model
   sizes = stage_sizes(m)
   bn_init, gate_bn_init = norm.gamma_inits(bn_gamma_init(m), m.name)
-  common = dict(num_classes=m.num_classes, gated=m.gated, fixed_blocks=fixed_blocks(config),
-                gate_hidden=config.gates.hidden, temperature=config.gates.temperature,
-                bn_scale_init=bn_init, gate_bn_scale_init=gate_bn_init, dtype=DTYPES[m.dtype],
-                **scan_attributes(config, backend or jax.default_backend()))
+  common = dict(
+      num_classes=m.num_classes,
+      gated=m.gated,
+      fixed_blocks=fixed_blocks(config),
+      gate_hidden=config.gates.hidden,
+      temperature=config.gates.temperature,
+      bn_scale_init=bn_init,
+      gate_bn_scale_init=gate_bn_init,
+      dtype=DTYPES[m.dtype],
+      **scan_attributes(config, backend or jax.default_backend()),
+  )
   if m.name == 'cifar_resnet':
     k = m.width
-    return resnet.ResNet(block='basic', stage_sizes=sizes, stage_widths=(16 * k, 32 * k, 64 * k),
-                         stem='cifar', stem_width=16 * k, conv_init='torch', **common)
+    return resnet.ResNet(
+        block='basic',
+        stage_sizes=sizes,
+        stage_widths=(16 * k, 32 * k, 64 * k),
+        stem='cifar',
+        stem_width=16 * k,
+        conv_init='torch',
+        **common,
+    )
   if m.name == 'wide_resnet':
     k = m.width
-    return resnet.ResNet(block='preact', stage_sizes=sizes, stage_widths=(16 * k, 32 * k, 64 * k),
-                         stem='wrn', stem_width=16, conv_init='he_fan_out', **common)
-  return resnet.ResNet(block='bottleneck', stage_sizes=sizes,
-                       stage_widths=tuple(64 * m.width * 2**i for i in range(4)),
-                       stem='imagenet', stem_width=64, conv_init='he_fan_out', **common)
+    return resnet.ResNet(
+        block='preact',
+        stage_sizes=sizes,
+        stage_widths=(16 * k, 32 * k, 64 * k),
+        stem='wrn',
+        stem_width=16,
+        conv_init='he_fan_out',
+        **common,
+    )
+  return resnet.ResNet(
+      block='bottleneck',
+      stage_sizes=sizes,
+      stage_widths=tuple(64 * m.width * 2**i for i in range(4)),
+      stem='imagenet',
+      stem_width=64,
+      conv_init='he_fan_out',
+      **common,
+  )

@@ -14,8 +14,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from adanet_jax.model import norm
 from adanet_jax.errors import ConfigError
+from adanet_jax.model import norm
 
 GATE_MODES = ('sample', 'deterministic', 'expected')
 
@@ -28,12 +28,15 @@ _LAST_BIAS = (0.1, 2.0)
 def check_gate_mode(mode: str) -> str:
   """Returns `mode` or raises a ValueError naming the allowed modes."""
   if mode not in GATE_MODES:
-    raise ConfigError(f'gate mode {mode!r} is unknown; allowed: {", ".join(GATE_MODES)}')
+    raise ConfigError(
+        f'gate mode {mode!r} is unknown; allowed: {", ".join(GATE_MODES)}'
+    )
   return mode
 
 
-def straight_through_gate(logits: jax.Array, noise: jax.Array | None,
-                          temperature: float) -> jax.Array:
+def straight_through_gate(
+    logits: jax.Array, noise: jax.Array | None, temperature: float
+) -> jax.Array:
   """Hard 0/1 "execute" value with the Gumbel-softmax gradient.
 
   Args:
@@ -62,14 +65,24 @@ class Gate(nn.Module):
       pass another, also a traced array, so that a sweep over it compiles once.
     bn_scale_init: init of the hidden BatchNorm's gamma (`norm.gamma_inits`).
   """
+
   hidden: int = 16
-  hidden_kernel_init: Callable = nn.initializers.variance_scaling(1 / 3, 'fan_in', 'uniform')
+  hidden_kernel_init: Callable = nn.initializers.variance_scaling(
+      1 / 3, 'fan_in', 'uniform'
+  )
   temperature: float = 1.0
   bn_scale_init: Callable = nn.initializers.ones
 
   @nn.compact
-  def __call__(self, x: jax.Array, *, train: bool, mode: str, key: jax.Array | None = None,
-               temperature: float | jax.Array | None = None):
+  def __call__(
+      self,
+      x: jax.Array,
+      *,
+      train: bool,
+      mode: str,
+      key: jax.Array | None = None,
+      temperature: float | jax.Array | None = None,
+  ):
     """Returns `(z, prob, logits)`: (batch,), (batch,), (batch, 2), float32.
 
     `z` is the value the residual branch is multiplied by: hard 0/1 in modes
@@ -81,18 +94,32 @@ class Gate(nn.Module):
     """
     check_gate_mode(mode)
     if mode == 'sample' and key is None:
-      raise ConfigError("gate mode 'sample' needs a key: pass key= to the model's call")
+      raise ConfigError(
+          "gate mode 'sample' needs a key: pass key= to the model's call"
+      )
     fan_in = x.shape[-1]
     bias_init = torch_bias_init(fan_in)
     h = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
-    h = nn.Dense(self.hidden, kernel_init=self.hidden_kernel_init, bias_init=bias_init,
-                 name='fc1')(h)
-    h = norm.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                       scale_init=self.bn_scale_init, name='fc1_bn')(h)
+    h = nn.Dense(
+        self.hidden,
+        kernel_init=self.hidden_kernel_init,
+        bias_init=bias_init,
+        name='fc1',
+    )(h)
+    h = norm.BatchNorm(
+        use_running_average=not train,
+        momentum=0.9,
+        epsilon=1e-5,
+        scale_init=self.bn_scale_init,
+        name='fc1_bn',
+    )(h)
     h = nn.relu(h)
-    logits = nn.Dense(2, kernel_init=nn.initializers.normal(_LAST_KERNEL_STD),
-                      bias_init=lambda *_: jnp.asarray(_LAST_BIAS, jnp.float32),
-                      name='fc2')(h)
+    logits = nn.Dense(
+        2,
+        kernel_init=nn.initializers.normal(_LAST_KERNEL_STD),
+        bias_init=lambda *_: jnp.asarray(_LAST_BIAS, jnp.float32),
+        name='fc2',
+    )(h)
     prob = jax.nn.sigmoid(logits[..., 1] - logits[..., 0])
     if mode == 'expected':
       return prob, prob, logits
@@ -111,6 +138,7 @@ def gumbel_noise(key: jax.Array, shape) -> jax.Array:
 
 def torch_bias_init(fan_in: int):
   """PyTorch's default bias init for a layer with `fan_in` inputs."""
-  bound = 1.0 / fan_in ** 0.5
+  bound = 1.0 / fan_in**0.5
   return lambda key, shape, dtype=jnp.float32: jax.random.uniform(
-      key, shape, dtype, -bound, bound)
+      key, shape, dtype, -bound, bound
+  )

@@ -37,6 +37,7 @@ class BatchNorm(nn.Module):
     dtype: dtype of the output (default: the input's, at least float32).
     scale_init: init of the scale (gamma); ones, or U(0, 1) as PyTorch < 1.2.
   """
+
   use_running_average: bool | None = None
   momentum: float = 0.9
   epsilon: float = 1e-5
@@ -44,14 +45,21 @@ class BatchNorm(nn.Module):
   scale_init: Callable = nn.initializers.ones
 
   @nn.compact
-  def __call__(self, x: jax.Array, use_running_average: bool | None = None) -> jax.Array:
+  def __call__(
+      self, x: jax.Array, use_running_average: bool | None = None
+  ) -> jax.Array:
     """Normalises `x` (..., features); returns an array of x's shape."""
-    use_running_average = nn.merge_param('use_running_average', self.use_running_average,
-                                         use_running_average)
+    use_running_average = nn.merge_param(
+        'use_running_average', self.use_running_average, use_running_average
+    )
     features = x.shape[-1]
     axes = tuple(range(x.ndim - 1))
-    ra_mean = self.variable('batch_stats', 'mean', jnp.zeros, (features,), jnp.float32)
-    ra_var = self.variable('batch_stats', 'var', jnp.ones, (features,), jnp.float32)
+    ra_mean = self.variable(
+        'batch_stats', 'mean', jnp.zeros, (features,), jnp.float32
+    )
+    ra_var = self.variable(
+        'batch_stats', 'var', jnp.ones, (features,), jnp.float32
+    )
     x32 = x.astype(jnp.float32)
     if use_running_average:
       mean, var = ra_mean.value, ra_var.value
@@ -61,8 +69,12 @@ class BatchNorm(nn.Module):
       if not self.is_initializing():
         n = x.size // features
         unbiased = var * (n / (n - 1)) if n > 1 else var
-        ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
-        ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * unbiased
+        ra_mean.value = (
+            self.momentum * ra_mean.value + (1 - self.momentum) * mean
+        )
+        ra_var.value = (
+            self.momentum * ra_var.value + (1 - self.momentum) * unbiased
+        )
     scale = self.param('scale', self.scale_init, (features,), jnp.float32)
     bias = self.param('bias', nn.initializers.zeros, (features,), jnp.float32)
     y = (x32 - mean) * (jax.lax.rsqrt(var + self.epsilon) * scale) + bias

@@ -33,9 +33,16 @@ def identical_runs(blocks: Sequence[tuple[str, dict]]):
     yield list(run)
 
 
-def scan_blocks(parent: nn.Module, block_class: type, attributes: dict, names: Sequence[str],
-                x: jax.Array, keys: Sequence[jax.Array | None], call: dict,
-                body_wrapper: Callable | None = None):
+def scan_blocks(
+    parent: nn.Module,
+    block_class: type,
+    attributes: dict,
+    names: Sequence[str],
+    x: jax.Array,
+    keys: Sequence[jax.Array | None],
+    call: dict,
+    body_wrapper: Callable | None = None,
+):
   """Applies the blocks `names` of `parent`, each `block_class(**attributes)`, in turn.
 
   Args:
@@ -55,21 +62,31 @@ def scan_blocks(parent: nn.Module, block_class: type, attributes: dict, names: S
   """
   template = block_class(**attributes, parent=None)
   variables = parent.variables
-  stacked = jax.tree.map(lambda *leaves: jnp.stack(leaves), *[
-      {col: tree[name] for col, tree in variables.items() if name in tree} for name in names])
+  stacked = jax.tree.map(
+      lambda *leaves: jnp.stack(leaves),
+      *[
+          {col: tree[name] for col, tree in variables.items() if name in tree}
+          for name in names
+      ]
+  )
   mutable = [col for col in stacked if parent.is_mutable_collection(col)]
 
   def body(x, slices):
     block_variables, key = slices
-    out = template.apply(block_variables, x, key=key, mutable=mutable or False, **call)
+    out = template.apply(
+        block_variables, x, key=key, mutable=mutable or False, **call
+    )
     (x, outputs), updates = out if mutable else (out, {})
     return x, (outputs, updates)
 
   if body_wrapper is not None:
     body = body_wrapper(body)
   x, (outputs, updates) = jax.lax.scan(
-      body, x, (stacked, None if keys[0] is None else jnp.stack(keys)))
+      body, x, (stacked, None if keys[0] is None else jnp.stack(keys))
+  )
   for i, name in enumerate(names):
     for col, tree in updates.items():
       parent.put_variable(col, name, jax.tree.map(lambda leaf: leaf[i], tree))
-  return x, [jax.tree.map(lambda leaf: leaf[i], outputs) for i in range(len(names))]
+  return x, [
+      jax.tree.map(lambda leaf: leaf[i], outputs) for i in range(len(names))
+  ]

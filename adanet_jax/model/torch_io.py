@@ -42,11 +42,22 @@ import numpy as np
 from adanet_jax.errors import ConfigError
 
 TORCH_SUFFIXES = ('.pth', '.pt')
-_MODULE_NAMES = {'stem_conv': 'conv1', 'stem_bn': 'bn1', 'head': 'linear', 'final_bn': 'bn_final',
-                 'shortcut_conv': 'shortcut.0', 'shortcut_bn': 'shortcut.1', 'fc1_bn': 'fc1bn',
-                 'gate': None}
-_BN_LEAVES = (('params', 'scale', 'weight'), ('params', 'bias', 'bias'),
-              ('batch_stats', 'mean', 'running_mean'), ('batch_stats', 'var', 'running_var'))
+_MODULE_NAMES = {
+    'stem_conv': 'conv1',
+    'stem_bn': 'bn1',
+    'head': 'linear',
+    'final_bn': 'bn_final',
+    'shortcut_conv': 'shortcut.0',
+    'shortcut_bn': 'shortcut.1',
+    'fc1_bn': 'fc1bn',
+    'gate': None,
+}
+_BN_LEAVES = (
+    ('params', 'scale', 'weight'),
+    ('params', 'bias', 'bias'),
+    ('batch_stats', 'mean', 'running_mean'),
+    ('batch_stats', 'var', 'running_var'),
+)
 
 
 def is_torch_file(path: str) -> bool:
@@ -57,13 +68,14 @@ def is_torch_file(path: str) -> bool:
 @dataclasses.dataclass(frozen=True)
 class _Entry:
   """One tensor of the reference layout and the leaf of ours it maps to."""
-  key: str                    # reference state_dict key
-  collection: str             # 'params' or 'batch_stats'
-  path: tuple[str, ...]       # path of the leaf inside the collection
-  shape: tuple[int, ...]      # the tensor's shape in the reference layout
-  to_ours: Callable           # reference array -> our leaf
-  to_ref: Callable            # our leaf -> reference array
-  gate: bool                  # part of a gate
+
+  key: str  # reference state_dict key
+  collection: str  # 'params' or 'batch_stats'
+  path: tuple[str, ...]  # path of the leaf inside the collection
+  shape: tuple[int, ...]  # the tensor's shape in the reference layout
+  to_ours: Callable  # reference array -> our leaf
+  to_ref: Callable  # our leaf -> reference array
+  gate: bool  # part of a gate
 
 
 def _identity(a):
@@ -72,19 +84,48 @@ def _identity(a):
 
 def _conv_entry(prefix, path, kernel_shape, gate):
   h, w, i, o = kernel_shape
-  return _Entry(f'{prefix}.weight', 'params', path + ('kernel',), (o, i, h, w),
-                lambda a: a.transpose(2, 3, 1, 0), lambda a: a.transpose(3, 2, 0, 1), gate)
+  return _Entry(
+      f'{prefix}.weight',
+      'params',
+      path + ('kernel',),
+      (o, i, h, w),
+      lambda a: a.transpose(2, 3, 1, 0),
+      lambda a: a.transpose(3, 2, 0, 1),
+      gate,
+  )
 
 
 def _dense_entries(prefix, path, kernel_shape, as_conv, gate):
   i, o = kernel_shape
   if as_conv:  # the gate's fc1/fc2 are 1x1 convs in the reference
-    weight = _Entry(f'{prefix}.weight', 'params', path + ('kernel',), (o, i, 1, 1),
-                    lambda a: a[:, :, 0, 0].T, lambda a: a.T[:, :, None, None], gate)
+    weight = _Entry(
+        f'{prefix}.weight',
+        'params',
+        path + ('kernel',),
+        (o, i, 1, 1),
+        lambda a: a[:, :, 0, 0].T,
+        lambda a: a.T[:, :, None, None],
+        gate,
+    )
   else:
-    weight = _Entry(f'{prefix}.weight', 'params', path + ('kernel',), (o, i),
-                    lambda a: a.T, lambda a: a.T, gate)
-  bias = _Entry(f'{prefix}.bias', 'params', path + ('bias',), (o,), _identity, _identity, gate)
+    weight = _Entry(
+        f'{prefix}.weight',
+        'params',
+        path + ('kernel',),
+        (o, i),
+        lambda a: a.T,
+        lambda a: a.T,
+        gate,
+    )
+  bias = _Entry(
+      f'{prefix}.bias',
+      'params',
+      path + ('bias',),
+      (o,),
+      _identity,
+      _identity,
+      gate,
+  )
   return [weight, bias]
 
 
@@ -116,35 +157,58 @@ def key_table(variables) -> list[_Entry]:
     prefix, gate = _ref_prefix(path), 'gate' in path
     if set(leaves) == {'scale', 'bias'}:
       n = np.shape(leaves['scale'])
-      table += [_Entry(f'{prefix}.{ref}', coll, path + (ours,), n, _identity, _identity, gate)
-                for coll, ours, ref in _BN_LEAVES]
+      table += [
+          _Entry(
+              f'{prefix}.{ref}',
+              coll,
+              path + (ours,),
+              n,
+              _identity,
+              _identity,
+              gate,
+          )
+          for coll, ours, ref in _BN_LEAVES
+      ]
     elif set(leaves) == {'kernel'} and len(np.shape(leaves['kernel'])) == 4:
       table.append(_conv_entry(prefix, path, np.shape(leaves['kernel']), gate))
-    elif set(leaves) == {'kernel', 'bias'} and len(np.shape(leaves['kernel'])) == 2:
-      table += _dense_entries(prefix, path, np.shape(leaves['kernel']), gate, gate)
+    elif (
+        set(leaves) == {'kernel', 'bias'}
+        and len(np.shape(leaves['kernel'])) == 2
+    ):
+      table += _dense_entries(
+          prefix, path, np.shape(leaves['kernel']), gate, gate
+      )
     else:
-      raise ValueError(f'module {"/".join(path)} has leaves {sorted(leaves)} that have no '
-                       'PyTorch counterpart')
+      raise ValueError(
+          f'module {"/".join(path)} has leaves {sorted(leaves)} that have no '
+          'PyTorch counterpart'
+      )
   return table
 
 
 def _bn_prefixes(table) -> set[str]:
-  return {e.key.rsplit('.', 1)[0] for e in table if e.key.endswith('.running_mean')}
+  return {
+      e.key.rsplit('.', 1)[0] for e in table if e.key.endswith('.running_mean')
+  }
 
 
 def _torchvision_key(key: str) -> str:
   """Reference-layout key -> torchvision's name of the same tensor."""
   if key.startswith('linear.'):
-    return 'fc.' + key[len('linear.'):]
+    return 'fc.' + key[len('linear.') :]
   return key.replace('.shortcut.', '.downsample.')
 
 
 def _listing(label: str, keys: list[str]) -> str:
   shown = ', '.join(repr(k) for k in keys[:3])
-  return f'{label} {shown}' + (f' (+{len(keys) - 3} more)' if len(keys) > 3 else '')
+  return f'{label} {shown}' + (
+      f' (+{len(keys) - 3} more)' if len(keys) > 3 else ''
+  )
 
 
-def import_state_dict(state_dict: Mapping[str, Any], variables, torchvision: bool = False):
+def import_state_dict(
+    state_dict: Mapping[str, Any], variables, torchvision: bool = False
+):
   """Our variables with every tensor of `state_dict` written in.
 
   Args:
@@ -166,34 +230,54 @@ def import_state_dict(state_dict: Mapping[str, Any], variables, torchvision: boo
   table = key_table(variables)
   if torchvision:
     if not any(e.path[-2] == 'conv3' for e in table):
-      raise ConfigError('a torchvision ResNet state_dict fits only the bottleneck ResNets: set '
-                        "model.name='imagenet_resnet' (depth 50, 101 or 152)")
-    table = [dataclasses.replace(e, key=_torchvision_key(e.key)) for e in table if not e.gate]
+      raise ConfigError(
+          'a torchvision ResNet state_dict fits only the bottleneck ResNets: set '
+          "model.name='imagenet_resnet' (depth 50, 101 or 152)"
+      )
+    table = [
+        dataclasses.replace(e, key=_torchvision_key(e.key))
+        for e in table
+        if not e.gate
+    ]
   wanted = {e.key: e for e in table}
   optional = {f'{p}.num_batches_tracked' for p in _bn_prefixes(table)}
   missing = [k for k in wanted if k not in state_dict]
   unexpected = [k for k in state_dict if k not in wanted and k not in optional]
-  shapes = [f'{k!r} has shape {tuple(np.shape(state_dict[k]))} in the file, the model needs '
-            f'{wanted[k].shape}' for k in wanted
-            if k in state_dict and tuple(np.shape(state_dict[k])) != wanted[k].shape]
-  problems = ([_listing('missing', missing)] if missing else []) + (
-      [_listing('unexpected', unexpected)] if unexpected else []) + shapes[:3]
+  shapes = [
+      f'{k!r} has shape {tuple(np.shape(state_dict[k]))} in the file, the model needs '
+      f'{wanted[k].shape}'
+      for k in wanted
+      if k in state_dict and tuple(np.shape(state_dict[k])) != wanted[k].shape
+  ]
+  problems = (
+      ([_listing('missing', missing)] if missing else [])
+      + ([_listing('unexpected', unexpected)] if unexpected else [])
+      + shapes[:3]
+  )
   if problems:
     layout = 'torchvision ResNet' if torchvision else 'reference ConvNet-AIG'
-    raise ConfigError(f'the {layout} state_dict does not fit the model: '
-                      + '; '.join(problems) + '; nothing was loaded')
-  out = jax.tree.map(lambda leaf: np.array(leaf, dtype=leaf.dtype) if torchvision else None,
-                     variables)
+    raise ConfigError(
+        f'the {layout} state_dict does not fit the model: '
+        + '; '.join(problems)
+        + '; nothing was loaded'
+    )
+  out = jax.tree.map(
+      lambda leaf: np.array(leaf, dtype=leaf.dtype) if torchvision else None,
+      variables,
+  )
   for e in table:
     node, template = out[e.collection], variables[e.collection]
     for name in e.path[:-1]:
       node, template = node[name], template[name]
-    node[e.path[-1]] = np.asarray(e.to_ours(np.asarray(state_dict[e.key])),
-                                  template[e.path[-1]].dtype)
+    node[e.path[-1]] = np.asarray(
+        e.to_ours(np.asarray(state_dict[e.key])), template[e.path[-1]].dtype
+    )
   return out
 
 
-def export_state_dict(variables, num_batches_tracked: int = 0) -> collections.OrderedDict:
+def export_state_dict(
+    variables, num_batches_tracked: int = 0
+) -> collections.OrderedDict:
   """Our {'params', 'batch_stats'} as a reference-layout PyTorch state_dict.
 
   Args:
@@ -212,12 +296,15 @@ def export_state_dict(variables, num_batches_tracked: int = 0) -> collections.Or
     leaf = host[e.collection]
     for name in e.path:
       leaf = leaf[name]
-    value = np.array(e.to_ref(np.asarray(leaf, np.float32)), order="C")  # a writable copy
+    value = np.array(
+        e.to_ref(np.asarray(leaf, np.float32)), order='C'
+    )  # a writable copy
     state_dict[e.key] = torch.from_numpy(value)
     if e.key.endswith('.running_var'):
-      prefix = e.key[:-len('running_var')]
-      state_dict[prefix + 'num_batches_tracked'] = torch.tensor(num_batches_tracked,
-                                                                dtype=torch.long)
+      prefix = e.key[: -len('running_var')]
+      state_dict[prefix + 'num_batches_tracked'] = torch.tensor(
+          num_batches_tracked, dtype=torch.long
+      )
   return state_dict
 
 
@@ -238,23 +325,36 @@ def read_state_dict(path: str) -> dict[str, np.ndarray]:
   try:
     obj = torch.load(path, map_location='cpu', weights_only=True)
   except Exception as e:  # pylint: disable=broad-except  # any unreadable file
-    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    raise ConfigError(f'cannot read {path!r} as a PyTorch file: {first}') from None
+    first = (
+        str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    )
+    raise ConfigError(
+        f'cannot read {path!r} as a PyTorch file: {first}'
+    ) from None
   if isinstance(obj, Mapping) and isinstance(obj.get('state_dict'), Mapping):
     obj = obj['state_dict']
   if not isinstance(obj, Mapping) or not obj:
-    raise ConfigError(f'{path!r} holds no state_dict (a dict of tensors, or a checkpoint with '
-                      "one under 'state_dict')")
+    raise ConfigError(
+        f'{path!r} holds no state_dict (a dict of tensors, or a checkpoint with '
+        "one under 'state_dict')"
+    )
   out = {}
   for key, value in obj.items():
-    name = key[len('module.'):] if key.startswith('module.') else key
+    name = key[len('module.') :] if key.startswith('module.') else key
     if not isinstance(value, torch.Tensor):
-      raise ConfigError(f'{path!r}: entry {key!r} is a {type(value).__name__}, not a tensor')
+      raise ConfigError(
+          f'{path!r}: entry {key!r} is a {type(value).__name__}, not a tensor'
+      )
     if name in out:
-      raise ConfigError(f'{path!r}: tensor {name!r} appears twice (with and without "module.")')
+      raise ConfigError(
+          f'{path!r}: tensor {name!r} appears twice (with and without "module.")'
+      )
     value = value.detach().cpu()
-    out[name] = (value.float() if value.dtype in (torch.bfloat16, torch.float16)
-                 else value).numpy()
+    out[name] = (
+        value.float()
+        if value.dtype in (torch.bfloat16, torch.float16)
+        else value
+    ).numpy()
   return out
 
 
@@ -275,7 +375,9 @@ def restore_variables(path: str, variables):
     leaf's shape, dtype and sharding.
   """
   state_dict = read_state_dict(path)
-  torchvision = 'fc.weight' in state_dict or any('.downsample.' in k for k in state_dict)
+  torchvision = 'fc.weight' in state_dict or any(
+      '.downsample.' in k for k in state_dict
+  )
   try:
     values = import_state_dict(state_dict, variables, torchvision=torchvision)
   except ConfigError as e:
@@ -289,7 +391,9 @@ def _place_like(value: np.ndarray, template) -> jax.Array:
   if sharding is None:
     return jax.numpy.asarray(value)
   # Works for any sharding, across processes too: each device takes its slice.
-  return jax.make_array_from_callback(value.shape, sharding, lambda index: value[index])
+  return jax.make_array_from_callback(
+      value.shape, sharding, lambda index: value[index]
+  )
 
 
 def require_torch():
@@ -297,5 +401,7 @@ def require_torch():
   try:
     import torch  # pylint: disable=import-outside-toplevel
   except ImportError:
-    raise ConfigError('PyTorch files need torch: pip install torch==2.13.0') from None
+    raise ConfigError(
+        'PyTorch files need torch: pip install torch==2.13.0'
+    ) from None
   return torch

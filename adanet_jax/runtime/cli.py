@@ -19,8 +19,8 @@ from typing import Callable
 from absl import app, flags
 
 from adanet_jax import config_lib
-from adanet_jax.runtime import console
 from adanet_jax.errors import ConfigError, ExpectedError
+from adanet_jax.runtime import console
 
 
 def fail(message: str, exit_code: int = 2):
@@ -29,8 +29,12 @@ def fail(message: str, exit_code: int = 2):
   sys.exit(exit_code)
 
 
-def run(main: Callable[[types.SimpleNamespace], int | None], define_flags: Callable[[], dict],
-        overrides: bool = True, passthrough: bool = False) -> None:
+def run(
+    main: Callable[[types.SimpleNamespace], int | None],
+    define_flags: Callable[[], dict],
+    overrides: bool = True,
+    passthrough: bool = False,
+) -> None:
   """Defines the entry point's flags, parses the command line and runs `main`.
 
   Args:
@@ -51,7 +55,9 @@ def run(main: Callable[[types.SimpleNamespace], int | None], define_flags: Calla
   def parse(argv):
     try:
       head, rest = _split_passthrough(argv) if passthrough else (argv, [])
-      head, found = config_lib.split_overrides(head) if overrides else (head, {})
+      head, found = (
+          config_lib.split_overrides(head) if overrides else (head, {})
+      )
       positional = flags.FLAGS(head)[1:]
     except flags.Error as e:
       fail(str(e))
@@ -64,7 +70,9 @@ def run(main: Callable[[types.SimpleNamespace], int | None], define_flags: Calla
 
   def guarded(argv):
     del argv
-    args = types.SimpleNamespace(**{name: h.value for name, h in holders.items()}, **parsed)
+    args = types.SimpleNamespace(
+        **{name: h.value for name, h in holders.items()}, **parsed
+    )
     try:
       return main(args)
     except ExpectedError as e:
@@ -76,7 +84,7 @@ def run(main: Callable[[types.SimpleNamespace], int | None], define_flags: Calla
 def _split_passthrough(argv: list[str]) -> tuple[list[str], list[str]]:
   if '--' in argv:
     i = argv.index('--')
-    return argv[:i], argv[i + 1:]
+    return argv[:i], argv[i + 1 :]
   return argv, []
 
 

@@ -19,8 +19,8 @@ import tempfile
 # is JAX), so its oneDNN kernels are not needed; off, the notice is not printed.
 NATIVE_LOG_DEFAULTS = {
     'TF_ENABLE_ONEDNN_OPTS': '0',
-    'TF_CPP_MIN_LOG_LEVEL': '1',   # TensorFlow C++: warnings and errors only
-    'GRPC_VERBOSITY': 'ERROR',     # gRPC (JAX's distributed service client)
+    'TF_CPP_MIN_LOG_LEVEL': '1',  # TensorFlow C++: warnings and errors only
+    'GRPC_VERBOSITY': 'ERROR',  # gRPC (JAX's distributed service client)
 }
 
 
@@ -59,6 +59,8 @@ def native_output_filtered(drop_prefixes: tuple[str, ...]):
         os.close(fd)
       held.seek(0)
       lines = held.read().decode(errors='replace').splitlines(keepends=True)
-      kept = [l for l in lines if failed or not l.lstrip().startswith(drop_prefixes)]
+      kept = [
+          l for l in lines if failed or not l.lstrip().startswith(drop_prefixes)
+      ]
       sys.stderr.write(''.join(kept))
       sys.stderr.flush()

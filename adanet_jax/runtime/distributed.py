@@ -31,7 +31,8 @@ from absl import logging as absl_logging
 import jax
 from jax.experimental import multihost_utils
 import jax.numpy as jnp
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 import numpy as np
 
 from adanet_jax.errors import ConfigError
@@ -46,6 +47,7 @@ logger = logging.getLogger(__name__)
 @dataclasses.dataclass(frozen=True)
 class Settings:
   """The explicit distributed settings; None where unset."""
+
   coordinator_address: str | None = None
   num_processes: int | None = None
   process_id: int | None = None
@@ -62,9 +64,12 @@ class Settings:
     return all(v is None for v in self.values())
 
 
-def resolve_settings(coordinator_address: str | None = None, num_processes: int | None = None,
-                     process_id: int | None = None,
-                     environ: Mapping[str, str] | None = None) -> Settings:
+def resolve_settings(
+    coordinator_address: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Settings:
   """Each setting from its flag, else from the environment.
 
   Args:
@@ -77,18 +82,26 @@ def resolve_settings(coordinator_address: str | None = None, num_processes: int 
     The settings, checked for range.
   """
   environ = os.environ if environ is None else environ
-  settings = Settings(coordinator_address or environ.get(ENV_COORDINATOR) or None,
-                      _int_setting(num_processes, environ, ENV_NUM_PROCESSES),
-                      _int_setting(process_id, environ, ENV_PROCESS_ID))
+  settings = Settings(
+      coordinator_address or environ.get(ENV_COORDINATOR) or None,
+      _int_setting(num_processes, environ, ENV_NUM_PROCESSES),
+      _int_setting(process_id, environ, ENV_PROCESS_ID),
+  )
   count, index = settings.num_processes, settings.process_id
   if count is not None and count < 1:
     raise ConfigError(f'the process count must be >= 1, not {count}')
-  if index is not None and (index < 0 or (count is not None and index >= count)):
-    raise ConfigError(f'process id {index} is outside [0, {count}) (the process count)')
+  if index is not None and (
+      index < 0 or (count is not None and index >= count)
+  ):
+    raise ConfigError(
+        f'process id {index} is outside [0, {count}) (the process count)'
+    )
   return settings
 
 
-def _int_setting(flag_value: int | None, environ: Mapping[str, str], name: str) -> int | None:
+def _int_setting(
+    flag_value: int | None, environ: Mapping[str, str], name: str
+) -> int | None:
   if flag_value is not None:
     return flag_value
   raw = environ.get(name, '').strip()
@@ -97,11 +110,17 @@ def _int_setting(flag_value: int | None, environ: Mapping[str, str], name: str) 
   try:
     return int(raw)
   except ValueError:
-    raise ConfigError(f'environment variable {name}={raw!r} must be an integer') from None
+    raise ConfigError(
+        f'environment variable {name}={raw!r} must be an integer'
+    ) from None
 
 
-def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
-               process_id: int | None = None, environ: Mapping[str, str] | None = None) -> str:
+def initialize(
+    coordinator_address: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> str:
   """Joins the distributed job the flags, environment or cluster describe.
 
   Args:
@@ -116,13 +135,18 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
     ConfigError: some settings are given, and no cluster environment
       supplies the rest.
   """
-  settings = resolve_settings(coordinator_address, num_processes, process_id, environ)
+  settings = resolve_settings(
+      coordinator_address, num_processes, process_id, environ
+  )
   if settings.complete:
     # Explicit settings win: no cluster detection (which could, e.g. under
     # SLURM, also restrict the visible devices).
-    logger.info('joining the jax.distributed job: waiting until all %d processes have '
-                'connected to the coordinator %s', settings.num_processes,
-                settings.coordinator_address)
+    logger.info(
+        'joining the jax.distributed job: waiting until all %d processes have '
+        'connected to the coordinator %s',
+        settings.num_processes,
+        settings.coordinator_address,
+    )
     _join(*settings.values(), cluster_detection_method='deactivate')
     return 'explicit settings'
   try:
@@ -137,17 +161,23 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
       raise ConfigError(
           'incomplete distributed settings (coordinator address, process count, process id = '
           f'{settings.values()}) and no cluster environment to detect the rest: give all three '
-          f'(flags, or {ENV_COORDINATOR} / {ENV_NUM_PROCESSES} / {ENV_PROCESS_ID})') from None
+          f'(flags, or {ENV_COORDINATOR} / {ENV_NUM_PROCESSES} / {ENV_PROCESS_ID})'
+      ) from None
     return 'single process'
   return 'cluster environment detected by JAX'
 
 
-def _join(coordinator_address=None, num_processes=None, process_id=None, **kwargs) -> None:
+def _join(
+    coordinator_address=None, num_processes=None, process_id=None, **kwargs
+) -> None:
   """`jax.distributed.initialize(...)`, then `connect_collectives`, keeping
   gloo's connection lines off the console unless something fails."""
   from adanet_jax.runtime import console  # pylint: disable=import-outside-toplevel
+
   with console.native_output_filtered(drop_prefixes=('[Gloo]',)):
-    jax.distributed.initialize(coordinator_address, num_processes, process_id, **kwargs)
+    jax.distributed.initialize(
+        coordinator_address, num_processes, process_id, **kwargs
+    )
     connect_collectives()
 
 
@@ -164,12 +194,19 @@ def connect_collectives() -> None:
   """
   if jax.process_count() == 1 or jax.default_backend() != 'cpu':
     return
-  multihost_utils.sync_global_devices('adanet_jax.runtime.distributed.connect_collectives')
-  mesh = jax.make_mesh((jax.device_count(),), ('data',),
-                       axis_types=(jax.sharding.AxisType.Auto,))
-  ones = jax.make_array_from_process_local_data(NamedSharding(mesh, P('data')),
-                                                np.ones(jax.local_device_count(), np.float32))
-  jax.block_until_ready(jax.jit(jnp.sum, out_shardings=NamedSharding(mesh, P()))(ones))
+  multihost_utils.sync_global_devices(
+      'adanet_jax.runtime.distributed.connect_collectives'
+  )
+  mesh = jax.make_mesh(
+      (jax.device_count(),), ('data',), axis_types=(jax.sharding.AxisType.Auto,)
+  )
+  ones = jax.make_array_from_process_local_data(
+      NamedSharding(mesh, P('data')),
+      np.ones(jax.local_device_count(), np.float32),
+  )
+  jax.block_until_ready(
+      jax.jit(jnp.sum, out_shardings=NamedSharding(mesh, P()))(ones)
+  )
 
 
 def log_only_on_chief() -> None:

@@ -5,7 +5,9 @@ import os
 
 import jax
 
-DEFAULT_CACHE_DIR = os.path.join(os.path.expanduser('~'), '.cache', 'adanet_jax', 'xla')
+DEFAULT_CACHE_DIR = os.path.join(
+    os.path.expanduser('~'), '.cache', 'adanet_jax', 'xla'
+)
 
 
 def enable_compilation_cache(cache_dir: str | None = None) -> str:
@@ -19,7 +21,9 @@ def enable_compilation_cache(cache_dir: str | None = None) -> str:
   Returns:
     The directory used.
   """
-  cache_dir = cache_dir or os.environ.get('ADANET_JAX_CACHE_DIR') or DEFAULT_CACHE_DIR
+  cache_dir = (
+      cache_dir or os.environ.get('ADANET_JAX_CACHE_DIR') or DEFAULT_CACHE_DIR
+  )
   os.makedirs(cache_dir, exist_ok=True)
   jax.config.update('jax_compilation_cache_dir', cache_dir)
   # Every program, however quick to compile: initialising a model runs a

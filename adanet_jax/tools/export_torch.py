@@ -14,18 +14,23 @@ import os
 
 from absl import flags
 
+from adanet_jax.errors import ConfigError
 from adanet_jax.infer import inference
 from adanet_jax.model import torch_io
 from adanet_jax.runtime import cli
 from adanet_jax.train import rundir
-from adanet_jax.errors import ConfigError
 
 
 def define_flags() -> dict:
   return dict(
-      workdir=flags.DEFINE_string('workdir', None, 'Workdir of a training run.'),
+      workdir=flags.DEFINE_string(
+          'workdir', None, 'Workdir of a training run.'
+      ),
       output=flags.DEFINE_string('output', None, 'The .pth file to write.'),
-      step=flags.DEFINE_integer('step', None, 'Checkpoint step to export (default the latest).'))
+      step=flags.DEFINE_integer(
+          'step', None, 'Checkpoint step to export (default the latest).'
+      ),
+  )
 
 
 def export(workdir: str, output: str, step: int | None = None) -> int:
@@ -38,13 +43,21 @@ def export(workdir: str, output: str, step: int | None = None) -> int:
     raise ConfigError(f'--output={output!r} must end with .pth or .pt')
   parent = os.path.dirname(os.path.abspath(output))
   if not os.path.isdir(parent):
-    raise ConfigError(f'--output={output!r}: directory {parent!r} does not exist')
+    raise ConfigError(
+        f'--output={output!r}: directory {parent!r} does not exist'
+    )
   torch = torch_io.require_torch()  # fail before loading anything
   if not os.path.isdir(rundir.checkpoint_dir(workdir)):
-    raise ConfigError(f'--workdir={workdir!r} is not a workdir with checkpoints')
-  path = os.path.join(rundir.checkpoint_dir(workdir), *([] if step is None else [str(step)]))
+    raise ConfigError(
+        f'--workdir={workdir!r} is not a workdir with checkpoints'
+    )
+  path = os.path.join(
+      rundir.checkpoint_dir(workdir), *([] if step is None else [str(step)])
+  )
   model = inference.load(path)
-  state_dict = torch_io.export_state_dict(model.variables, num_batches_tracked=model.step)
+  state_dict = torch_io.export_state_dict(
+      model.variables, num_batches_tracked=model.step
+  )
   try:
     torch.save(state_dict, output + '.tmp')
     os.replace(output + '.tmp', output)

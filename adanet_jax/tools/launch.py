@@ -35,12 +35,22 @@ from adanet_jax.runtime import cli
 
 def define_flags() -> dict:
   return dict(
-      processes=flags.DEFINE_integer('processes', 2, 'Number of processes to start.',
-                                     lower_bound=1),
-      devices_per_process=flags.DEFINE_integer('devices_per_process', 1,
-                                               'Virtual CPU devices per process.', lower_bound=1),
-      timeout=flags.DEFINE_float('timeout', 600.0,
-                                 'Seconds before every process is killed (exit status 124).'))
+      processes=flags.DEFINE_integer(
+          'processes', 2, 'Number of processes to start.', lower_bound=1
+      ),
+      devices_per_process=flags.DEFINE_integer(
+          'devices_per_process',
+          1,
+          'Virtual CPU devices per process.',
+          lower_bound=1,
+      ),
+      timeout=flags.DEFINE_float(
+          'timeout',
+          600.0,
+          'Seconds before every process is killed (exit status 124).',
+      ),
+  )
+
 
 MODULE = 'adanet_jax.main'
 TIMEOUT_STATUS = 124  # as coreutils `timeout`
@@ -68,18 +78,28 @@ def cpu_devices_env(environ: dict, devices: int) -> dict:
   env = dict(environ)
   env.pop('JAX_NUM_CPU_DEVICES', None)
   others = _DEVICE_COUNT_FLAG.sub('', env.get('XLA_FLAGS', '')).split()
-  env['XLA_FLAGS'] = ' '.join(others + [f'--xla_force_host_platform_device_count={devices}'])
+  env['XLA_FLAGS'] = ' '.join(
+      others + [f'--xla_force_host_platform_device_count={devices}']
+  )
   env['JAX_PLATFORMS'] = 'cpu'
   env['PYTHONUNBUFFERED'] = '1'  # lines arrive as they are printed
   return env
 
 
-def worker_env(environ: dict, process_id: int, num_processes: int, devices: int,
-               coordinator: str) -> dict:
+def worker_env(
+    environ: dict,
+    process_id: int,
+    num_processes: int,
+    devices: int,
+    coordinator: str,
+) -> dict:
   """The environment of process `process_id` (see the module docstring)."""
   env = cpu_devices_env(environ, devices)
-  env.update(JAX_COORDINATOR_ADDRESS=coordinator, JAX_NUM_PROCESSES=str(num_processes),
-             JAX_PROCESS_ID=str(process_id))
+  env.update(
+      JAX_COORDINATOR_ADDRESS=coordinator,
+      JAX_NUM_PROCESSES=str(num_processes),
+      JAX_PROCESS_ID=str(process_id),
+  )
   return env
 
 
@@ -97,8 +117,11 @@ class Workers:
       proc = subprocess.Popen(
           [sys.executable, '-m', MODULE, *args],
           env=worker_env(os.environ, i, num_processes, devices, coordinator),
-          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-          start_new_session=True)  # own process group: SIGKILL reaches its children too
+          stdout=subprocess.PIPE,
+          stderr=subprocess.STDOUT,
+          stdin=subprocess.DEVNULL,
+          start_new_session=True,
+      )  # own process group: SIGKILL reaches its children too
       self.procs.append(proc)
       self._say(f'launch: process {i} pid {proc.pid} ({coordinator})')
       pump = threading.Thread(target=self._pump, args=(i, proc), daemon=True)
@@ -123,18 +146,26 @@ class Workers:
     deadline = time.monotonic() + timeout
     while True:
       codes = [p.poll() for p in self.procs]
-      failed = next((i for i, c in enumerate(codes) if c not in (None, 0)), None)
+      failed = next(
+          (i for i, c in enumerate(codes) if c not in (None, 0)), None
+      )
       if failed is not None:
         self.kill()
-        self._say(f'launch: process {failed} exited with status {codes[failed]}; killed the '
-                  'others', sys.stderr)
+        self._say(
+            f'launch: process {failed} exited with status {codes[failed]}; killed the '
+            'others',
+            sys.stderr,
+        )
         return codes[failed] if codes[failed] > 0 else 128 - codes[failed]
       if None not in codes:
         return 0
       if time.monotonic() > deadline:
         self.kill()
-        self._say(f'launch: timed out after {timeout:g} s; killed the {codes.count(None)} '
-                  f'process(es) still running', sys.stderr)
+        self._say(
+            f'launch: timed out after {timeout:g} s; killed the {codes.count(None)} '
+            f'process(es) still running',
+            sys.stderr,
+        )
         return TIMEOUT_STATUS
       time.sleep(0.1)
 
@@ -149,11 +180,15 @@ class Workers:
           pass
     for proc in self.procs:
       proc.wait()
-    for pump in self.pumps:  # the last lines; a leftover grandchild may hold a pipe
+    for (
+        pump
+    ) in self.pumps:  # the last lines; a leftover grandchild may hold a pipe
       pump.join(timeout=5)
 
 
-def launch(args: list[str], num_processes: int, devices: int, timeout: float) -> int:
+def launch(
+    args: list[str], num_processes: int, devices: int, timeout: float
+) -> int:
   """Runs `python -m adanet_jax.main ARGS` in `num_processes` processes.
 
   Args:
@@ -179,8 +214,12 @@ def _raise_on_sigterm(signum, frame):
 
 
 def main(args) -> int:
-  signal.signal(signal.SIGTERM, _raise_on_sigterm)  # so that `launch` kills the workers
-  return launch(args.rest, args.processes, args.devices_per_process, args.timeout)
+  signal.signal(
+      signal.SIGTERM, _raise_on_sigterm
+  )  # so that `launch` kills the workers
+  return launch(
+      args.rest, args.processes, args.devices_per_process, args.timeout
+  )
 
 
 if __name__ == '__main__':

@@ -43,6 +43,7 @@ LOST_JOB_STATUS = 255
 @dataclasses.dataclass(frozen=True)
 class SlurmOptions:
   """What each point's job asks SLURM for (None: the cluster's default)."""
+
   partition: str | None = None
   time_min: int = 240
   gpus_per_task: int | None = None
@@ -67,11 +68,19 @@ def run_point(command: list[str], workdir: str, cwd: str) -> int:
   env = {k: v for k, v in os.environ.items() if not k.startswith('SLURM_')}
   os.makedirs(workdir, exist_ok=True)
   with open(os.path.join(workdir, LOG_FILE), 'a') as log:
-    status = subprocess.call(command, stdout=log, stderr=subprocess.STDOUT,
-                             stdin=subprocess.DEVNULL, cwd=cwd, env=env)
+    status = subprocess.call(
+        command,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        cwd=cwd,
+        env=env,
+    )
   path = os.path.join(workdir, RESULT_FILE)
   with open(path + '.tmp', 'w') as f:
-    json.dump({'job_id': os.environ.get('SLURM_JOB_ID', ''), 'status': status}, f)
+    json.dump(
+        {'job_id': os.environ.get('SLURM_JOB_ID', ''), 'status': status}, f
+    )
   os.replace(path + '.tmp', path)  # the sweep never reads half a result
   return status
 
@@ -128,8 +137,12 @@ class SlurmJob:
     return self._result() is not None
 
   def _in_queue(self) -> bool:
-    out = subprocess.run(['squeue', '-h', '-j', str(self.job_id), '-o', '%T'],
-                         capture_output=True, text=True, check=False)
+    out = subprocess.run(
+        ['squeue', '-h', '-j', str(self.job_id), '-o', '%T'],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     # squeue fails for an id it no longer knows; an unreachable controller
     # also fails: then assume the job is still there and ask again later.
     if out.returncode != 0:
@@ -142,7 +155,9 @@ class SlurmJob:
     Its result, if it writes one while stopping, is not wanted: the next
     launch submits the point again (to resume from its checkpoint).
     """
-    subprocess.run(['scancel', str(self.job_id)], capture_output=True, check=False)
+    subprocess.run(
+        ['scancel', str(self.job_id)], capture_output=True, check=False
+    )
     _write_job_file(self.job_file, self.job_id, collected=True)
 
 
@@ -152,14 +167,21 @@ class SlurmLauncher:
   name = 'slurm'
 
   def __init__(self, root: str, options: SlurmOptions):
-    missing = [c for c in ('sbatch', 'squeue', 'scancel') if shutil.which(c) is None]
+    missing = [
+        c for c in ('sbatch', 'squeue', 'scancel') if shutil.which(c) is None
+    ]
     if missing:
-      raise ConfigError(f'--launcher=slurm needs SLURM\'s commands; not found on PATH: '
-                        f'{", ".join(missing)}')
+      raise ConfigError(
+          f"--launcher=slurm needs SLURM's commands; not found on PATH: "
+          f'{", ".join(missing)}'
+      )
     import submitit  # pylint: disable=import-outside-toplevel
+
     self.folder = os.path.join(root, 'slurm')
     self.options = options
-    self.executor = submitit.SlurmExecutor(folder=os.path.join(self.folder, '%j'))
+    self.executor = submitit.SlurmExecutor(
+        folder=os.path.join(self.folder, '%j')
+    )
     params = {'time': options.time_min, 'ntasks_per_node': 1, 'nodes': 1}
     for key in ('partition', 'gpus_per_task', 'cpus_per_task', 'mem'):
       if getattr(options, key) is not None:
@@ -179,21 +201,32 @@ class SlurmLauncher:
       The job.
     """
     import submitit  # pylint: disable=import-outside-toplevel
+
     path = os.path.join(workdir, JOB_FILE)
     if os.path.exists(path):
       with open(path) as f:
         recorded = json.load(f)
-      earlier = SlurmJob(submitit.SlurmJob(folder=os.path.join(self.folder, '%j'),
-                                           job_id=recorded['job_id']), path)
+      earlier = SlurmJob(
+          submitit.SlurmJob(
+              folder=os.path.join(self.folder, '%j'), job_id=recorded['job_id']
+          ),
+          path,
+      )
       # pylint: disable-next=protected-access
-      if not recorded['collected'] and (earlier._finished() or earlier._in_queue()):
+      if not recorded['collected'] and (
+          earlier._finished() or earlier._in_queue()
+      ):
         return earlier
     self.executor.update_parameters(job_name=name)
     try:
       job = self.executor.submit(run_point, command, workdir, os.getcwd())
     except submitit.core.utils.FailedJobError as e:
       # sbatch refused (no controller, a bad partition or time): its last line says why.
-      reason = str(e).strip().splitlines()[-1] if str(e).strip() else 'no reason given'
+      reason = (
+          str(e).strip().splitlines()[-1]
+          if str(e).strip()
+          else 'no reason given'
+      )
       raise ConfigError(f'sbatch refused point {name}: {reason}') from None
     _write_job_file(path, job.job_id, collected=False)
     return SlurmJob(job, path)

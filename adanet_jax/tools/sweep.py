@@ -41,12 +41,10 @@ import time
 from absl import flags
 
 from adanet_jax import config_lib
-from adanet_jax.runtime import cli
-from adanet_jax.train import rundir
 from adanet_jax.errors import ConfigError, ExpectedError
+from adanet_jax.runtime import cli
 from adanet_jax.tools import sweep_summary
-from adanet_jax.train import checks
-
+from adanet_jax.train import checks, rundir
 
 STOP_GRACE_S = 20.0  # seconds a stopped point gets between SIGTERM and SIGKILL
 POLL_S = 0.5
@@ -54,24 +52,51 @@ POLL_S = 0.5
 
 def define_flags() -> dict:
   return dict(
-      config=flags.DEFINE_string('config', None, 'Config file, with optional :arg.'),
-      sweep=flags.DEFINE_string('sweep', None, 'Name of a sweep the config file defines.'),
-      root=flags.DEFINE_string('root', None, 'Directory holding one workdir per point.'),
-      parallel=flags.DEFINE_integer('parallel', None, 'Points run at the same time (>= 1; '
-                                    'default 1 locally, all at once on SLURM).'),
-      plan_only=flags.DEFINE_bool('plan_only', False, 'Print and write the plan, run nothing.'),
-      summary_only=flags.DEFINE_bool('summary_only', False,
-                                     'Only summarize the workdirs in --root.'),
-      launcher=flags.DEFINE_enum('launcher', 'local', ['local', 'slurm'],
-                                 'local: child processes, --parallel at a time; slurm: one SLURM '
-                                 'job per point through submitit.'),
-      slurm_partition=flags.DEFINE_string('slurm.partition', None,
-                                          'SLURM partition of the points (default: the '
-                                          "cluster's)."),
-      slurm_time=flags.DEFINE_integer('slurm.time', 240, 'Time limit of each point, minutes.'),
-      slurm_gpus=flags.DEFINE_integer('slurm.gpus_per_task', None, 'GPUs of each point.'),
-      slurm_cpus=flags.DEFINE_integer('slurm.cpus_per_task', None, 'CPUs of each point.'),
-      slurm_mem=flags.DEFINE_string('slurm.mem', None, 'Memory of each point, e.g. 16G.'),
+      config=flags.DEFINE_string(
+          'config', None, 'Config file, with optional :arg.'
+      ),
+      sweep=flags.DEFINE_string(
+          'sweep', None, 'Name of a sweep the config file defines.'
+      ),
+      root=flags.DEFINE_string(
+          'root', None, 'Directory holding one workdir per point.'
+      ),
+      parallel=flags.DEFINE_integer(
+          'parallel',
+          None,
+          'Points run at the same time (>= 1; '
+          'default 1 locally, all at once on SLURM).',
+      ),
+      plan_only=flags.DEFINE_bool(
+          'plan_only', False, 'Print and write the plan, run nothing.'
+      ),
+      summary_only=flags.DEFINE_bool(
+          'summary_only', False, 'Only summarize the workdirs in --root.'
+      ),
+      launcher=flags.DEFINE_enum(
+          'launcher',
+          'local',
+          ['local', 'slurm'],
+          'local: child processes, --parallel at a time; slurm: one SLURM '
+          'job per point through submitit.',
+      ),
+      slurm_partition=flags.DEFINE_string(
+          'slurm.partition',
+          None,
+          'SLURM partition of the points (default: the ' "cluster's).",
+      ),
+      slurm_time=flags.DEFINE_integer(
+          'slurm.time', 240, 'Time limit of each point, minutes.'
+      ),
+      slurm_gpus=flags.DEFINE_integer(
+          'slurm.gpus_per_task', None, 'GPUs of each point.'
+      ),
+      slurm_cpus=flags.DEFINE_integer(
+          'slurm.cpus_per_task', None, 'CPUs of each point.'
+      ),
+      slurm_mem=flags.DEFINE_string(
+          'slurm.mem', None, 'Memory of each point, e.g. 16G.'
+      ),
   )
 
 
@@ -85,7 +110,9 @@ def grid(**axes) -> list[dict]:
     A list of override dicts, one per point.
   """
   keys = list(axes)
-  return [dict(zip(keys, values)) for values in itertools.product(*axes.values())]
+  return [
+      dict(zip(keys, values)) for values in itertools.product(*axes.values())
+  ]
 
 
 def point_name(overrides: dict) -> str:
@@ -101,12 +128,16 @@ def load_points(config_arg: str, sweep: str, common: dict) -> list[dict]:
   module = config_lib.load_module(path)
   sweeps = module.get_sweeps() if hasattr(module, 'get_sweeps') else {}
   if sweep not in sweeps:
-    raise ConfigError(f'--sweep={sweep!r} is not defined by {path}; its sweeps: '
-                      f'{", ".join(sorted(sweeps)) or "none (no get_sweeps())"}')
+    raise ConfigError(
+        f'--sweep={sweep!r} is not defined by {path}; its sweeps: '
+        f'{", ".join(sorted(sweeps)) or "none (no get_sweeps())"}'
+    )
   points = [dict(p) for p in sweeps[sweep]]
   names = [point_name(p) for p in points]
   if len(set(names)) != len(names):
-    raise ConfigError(f'sweep {sweep!r} has points with the same overrides: {names}')
+    raise ConfigError(
+        f'sweep {sweep!r} has points with the same overrides: {names}'
+    )
   for point in points:
     try:
       checks.validate(config_lib.load_config(config_arg, {**common, **point}))
@@ -117,13 +148,20 @@ def load_points(config_arg: str, sweep: str, common: dict) -> list[dict]:
 
 def main_command(config_arg: str, workdir: str, overrides: dict) -> list[str]:
   """The ordinary training command line of one point."""
-  return [sys.executable, '-m', 'adanet_jax.main', f'--config={config_arg}',
-          f'--workdir={workdir}'] + [f'--config.{k}={v}' for k, v in overrides.items()]
+  return [
+      sys.executable,
+      '-m',
+      'adanet_jax.main',
+      f'--config={config_arg}',
+      f'--workdir={workdir}',
+  ] + [f'--config.{k}={v}' for k, v in overrides.items()]
 
 
 def _die_with_parent():
   """Runs in the child before exec: SIGKILL it if the launcher dies."""
-  ctypes.CDLL('libc.so.6', use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+  ctypes.CDLL('libc.so.6', use_errno=True).prctl(
+      1, signal.SIGKILL
+  )  # PR_SET_PDEATHSIG
 
 
 class LocalJob:
@@ -134,9 +172,14 @@ class LocalJob:
     self.log = open(os.path.join(workdir, rundir.LOG_FILE), 'a')
     # Its own session: a Ctrl-C at the terminal reaches only the sweep, which
     # then stops the points itself (`stop`), so none prints a traceback.
-    self.proc = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT,
-                                 stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent,
-                                 start_new_session=True)
+    self.proc = subprocess.Popen(
+        command,
+        stdout=self.log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        preexec_fn=_die_with_parent,
+        start_new_session=True,
+    )
 
   def poll(self) -> int | None:
     """The exit status once the point ended, else None."""
@@ -190,16 +233,25 @@ def check_root(root: str, manifest: dict) -> None:
   if os.path.exists(path):
     stored = rundir.read_json(path)
     if stored != manifest:
-      raise ConfigError(f'--root={root} holds a different sweep ({stored["config"]} '
-                        f'--sweep={stored["sweep"]} with other points or overrides); use '
-                        'another root')
+      raise ConfigError(
+          f'--root={root} holds a different sweep ({stored["config"]} '
+          f'--sweep={stored["sweep"]} with other points or overrides); use '
+          'another root'
+      )
   else:
     os.makedirs(root, exist_ok=True)
     rundir.write_json(path, manifest)
 
 
-def run_sweep(config_arg: str, sweep: str, root: str, parallel: int, common: dict,
-              plan_only: bool = False, make_launcher=None) -> dict:
+def run_sweep(
+    config_arg: str,
+    sweep: str,
+    root: str,
+    parallel: int,
+    common: dict,
+    plan_only: bool = False,
+    make_launcher=None,
+) -> dict:
   """Plans and runs (or resumes) a sweep.
 
   Args:
@@ -213,26 +265,50 @@ def run_sweep(config_arg: str, sweep: str, root: str, parallel: int, common: dic
   Raises:
     SweepInterrupted: on Ctrl-C or SIGTERM, after the running points stopped.
   """
-  points = load_points(config_arg, sweep, common)  # all checks before anything starts
+  points = load_points(
+      config_arg, sweep, common
+  )  # all checks before anything starts
   root = os.path.abspath(root)
   jobs = {point_name(p): (p, os.path.join(root, point_name(p))) for p in points}
-  commands = {name: main_command(config_arg, wd, {**common, **p})
-              for name, (p, wd) in jobs.items()}
-  check_root(root, {'config': config_arg, 'sweep': sweep, 'common': common, 'points': points})
+  commands = {
+      name: main_command(config_arg, wd, {**common, **p})
+      for name, (p, wd) in jobs.items()
+  }
+  check_root(
+      root,
+      {
+          'config': config_arg,
+          'sweep': sweep,
+          'common': common,
+          'points': points,
+      },
+  )
   _print_plan(root, jobs, commands)
   if plan_only:
     return {}
   launcher = (make_launcher or LocalLauncher)(root)
-  todo = [n for n in jobs if rundir.read_sweep_status(jobs[n][1]).get('status') != 'done']
-  print(f'{len(jobs) - len(todo)} of {len(jobs)} points already done', flush=True)
+  todo = [
+      n
+      for n in jobs
+      if rundir.read_sweep_status(jobs[n][1]).get('status') != 'done'
+  ]
+  print(
+      f'{len(jobs) - len(todo)} of {len(jobs)} points already done', flush=True
+  )
   results = {n: 'done' for n in jobs if n not in todo}
   running = {}
   try:
     while todo or running:
       while todo and len(running) < parallel:
         name = todo.pop(0)
-        running[name] = (launcher.start(name, commands[name], jobs[name][1]), time.time())
-        print(f'started {name} ({launcher.describe(running[name][0])})', flush=True)
+        running[name] = (
+            launcher.start(name, commands[name], jobs[name][1]),
+            time.time(),
+        )
+        print(
+            f'started {name} ({launcher.describe(running[name][0])})',
+            flush=True,
+        )
       time.sleep(POLL_S)
       for name in list(running):
         code = running[name][0].poll()
@@ -240,8 +316,11 @@ def run_sweep(config_arg: str, sweep: str, root: str, parallel: int, common: dic
           continue
         start = running.pop(name)[1]
         results[name] = _finish(name, jobs[name], commands[name], code, start)
-        print(f'[{len(results)}/{len(jobs)}] {name}: {results[name]} '
-              f'({time.time() - start:.0f} s)', flush=True)
+        print(
+            f'[{len(results)}/{len(jobs)}] {name}: {results[name]} '
+            f'({time.time() - start:.0f} s)',
+            flush=True,
+        )
   except KeyboardInterrupt:
     for job, _ in running.values():
       job.stop()
@@ -254,7 +333,9 @@ def _print_plan(root, jobs, commands) -> None:
   lines = [' '.join(commands[name]) for name in jobs]
   with open(os.path.join(root, 'commands.sh'), 'w') as f:
     f.write('#!/bin/sh\n' + '\n'.join(lines) + '\n')
-  print(f'sweep plan: {len(jobs)} points under {root} (also in {root}/commands.sh)')
+  print(
+      f'sweep plan: {len(jobs)} points under {root} (also in {root}/commands.sh)'
+  )
   for name, line in zip(jobs, lines):
     state = rundir.read_sweep_status(jobs[name][1]).get('status', 'new')
     print(f'  {name} [{state}]: {line}')
@@ -265,19 +346,30 @@ def _finish(name, job, command, returncode, start) -> str:
   overrides, workdir = job
   status = 'done' if returncode == 0 else 'failed'
   previous = rundir.read_sweep_status(workdir)
-  rundir.write_sweep_status(workdir, {
-      'status': status, 'overrides': overrides, 'command': command, 'returncode': returncode,
-      'wall_s': previous.get('wall_s', 0.0) + time.time() - start})
+  rundir.write_sweep_status(
+      workdir,
+      {
+          'status': status,
+          'overrides': overrides,
+          'command': command,
+          'returncode': returncode,
+          'wall_s': previous.get('wall_s', 0.0) + time.time() - start,
+      },
+  )
   if status == 'failed':
     with open(os.path.join(workdir, rundir.LOG_FILE)) as f:
       tail = f.read().splitlines()[-15:]
-    print(f'point {name} failed (exit {returncode}); last lines of its log:\n  '
-          + '\n  '.join(tail), flush=True)
+    print(
+        f'point {name} failed (exit {returncode}); last lines of its log:\n  '
+        + '\n  '.join(tail),
+        flush=True,
+    )
   return status
 
 
 class SweepFailed(ExpectedError):
   """Some points failed; the others ran. Rerunning retries the failed ones."""
+
   exit_code = 1
 
 
@@ -285,13 +377,22 @@ def _launcher_factory(args):
   """Makes the launcher the flags ask for, from the sweep's root."""
   if args.launcher == 'local':
     return LocalLauncher
-  for name, value, low in (('slurm.time', args.slurm_time, 1), ('slurm.gpus_per_task',
-                           args.slurm_gpus, 0), ('slurm.cpus_per_task', args.slurm_cpus, 1)):
+  for name, value, low in (
+      ('slurm.time', args.slurm_time, 1),
+      ('slurm.gpus_per_task', args.slurm_gpus, 0),
+      ('slurm.cpus_per_task', args.slurm_cpus, 1),
+  ):
     if value is not None and value < low:
       raise ConfigError(f'--{name}={value} must be >= {low}')
   from adanet_jax.tools import slurm_launcher  # pylint: disable=import-outside-toplevel
-  options = slurm_launcher.SlurmOptions(args.slurm_partition, args.slurm_time, args.slurm_gpus,
-                                        args.slurm_cpus, args.slurm_mem)
+
+  options = slurm_launcher.SlurmOptions(
+      args.slurm_partition,
+      args.slurm_time,
+      args.slurm_gpus,
+      args.slurm_cpus,
+      args.slurm_mem,
+  )
   return functools.partial(slurm_launcher.SlurmLauncher, options=options)
 
 
@@ -309,6 +410,7 @@ def _raise_keyboard_interrupt(signum, frame):
 
 class SweepInterruptedError(ExpectedError):
   """Ctrl-C or SIGTERM stopped the sweep; the message says how to resume."""
+
   exit_code = 1
 
 
@@ -317,34 +419,51 @@ def main(args) -> None:
     cli.require(args, 'root')
     root = os.path.abspath(args.root)
     if not os.path.isdir(root):
-      raise ConfigError(f'--root={args.root} is not a directory: nothing to summarize')
+      raise ConfigError(
+          f'--root={args.root} is not a directory: nothing to summarize'
+      )
     print(sweep_summary.write_summary(root))
     _print_outputs(root)
     return
   cli.require(args, 'config', 'sweep', 'root')
   parallel = args.parallel
   if parallel is None:
-    parallel = sys.maxsize if args.launcher == 'slurm' else 1   # SLURM's scheduler decides
+    parallel = (
+        sys.maxsize if args.launcher == 'slurm' else 1
+    )  # SLURM's scheduler decides
   if parallel < 1:
     raise ConfigError(f'--parallel={args.parallel} must be >= 1')
   if os.path.exists(args.root) and not os.path.isdir(args.root):
     raise ConfigError(f'--root={args.root} is a file, not a directory')
   make_launcher = _launcher_factory(args)
-  signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)  # stop the points as on Ctrl-C
+  signal.signal(
+      signal.SIGTERM, _raise_keyboard_interrupt
+  )  # stop the points as on Ctrl-C
   try:
-    results = run_sweep(args.config, args.sweep, args.root, parallel, args.overrides,
-                        args.plan_only, make_launcher)
+    results = run_sweep(
+        args.config,
+        args.sweep,
+        args.root,
+        parallel,
+        args.overrides,
+        args.plan_only,
+        make_launcher,
+    )
   except (SweepInterrupted, KeyboardInterrupt) as e:
     stopped = f' ({e})' if str(e) else ''
     command = ['python', '-m', 'adanet_jax.tools.sweep', *sys.argv[1:]]
-    raise SweepInterruptedError(f'sweep interrupted{stopped}; rerun to resume: '
-                                f'{shlex.join(command)}') from None
+    raise SweepInterruptedError(
+        f'sweep interrupted{stopped}; rerun to resume: '
+        f'{shlex.join(command)}'
+    ) from None
   if results:
     _print_outputs(args.root)
   failed = sorted(n for n, s in results.items() if s != 'done')
   if failed:
-    raise SweepFailed(f'{len(failed)} point(s) failed: {", ".join(failed)}; re-run the same '
-                      'command to retry them')
+    raise SweepFailed(
+        f'{len(failed)} point(s) failed: {", ".join(failed)}; re-run the same '
+        'command to retry them'
+    )
 
 
 if __name__ == '__main__':

@@ -34,10 +34,14 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
+from adanet_jax.errors import (
+    CheckpointWriteError,
+    ConfigError,
+    DamagedCheckpointError,
+    os_error_text,
+)
 from adanet_jax.model import torch_io
 from adanet_jax.train import rundir
-from adanet_jax.errors import (CheckpointWriteError, ConfigError, DamagedCheckpointError,
-                               os_error_text)
 
 logger = logging.getLogger(__name__)
 
@@ -71,8 +75,14 @@ def step_dirs(directory: str) -> list[int]:
     names = os.listdir(directory)
   except FileNotFoundError:
     return []
-  return sorted((int(n) for n in names
-                 if n.isdigit() and os.path.isdir(os.path.join(directory, n))), reverse=True)
+  return sorted(
+      (
+          int(n)
+          for n in names
+          if n.isdigit() and os.path.isdir(os.path.join(directory, n))
+      ),
+      reverse=True,
+  )
 
 
 @contextlib.contextmanager
@@ -95,7 +105,9 @@ def _quiet_orbax():
 
 def _first_line(error: BaseException) -> str:
   """A one-line description of `error` (orbax and TensorStore errors span lines)."""
-  text = next((line.strip() for line in str(error).splitlines() if line.strip()), '')
+  text = next(
+      (line.strip() for line in str(error).splitlines() if line.strip()), ''
+  )
   text = text.split(' See full TensorStore details')[0]
   text = text if len(text) <= 200 else text[:197] + '...'
   return f'{type(error).__name__}: {text}' if text else type(error).__name__
@@ -106,13 +118,18 @@ def _restore_step(manager, step: int, state):
   abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
   try:
     with _quiet_orbax():
-      restored, error = manager.restore(step, args=ocp.args.StandardRestore(abstract)), None
+      restored, error = (
+          manager.restore(step, args=ocp.args.StandardRestore(abstract)),
+          None,
+      )
   except Exception as e:  # pylint: disable=broad-except  # any damage looks different
     restored, error = None, e
   if jax.process_count() > 1:  # a step counts only if it restored everywhere
     ok = multihost_utils.process_allgather(np.int32(error is None))
     if not np.all(ok) and error is None:
-      restored, error = None, RuntimeError('failed to restore on another process')
+      restored, error = None, RuntimeError(
+          'failed to restore on another process'
+      )
   return restored, error
 
 
@@ -124,11 +141,17 @@ def check_workdir(workdir: str, config: ml_collections.ConfigDict) -> None:
   with open(path) as f:
     stored = json.load(f)
   ours = model_signature(config)
-  diffs = [f'{k}: checkpoint has {stored.get(k)!r}, config has {ours.get(k)!r}'
-           for k in sorted(set(stored) | set(ours)) if stored.get(k) != ours.get(k)]
+  diffs = [
+      f'{k}: checkpoint has {stored.get(k)!r}, config has {ours.get(k)!r}'
+      for k in sorted(set(stored) | set(ours))
+      if stored.get(k) != ours.get(k)
+  ]
   if diffs:
-    raise ConfigError(f'workdir {workdir} holds checkpoints of a different model ('
-                      + '; '.join(diffs) + '): use another workdir; nothing was changed')
+    raise ConfigError(
+        f'workdir {workdir} holds checkpoints of a different model ('
+        + '; '.join(diffs)
+        + '): use another workdir; nothing was changed'
+    )
 
 
 class Checkpointer:
@@ -138,12 +161,17 @@ class Checkpointer:
     check_workdir(workdir, config)
     self.workdir = os.path.abspath(workdir)
     self.directory = rundir.checkpoint_dir(workdir)
-    options = ocp.CheckpointManagerOptions(max_to_keep=config.checkpoint.keep, create=True)
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=config.checkpoint.keep, create=True
+    )
     # One unnamed item, fixed here: else orbax guesses it from the first step
     # directory it reads, and an empty one makes it guess wrong for good.
     with _quiet_orbax():  # its warnings about empty or stray step directories
-      self.manager = ocp.CheckpointManager(self.directory, options=options,
-                                           item_handlers=ocp.StandardCheckpointHandler())
+      self.manager = ocp.CheckpointManager(
+          self.directory,
+          options=options,
+          item_handlers=ocp.StandardCheckpointHandler(),
+      )
     if jax.process_index() == 0:
       # Written aside and renamed: the other processes may be reading it in
       # check_workdir right now, and must never see it half written.
@@ -155,7 +183,9 @@ class Checkpointer:
       except OSError as e:
         with contextlib.suppress(OSError):
           os.remove(path + '.tmp')  # no empty leftover in the way of a rerun
-        raise CheckpointWriteError(f'cannot write {path}: {e.strerror or e}') from None
+        raise CheckpointWriteError(
+            f'cannot write {path}: {e.strerror or e}'
+        ) from None
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
@@ -173,7 +203,8 @@ class Checkpointer:
       raise CheckpointWriteError(
           f'writing the checkpoint of step {step} to {self.directory}/{step} failed ('
           f'{os_error_text(e) or _first_line(e)}); training stopped; earlier checkpoints kept: '
-          f'{", ".join(map(str, kept)) or "none"}') from None
+          f'{", ".join(map(str, kept)) or "none"}'
+      ) from None
 
   def _remove_partial(self, step: int) -> None:
     """Removes the unfinished (temporary) directory of a failed save: it is
@@ -188,8 +219,10 @@ class Checkpointer:
     """Restores into the shapes, dtypes and shardings of `state`."""
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
     with _quiet_orbax():
-      return self.manager.restore(self.latest_step() if step is None else step,
-                                  args=ocp.args.StandardRestore(abstract))
+      return self.manager.restore(
+          self.latest_step() if step is None else step,
+          args=ocp.args.StandardRestore(abstract),
+      )
 
   def restore_newest_intact(self, state):
     """Restores the newest step that restores completely, moving newer
@@ -208,26 +241,43 @@ class Checkpointer:
         break
       damaged.append((step, error))
     else:
-      if damaged:  # every step fails: more likely our fault than the disk's; move nothing
+      if (
+          damaged
+      ):  # every step fails: more likely our fault than the disk's; move nothing
         raise DamagedCheckpointError(
             f'no checkpoint in {self.directory} restores (step {damaged[0][0]}: '
-            f'{_first_line(damaged[0][1])}); nothing was moved')
+            f'{_first_line(damaged[0][1])}); nothing was moved'
+        )
       return None
     for bad, error in damaged:
       self._move_aside(bad, error, restored_step=step)
     if damaged:
       if jax.process_count() > 1:
-        multihost_utils.sync_global_devices('adanet_jax.train.checkpoints.moved_aside')
+        multihost_utils.sync_global_devices(
+            'adanet_jax.train.checkpoints.moved_aside'
+        )
       self.manager.reload()
     return restored
 
-  def _move_aside(self, step: int, error: BaseException, restored_step: int) -> None:
-    target = os.path.join(self.workdir, rundir.DAMAGED_CHECKPOINTS_DIR, f'{step}-{time.strftime("%Y%m%dT%H%M%S")}')
+  def _move_aside(
+      self, step: int, error: BaseException, restored_step: int
+  ) -> None:
+    target = os.path.join(
+        self.workdir,
+        rundir.DAMAGED_CHECKPOINTS_DIR,
+        f'{step}-{time.strftime("%Y%m%dT%H%M%S")}',
+    )
     if jax.process_index() == 0:
       os.makedirs(os.path.dirname(target), exist_ok=True)
       os.rename(os.path.join(self.directory, str(step)), target)
-    logger.warning('checkpoint step %d does not restore (%s); moved to %s, resuming from '
-                   'step %d', step, _first_line(error), target, restored_step)
+    logger.warning(
+        'checkpoint step %d does not restore (%s); moved to %s, resuming from '
+        'step %d',
+        step,
+        _first_line(error),
+        target,
+        restored_step,
+    )
 
   def close(self) -> None:
     self.manager.wait_until_finished()
@@ -254,7 +304,9 @@ def resolve_checkpoint_dir(path: str) -> str:
   if os.path.isdir(rundir.checkpoint_dir(path)):
     path = rundir.checkpoint_dir(path)
   if not os.path.isdir(path):
-    raise ConfigError(f'init_from={path!r} is not a workdir or checkpoint directory')
+    raise ConfigError(
+        f'init_from={path!r} is not a workdir or checkpoint directory'
+    )
   return path
 
 
@@ -267,14 +319,19 @@ def restore_from(path: str, state, step: int | None = None):
   naming the damage and the other steps.
   """
   path = resolve_checkpoint_dir(path)
-  options = ocp.CheckpointManagerOptions(read_only=True, create=False, save_interval_steps=0)
+  options = ocp.CheckpointManagerOptions(
+      read_only=True, create=False, save_interval_steps=0
+  )
   with _quiet_orbax():  # its "read only" warnings
-    manager = ocp.CheckpointManager(path, options=options,
-                                    item_handlers=ocp.StandardCheckpointHandler())
+    manager = ocp.CheckpointManager(
+        path, options=options, item_handlers=ocp.StandardCheckpointHandler()
+    )
   present = step_dirs(path)
   if step is not None and step not in present:
-    raise ConfigError(f'{path!r} holds no checkpoint at step {step}; steps there: '
-                      f'{", ".join(map(str, sorted(present))) or "none"}')
+    raise ConfigError(
+        f'{path!r} holds no checkpoint at step {step}; steps there: '
+        f'{", ".join(map(str, sorted(present))) or "none"}'
+    )
   if not present:
     raise ConfigError(f'{path!r} holds no checkpoint')
   damaged = []
@@ -283,8 +340,14 @@ def restore_from(path: str, state, step: int | None = None):
       restored, error = _restore_step(manager, candidate, state)
       if restored is not None:
         for bad, bad_error in damaged:
-          logger.warning('checkpoint step %d of %s does not restore (%s); loaded step '
-                         '%d instead', bad, path, _first_line(bad_error), candidate)
+          logger.warning(
+              'checkpoint step %d of %s does not restore (%s); loaded step '
+              '%d instead',
+              bad,
+              path,
+              _first_line(bad_error),
+              candidate,
+          )
         return restored
       damaged.append((candidate, error))
   finally:
@@ -292,8 +355,12 @@ def restore_from(path: str, state, step: int | None = None):
   others = [s for s in sorted(present) if s not in dict(damaged)]
   raise DamagedCheckpointError(
       f'checkpoint step {damaged[0][0]} of {path} is damaged ({_first_line(damaged[0][1])}); '
-      + (f'other steps there: {", ".join(map(str, others))} (load one as {path}/<step>)'
-         if others else 'no other step restores'))
+      + (
+          f'other steps there: {", ".join(map(str, others))} (load one as {path}/<step>)'
+          if others
+          else 'no other step restores'
+      )
+  )
 
 
 def restore_or_init(checkpointer: Checkpointer, state, init_from: str):
@@ -304,9 +371,14 @@ def restore_or_init(checkpointer: Checkpointer, state, init_from: str):
     return restored
   if init_from and torch_io.is_torch_file(init_from):
     variables = torch_io.restore_variables(
-        init_from, {'params': state.params, 'batch_stats': state.batch_stats})
-    return state.replace(params=variables['params'], batch_stats=variables['batch_stats'])
+        init_from, {'params': state.params, 'batch_stats': state.batch_stats}
+    )
+    return state.replace(
+        params=variables['params'], batch_stats=variables['batch_stats']
+    )
   if init_from:
     restored = restore_from(init_from, state)
-    return state.replace(params=restored.params, batch_stats=restored.batch_stats)
+    return state.replace(
+        params=restored.params, batch_stats=restored.batch_stats
+    )
   return state

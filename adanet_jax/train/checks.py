@@ -10,7 +10,6 @@ from adanet_jax.errors import ConfigError
 from adanet_jax.model import factory
 from adanet_jax.train import checkpoints, optim
 
-
 # (field, test, what is allowed): every value that can be wrong on its own.
 # Written so that NaN fails every test.
 RULES = (
@@ -31,12 +30,28 @@ RULES = (
     ('optim.warmup_epochs', lambda v: v >= 0, 'must be >= 0'),
     ('train.batch_size', lambda v: v > 0, 'must be > 0'),
     ('train.num_epochs', lambda v: v > 0, 'must be > 0'),
-    ('train.log_every_steps', lambda v: v >= 0, 'must be >= 0 (0: only after the last step)'),
-    ('train.eval_every_epochs', lambda v: v >= 0, 'must be >= 0 (0: only after the last step)'),
+    (
+        'train.log_every_steps',
+        lambda v: v >= 0,
+        'must be >= 0 (0: only after the last step)',
+    ),
+    (
+        'train.eval_every_epochs',
+        lambda v: v >= 0,
+        'must be >= 0 (0: only after the last step)',
+    ),
     ('train.sync_every_steps', lambda v: v > 0, 'must be >= 1'),
     ('eval.batch_size', lambda v: v > 0, 'must be > 0'),
-    ('checkpoint.every_steps', lambda v: v >= 0, 'must be >= 0 (0: only after the last step)'),
-    ('checkpoint.keep', lambda v: v > 0, 'must be >= 1 (the checkpoints kept to resume from)'),
+    (
+        'checkpoint.every_steps',
+        lambda v: v >= 0,
+        'must be >= 0 (0: only after the last step)',
+    ),
+    (
+        'checkpoint.keep',
+        lambda v: v > 0,
+        'must be >= 1 (the checkpoints kept to resume from)',
+    ),
 )
 
 
@@ -76,11 +91,20 @@ def check_run_config(config: ml_collections.ConfigDict) -> None:
   if config.init_from:  # refused before the workdir is created
     checkpoints.check_init_from(config.init_from)
   n = jax.device_count()
-  for field, size in (('train.batch_size', config.train.batch_size),
-                      ('eval.batch_size', config.eval.batch_size)):
+  for field, size in (
+      ('train.batch_size', config.train.batch_size),
+      ('eval.batch_size', config.eval.batch_size),
+  ):
     if size <= 0 or size % n:
-      raise ConfigError(f'{field}={size} must be a positive multiple of the device count '
-                        f'({n} devices)')
-  if not 1 <= config.train.sync_every_steps <= 10 and jax.default_backend() == 'cpu':
-    raise ConfigError(f'train.sync_every_steps={config.train.sync_every_steps} must be '
-                      'in [1, 10] on CPU (more queued steps can deadlock XLA:CPU)')
+      raise ConfigError(
+          f'{field}={size} must be a positive multiple of the device count '
+          f'({n} devices)'
+      )
+  if (
+      not 1 <= config.train.sync_every_steps <= 10
+      and jax.default_backend() == 'cpu'
+  ):
+    raise ConfigError(
+        f'train.sync_every_steps={config.train.sync_every_steps} must be '
+        'in [1, 10] on CPU (more queued steps can deadlock XLA:CPU)'
+    )

@@ -48,12 +48,21 @@ class CompiledTrainStep:
     compile_info: {'compile_s', 'compile_cached'} once compiled.
   """
 
-  def __init__(self, train_step: Callable, placement: placement_lib.Placement, key: jax.Array,
-               hparams: dict):
+  def __init__(
+      self,
+      train_step: Callable,
+      placement: placement_lib.Placement,
+      key: jax.Array,
+      hparams: dict,
+  ):
     """`train_step(state, batch, key, hparams)`; `key` and `hparams` replicated."""
     r = placement.replicated
-    self._jitted = jax.jit(train_step, in_shardings=(r, placement.data, r, r), out_shardings=r,
-                           donate_argnums=0)
+    self._jitted = jax.jit(
+        train_step,
+        in_shardings=(r, placement.data, r, r),
+        out_shardings=r,
+        donate_argnums=0,
+    )
     self.key, self.hparams = key, hparams
     self.executable = None
     self.compile_info = None
@@ -68,10 +77,19 @@ class CompiledTrainStep:
     logger.info('compiling the train step...')
     start = time.perf_counter()
     with CacheHitCounter() as hits:
-      self.executable = self._jitted.lower(state, batch, self.key, self.hparams).compile()
+      self.executable = self._jitted.lower(
+          state, batch, self.key, self.hparams
+      ).compile()
     seconds = time.perf_counter() - start
-    logger.info('%s the train step in %.1f s', 'loaded' if hits.count else 'compiled', seconds)
-    self.compile_info = {'compile_s': seconds, 'compile_cached': float(hits.count > 0)}
+    logger.info(
+        '%s the train step in %.1f s',
+        'loaded' if hits.count else 'compiled',
+        seconds,
+    )
+    self.compile_info = {
+        'compile_s': seconds,
+        'compile_cached': float(hits.count > 0),
+    }
     return self.compile_info
 
   def __call__(self, state, batch: dict):

@@ -13,10 +13,14 @@ import jax
 import numpy as np
 
 from adanet_jax.model import accounting
-from adanet_jax.train import placement as placement_lib, plan as plan_lib, steps
+from adanet_jax.train import placement as placement_lib
+from adanet_jax.train import plan as plan_lib
+from adanet_jax.train import steps
 
 
-def summarize(sums: dict, costs: accounting.CostTable, fixed_blocks, gated: bool) -> dict:
+def summarize(
+    sums: dict, costs: accounting.CostTable, fixed_blocks, gated: bool
+) -> dict:
   """Turns the summed eval outputs into metrics (host-side, exact).
 
   `gate_rate(s)` are the mean gate values (execution probabilities in
@@ -25,7 +29,11 @@ def summarize(sums: dict, costs: accounting.CostTable, fixed_blocks, gated: bool
   count = float(sums['count'])
   rates = np.asarray(sums['gates'], np.float64) / count
   executed = np.asarray(sums['executed'], np.float64) / count
-  free = [i for i in range(len(rates)) if i not in set(fixed_blocks)] if gated else []
+  free = (
+      [i for i in range(len(rates)) if i not in set(fixed_blocks)]
+      if gated
+      else []
+  )
   macs = float(costs.per_image(executed))
   return {
       'count': int(count),
@@ -55,7 +63,9 @@ def evaluate(eval_step, state, batches, to_global) -> dict:
   total = None
   for batch in batches:
     out = eval_step(state, to_global(batch))
-    total = out if total is None else jax.tree.map(lambda a, b: a + b, total, out)
+    total = (
+        out if total is None else jax.tree.map(lambda a, b: a + b, total, out)
+    )
     jax.block_until_ready(total)
   return jax.tree.map(np.asarray, jax.device_get(total))
 
@@ -64,15 +74,24 @@ class Evaluator:
   """Evaluates a train state on a dataset's evaluation split in each of the
   plan's gate modes, with eval steps jitted over the placement."""
 
-  def __init__(self, plan: plan_lib.RunPlan, placement: placement_lib.Placement,
-               costs: accounting.CostTable):
+  def __init__(
+      self,
+      plan: plan_lib.RunPlan,
+      placement: placement_lib.Placement,
+      costs: accounting.CostTable,
+  ):
     self.plan, self.placement, self.costs = plan, placement, costs
     r, d = placement.replicated, placement.data
     self.eval_steps = {
-        mode: jax.jit(functools.partial(steps.eval_step, gate_mode=mode,
-                                        num_classes=plan.num_classes),
-                      in_shardings=(r, d), out_shardings=r)
-        for mode in plan.eval_gate_modes}
+        mode: jax.jit(
+            functools.partial(
+                steps.eval_step, gate_mode=mode, num_classes=plan.num_classes
+            ),
+            in_shardings=(r, d),
+            out_shardings=r,
+        )
+        for mode in plan.eval_gate_modes
+    }
 
   def __call__(self, state, dataset) -> tuple[dict, dict[str, np.ndarray]]:
     """Evaluates `state` on `dataset.eval_batches()`.
@@ -82,8 +101,12 @@ class Evaluator:
     """
     results, matrices = {}, {}
     for mode, eval_step in self.eval_steps.items():
-      sums = evaluate(eval_step, state, dataset.eval_batches(), self.placement.to_global)
-      summary = summarize(sums, self.costs, self.plan.fixed_blocks, self.plan.gated)
+      sums = evaluate(
+          eval_step, state, dataset.eval_batches(), self.placement.to_global
+      )
+      summary = summarize(
+          sums, self.costs, self.plan.fixed_blocks, self.plan.gated
+      )
       results.update({f'eval/{mode}/{k}': v for k, v in summary.items()})
       matrices[mode] = class_block_rates(sums)
     return results, matrices

@@ -16,11 +16,17 @@ from jax.experimental import multihost_utils
 import numpy as np
 import optax
 
-from adanet_jax.train import placement as placement_lib, steps
+from adanet_jax.train import placement as placement_lib
+from adanet_jax.train import steps
 
 
-def initial_state(model, tx: optax.GradientTransformation, image_shape: tuple, seed: int,
-                  placement: placement_lib.Placement) -> steps.TrainState:
+def initial_state(
+    model,
+    tx: optax.GradientTransformation,
+    image_shape: tuple,
+    seed: int,
+    placement: placement_lib.Placement,
+) -> steps.TrainState:
   """`steps.create_train_state` from `seed`, replicated over `placement`'s mesh.
 
   Args:
@@ -30,13 +36,19 @@ def initial_state(model, tx: optax.GradientTransformation, image_shape: tuple, s
     seed: the run's seed.
     placement: where the state goes.
   """
-  create = functools.partial(steps.create_train_state, model, tx, image_shape,
-                             jax.random.key(seed))
+  create = functools.partial(
+      steps.create_train_state, model, tx, image_shape, jax.random.key(seed)
+  )
   if jax.process_count() == 1:
     state = jax.device_get(create())
   else:
-    local = (jax.device_get(create()) if jax.process_index() == 0 else
-             jax.tree.map(lambda x: np.zeros(x.shape, x.dtype),
-                          steps.abstract_train_state(model, tx, image_shape)))
+    local = (
+        jax.device_get(create())
+        if jax.process_index() == 0
+        else jax.tree.map(
+            lambda x: np.zeros(x.shape, x.dtype),
+            steps.abstract_train_state(model, tx, image_shape),
+        )
+    )
     state = jax.device_get(multihost_utils.broadcast_one_to_all(local))
   return placement.replicate(state)

@@ -16,10 +16,13 @@ import optax
 def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
   """Mean softmax cross-entropy over the batch, computed in float32."""
   return optax.softmax_cross_entropy_with_integer_labels(
-      logits.astype(jnp.float32), labels).mean()
+      logits.astype(jnp.float32), labels
+  ).mean()
 
 
-def target_rate_loss(gates: jax.Array, targets: Sequence[float], reduction: str) -> jax.Array:
+def target_rate_loss(
+    gates: jax.Array, targets: Sequence[float], reduction: str
+) -> jax.Array:
   """The target-rate loss (without its weight).
 
   Args:

@@ -19,8 +19,8 @@ import numpy as np
 from tensorboard.compat.proto import event_pb2, summary_pb2
 from tensorboard.summary.writer.record_writer import RecordWriter
 
-from adanet_jax.train import progress, rundir
 from adanet_jax.errors import reported_write
+from adanet_jax.train import progress, rundir
 
 # Numbers event files opened by this process: TensorBoard reads a directory's
 # files in name order, and two opened within a second must not share a name.
@@ -34,8 +34,12 @@ def accumulate(total: dict | None, new: dict) -> dict:
   """Adds one step's metric sums to the running sums (on the device)."""
   if total is None:
     return new
-  return {k: (jax.numpy.minimum if k in MIN_KEYS else jax.numpy.add)(total[k], new[k])
-          for k in total}
+  return {
+      k: (jax.numpy.minimum if k in MIN_KEYS else jax.numpy.add)(
+          total[k], new[k]
+      )
+      for k in total
+  }
 
 
 def summarize_train(sums: dict) -> dict:
@@ -66,18 +70,31 @@ class TensorBoardWriter:
   """
 
   def __init__(self, logdir: str, start_step: int | None = None):
-    name = (f'events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}.{os.getpid()}.'
-            f'{next(_EVENT_FILES):04d}')
+    name = (
+        f'events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}.{os.getpid()}.'
+        f'{next(_EVENT_FILES):04d}'
+    )
     self._file = open(os.path.join(logdir, name), 'wb')
     self._records = RecordWriter(self._file)
     self._write(event_pb2.Event(file_version='brain.Event:2'))
     if start_step:
-      self._write(event_pb2.Event(
-          step=start_step + 1, session_log=event_pb2.SessionLog(status=event_pb2.SessionLog.START)))
+      self._write(
+          event_pb2.Event(
+              step=start_step + 1,
+              session_log=event_pb2.SessionLog(
+                  status=event_pb2.SessionLog.START
+              ),
+          )
+      )
 
   def write_scalars(self, step: int, scalars: dict) -> None:
-    values = [summary_pb2.Summary.Value(tag=k, simple_value=float(v)) for k, v in scalars.items()]
-    self._write(event_pb2.Event(step=step, summary=summary_pb2.Summary(value=values)))
+    values = [
+        summary_pb2.Summary.Value(tag=k, simple_value=float(v))
+        for k, v in scalars.items()
+    ]
+    self._write(
+        event_pb2.Event(step=step, summary=summary_pb2.Summary(value=values))
+    )
 
   def _write(self, event) -> None:
     event.wall_time = time.time()
@@ -94,8 +111,13 @@ class MetricLogger:
   (`TensorBoardWriter`; a per-block list becomes `name/block07` scalars) and
   metrics.jsonl (everything, lists kept)."""
 
-  def __init__(self, workdir: str, num_steps: int = 0, steps_per_epoch: int = 1,
-               start_step: int | None = None):
+  def __init__(
+      self,
+      workdir: str,
+      num_steps: int = 0,
+      steps_per_epoch: int = 1,
+      start_step: int | None = None,
+  ):
     """`start_step`: the step the run (re)starts from; records past it are
     dropped from metrics.jsonl (None: keep everything).
 
@@ -119,7 +141,9 @@ class MetricLogger:
     scalars, per_block = {}, {}
     for key, value in metrics.items():
       if isinstance(value, (list, tuple)):
-        per_block.update({f'{key}/block{i:02d}': v for i, v in enumerate(value)})
+        per_block.update(
+            {f'{key}/block{i:02d}': v for i, v in enumerate(value)}
+        )
       else:
         scalars[key] = value
     if not self.chief:
@@ -133,8 +157,11 @@ class MetricLogger:
   def _write_errors(self, what: str):
     """OSErrors inside become one WorkdirWriteError line. Each record is
     flushed whole or cut short; a resume drops a cut line (rundir)."""
-    return reported_write(f'{what} to {self.workdir}', 'training stopped; run the same command '
-                          'again to resume from the last checkpoint')
+    return reported_write(
+        f'{what} to {self.workdir}',
+        'training stopped; run the same command '
+        'again to resume from the last checkpoint',
+    )
 
   def close(self) -> None:
     """Closes the files. Every record was flushed when written: a failure

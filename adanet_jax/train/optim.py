@@ -38,6 +38,7 @@ class OptimizerSpec:
     momentum: heavy-ball coefficient (0: plain SGD, no momentum buffer).
     nesterov: Nesterov momentum.
   """
+
   schedule: str
   learning_rate: float
   warmup_steps: int
@@ -60,11 +61,17 @@ def validate(config: ml_collections.ConfigDict) -> None:
   each number on its own is checked by `checks.validate`)."""
   o = config.optim
   if o.schedule not in SCHEDULES:
-    raise ConfigError(f'optim.schedule={o.schedule!r} is unknown; allowed: {", ".join(SCHEDULES)}')
+    raise ConfigError(
+        f'optim.schedule={o.schedule!r} is unknown; allowed: {", ".join(SCHEDULES)}'
+    )
   fractions = tuple(o.decay_fractions)
-  if any(not 0 < f < 1 for f in fractions) or list(fractions) != sorted(fractions):
-    raise ConfigError(f'optim.decay_fractions={fractions} must be increasing fractions of '
-                      'the training in (0, 1)')
+  if any(not 0 < f < 1 for f in fractions) or list(fractions) != sorted(
+      fractions
+  ):
+    raise ConfigError(
+        f'optim.decay_fractions={fractions} must be increasing fractions of '
+        'the training in (0, 1)'
+    )
 
 
 def create_schedule(spec: OptimizerSpec) -> optax.Schedule:
@@ -75,21 +82,27 @@ def create_schedule(spec: OptimizerSpec) -> optax.Schedule:
     # Two drops on one step (rounding) multiply there twice.
     drops = collections.Counter(s - warmup for s in spec.decay_steps)
     main = optax.piecewise_constant_schedule(
-        peak, {step: spec.decay_factor**n for step, n in drops.items()})
+        peak, {step: spec.decay_factor**n for step, n in drops.items()}
+    )
   elif spec.schedule == 'cosine':
     main = optax.cosine_decay_schedule(peak, max(spec.total_steps - warmup, 1))
   elif spec.schedule == 'constant':
     main = optax.constant_schedule(peak)
   else:
-    raise ConfigError(f'optim.schedule={spec.schedule!r} is unknown; allowed: '
-                      f'{", ".join(SCHEDULES)}')
+    raise ConfigError(
+        f'optim.schedule={spec.schedule!r} is unknown; allowed: '
+        f'{", ".join(SCHEDULES)}'
+    )
   if not warmup:
     return main
-  return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), main], [warmup])
+  return optax.join_schedules(
+      [optax.linear_schedule(0.0, peak, warmup), main], [warmup]
+  )
 
 
-def create_optimizer(spec: OptimizerSpec) -> tuple[optax.GradientTransformation,
-                                                   optax.Schedule]:
+def create_optimizer(
+    spec: OptimizerSpec,
+) -> tuple[optax.GradientTransformation, optax.Schedule]:
   """Coupled-L2 SGD: chain(add_decayed_weights, sgd(schedule, momentum)).
 
   Returns:
@@ -99,5 +112,8 @@ def create_optimizer(spec: OptimizerSpec) -> tuple[optax.GradientTransformation,
   schedule = create_schedule(spec)
   tx = optax.chain(
       optax.add_decayed_weights(spec.weight_decay),
-      optax.sgd(schedule, momentum=spec.momentum or None, nesterov=spec.nesterov))
+      optax.sgd(
+          schedule, momentum=spec.momentum or None, nesterov=spec.nesterov
+      ),
+  )
   return tx, schedule

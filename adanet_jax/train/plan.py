@@ -42,6 +42,7 @@ class RunPlan:
     init_from: a checkpoint or PyTorch file to start from ('' for none).
     optimizer: the optimizer's numbers (`optim.create_optimizer` builds it).
   """
+
   steps_per_epoch: int
   num_steps: int
   log_every_steps: int
@@ -65,7 +66,9 @@ class RunPlan:
   optimizer: optim.OptimizerSpec
 
 
-def make_plan(config: ml_collections.ConfigDict, steps_per_epoch: int) -> RunPlan:
+def make_plan(
+    config: ml_collections.ConfigDict, steps_per_epoch: int
+) -> RunPlan:
   """The plan of `config` for a dataset of `steps_per_epoch` steps per epoch.
 
   Raises:
@@ -75,24 +78,42 @@ def make_plan(config: ml_collections.ConfigDict, steps_per_epoch: int) -> RunPla
   t, o = config.train, config.optim
   num_steps = epochs_to_steps(t.num_epochs, steps_per_epoch)
   optimizer = optim.OptimizerSpec(
-      schedule=o.schedule, learning_rate=optim.learning_rate(config),
-      warmup_steps=epochs_to_steps(o.warmup_epochs, steps_per_epoch), total_steps=num_steps,
+      schedule=o.schedule,
+      learning_rate=optim.learning_rate(config),
+      warmup_steps=epochs_to_steps(o.warmup_epochs, steps_per_epoch),
+      total_steps=num_steps,
       # The drops are fractions of the training, so they follow its length.
       decay_steps=tuple(int(round(f * num_steps)) for f in o.decay_fractions),
-      decay_factor=o.decay_factor, weight_decay=o.weight_decay, momentum=o.momentum,
-      nesterov=o.nesterov)
+      decay_factor=o.decay_factor,
+      weight_decay=o.weight_decay,
+      momentum=o.momentum,
+      nesterov=o.nesterov,
+  )
   modes = config.gates.eval_modes
   return RunPlan(
-      steps_per_epoch=steps_per_epoch, num_steps=num_steps,
+      steps_per_epoch=steps_per_epoch,
+      num_steps=num_steps,
       log_every_steps=t.log_every_steps,
       eval_every_steps=epochs_to_steps(t.eval_every_epochs, steps_per_epoch),
       checkpoint_every_steps=config.checkpoint.every_steps,
-      sync_every_steps=t.sync_every_steps, batch_size=t.batch_size,
-      eval_batch_size=config.eval.batch_size, seed=config.seed,
-      image_shape=(config.data.image_size, config.data.image_size, config.data.channels),
-      num_classes=config.model.num_classes, gated=config.model.gated,
-      targets=factory.block_targets(config), fixed_blocks=factory.fixed_blocks(config),
-      loss_weight=config.loss.weight, loss_reduction=config.loss.reduction,
-      temperature=config.gates.temperature, train_gate_mode=config.gates.train_mode,
+      sync_every_steps=t.sync_every_steps,
+      batch_size=t.batch_size,
+      eval_batch_size=config.eval.batch_size,
+      seed=config.seed,
+      image_shape=(
+          config.data.image_size,
+          config.data.image_size,
+          config.data.channels,
+      ),
+      num_classes=config.model.num_classes,
+      gated=config.model.gated,
+      targets=factory.block_targets(config),
+      fixed_blocks=factory.fixed_blocks(config),
+      loss_weight=config.loss.weight,
+      loss_reduction=config.loss.reduction,
+      temperature=config.gates.temperature,
+      train_gate_mode=config.gates.train_mode,
       eval_gate_modes=(modes,) if isinstance(modes, str) else tuple(modes),
-      init_from=config.init_from, optimizer=optimizer)
+      init_from=config.init_from,
+      optimizer=optimizer,
+  )

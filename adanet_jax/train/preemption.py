@@ -31,7 +31,6 @@ import threading
 import jax
 from jax.experimental import multihost_utils
 
-
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
@@ -42,8 +41,11 @@ def preemption_service_running() -> bool:
   `jax_enable_preemption_service` is on at that moment; entry points never
   change the config afterwards, so reading it now tells the same.
   """
-  return (jax.process_count() > 1 and jax.distributed.is_initialized()
-          and bool(jax.config.jax_enable_preemption_service))
+  return (
+      jax.process_count() > 1
+      and jax.distributed.is_initialized()
+      and bool(jax.config.jax_enable_preemption_service)
+  )
 
 
 class StopRequest:
@@ -75,7 +77,9 @@ class StopRequest:
     if self.signal_name is None:
       self.signal_name = signal.Signals(signum).name
     if self._service and signum != signal.SIGTERM:
-      os.kill(os.getpid(), signal.SIGTERM)  # to JAX's handler: every process stops
+      os.kill(
+          os.getpid(), signal.SIGTERM
+      )  # to JAX's handler: every process stops
 
   def should_stop(self, step: int) -> bool:
     """Whether to save and stop after `step` completed steps. Called by every
@@ -83,12 +87,19 @@ class StopRequest:
     if self._service:
       return multihost_utils.reached_preemption_sync_point(step)
     if jax.process_count() > 1:  # no service: agree through a tiny allgather
-      flags = multihost_utils.process_allgather(int(self.signal_name is not None))
+      flags = multihost_utils.process_allgather(
+          int(self.signal_name is not None)
+      )
       return bool(max(flags))
     return self.signal_name is not None
 
   def message(self, step: int, num_steps: int) -> str:
     """The one line of `Preempted`."""
-    by = self.signal_name or 'a preemption notice (SIGTERM/SIGINT on some process)'
-    return (f'stopped by {by} at step {step} of {num_steps}; saved a checkpoint of step {step}; '
-            'run the same command again to resume from there')
+    by = (
+        self.signal_name
+        or 'a preemption notice (SIGTERM/SIGINT on some process)'
+    )
+    return (
+        f'stopped by {by} at step {step} of {num_steps}; saved a checkpoint of step {step}; '
+        'run the same command again to resume from there'
+    )

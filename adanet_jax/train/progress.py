@@ -26,8 +26,13 @@ def progress_bar(fraction: float, width: int = 20) -> str:
   return '[' + '#' * filled + '-' * (width - filled) + ']'
 
 
-def progress_line(step: int, num_steps: int, steps_per_epoch: int, scalars: dict,
-                  bar: bool = False) -> str:
+def progress_line(
+    step: int,
+    num_steps: int,
+    steps_per_epoch: int,
+    scalars: dict,
+    bar: bool = False,
+) -> str:
   """One line of training progress.
 
   Args:
@@ -43,8 +48,10 @@ def progress_line(step: int, num_steps: int, steps_per_epoch: int, scalars: dict
     exec rate 0.848 | eta 0:00:14`.
   """
   width = len(str(num_steps))
-  parts = [f'step {step:>{width}d}/{num_steps}',
-           f'epoch {step / steps_per_epoch:.1f}/{num_steps / steps_per_epoch:.1f}']
+  parts = [
+      f'step {step:>{width}d}/{num_steps}',
+      f'epoch {step / steps_per_epoch:.1f}/{num_steps / steps_per_epoch:.1f}',
+  ]
   if 'train/images_per_s' in scalars:
     parts.append(f'{scalars["train/images_per_s"]:,.0f} img/s')
   if 'train/loss' in scalars:
@@ -59,7 +66,13 @@ def progress_line(step: int, num_steps: int, steps_per_epoch: int, scalars: dict
 
 def eval_lines(step: int, scalars: dict) -> list[str]:
   """One line per gate mode of an evaluation record (`eval/<mode>/<key>`)."""
-  modes = sorted({k.split('/')[1] for k in scalars if k.startswith('eval/') and k.count('/') == 2})
+  modes = sorted(
+      {
+          k.split('/')[1]
+          for k in scalars
+          if k.startswith('eval/') and k.count('/') == 2
+      }
+  )
   lines = []
   for mode in modes:
     get = lambda key, mode=mode: scalars.get(f'eval/{mode}/{key}')  # noqa: E731
@@ -88,9 +101,15 @@ class ConsoleWriter:
 
   def write(self, step: int, scalars: dict) -> None:
     if 'train/loss' in scalars:
-      lines = [progress_line(step, self.num_steps, self.steps_per_epoch, scalars, self.bar)]
+      lines = [
+          progress_line(
+              step, self.num_steps, self.steps_per_epoch, scalars, self.bar
+          )
+      ]
     else:
       lines = eval_lines(step, scalars) or [
-          f'step {step}: ' + ', '.join(f'{k} {v:.6g}' for k, v in sorted(scalars.items()))]
+          f'step {step}: '
+          + ', '.join(f'{k} {v:.6g}' for k, v in sorted(scalars.items()))
+      ]
     self.stream.write(''.join(line + '\n' for line in lines))
     self.stream.flush()

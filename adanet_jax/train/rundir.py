@@ -55,7 +55,10 @@ def read_json(path: str, default=None):
 
 
 def write_config(workdir: str, config: ml_collections.ConfigDict) -> None:
-  write_json(os.path.join(workdir, CONFIG_FILE), json.loads(config.to_json_best_effort()))
+  write_json(
+      os.path.join(workdir, CONFIG_FILE),
+      json.loads(config.to_json_best_effort()),
+  )
 
 
 def read_config(workdir: str) -> ml_collections.ConfigDict:
@@ -63,8 +66,10 @@ def read_config(workdir: str) -> ml_collections.ConfigDict:
   brought up to today's fields by `config_lib.from_dict`)."""
   stored = read_json(os.path.join(workdir, CONFIG_FILE))
   if stored is None:
-    raise ConfigError(f'{workdir!r} has no {CONFIG_FILE}: not a workdir written by the trainer '
-                      '(train one with `make train`, or point at another workdir)')
+    raise ConfigError(
+        f'{workdir!r} has no {CONFIG_FILE}: not a workdir written by the trainer '
+        '(train one with `make train`, or point at another workdir)'
+    )
   return config_lib.from_dict(stored)
 
 
@@ -72,7 +77,9 @@ def read_metrics(workdir: str) -> list[dict]:
   """The records of `metrics.jsonl`, in order."""
   path = os.path.join(workdir, METRICS_FILE)
   if not os.path.isfile(path):
-    raise ConfigError(f'{path} does not exist: is {workdir!r} a trained workdir?')
+    raise ConfigError(
+        f'{path} does not exist: is {workdir!r} a trained workdir?'
+    )
   with open(path) as f:
     return [json.loads(line) for line in f if line.strip()]
 
@@ -110,8 +117,10 @@ def last_eval(workdir: str, gate_mode: str) -> dict | None:
   if not records:
     return None
   last = records[-1]
-  return {'step': last['step'],
-          **{k[len(prefix):]: v for k, v in last.items() if k.startswith(prefix)}}
+  return {
+      'step': last['step'],
+      **{k[len(prefix) :]: v for k, v in last.items() if k.startswith(prefix)},
+  }
 
 
 def first_compile(workdir: str) -> dict | None:
@@ -123,15 +132,22 @@ def first_compile(workdir: str) -> dict | None:
 
 
 def class_block_rates_path(workdir: str, mode: str, step: int) -> str:
-  return os.path.join(workdir, EVAL_DIR, f'class_block_rates_{mode}_step{step:08d}.csv')
+  return os.path.join(
+      workdir, EVAL_DIR, f'class_block_rates_{mode}_step{step:08d}.csv'
+  )
 
 
-def write_class_block_rates(workdir: str, step: int, mode: str, matrix: np.ndarray) -> str:
+def write_class_block_rates(
+    workdir: str, step: int, mode: str, matrix: np.ndarray
+) -> str:
   """Writes the per-class x per-block matrix as CSV; returns its path."""
   path = class_block_rates_path(workdir, mode, step)
   os.makedirs(os.path.dirname(path), exist_ok=True)
   header = 'class,' + ','.join(f'block{i}' for i in range(matrix.shape[1]))
-  rows = [f'{k},' + ','.join(f'{v:.6f}' for v in row) for k, row in enumerate(matrix)]
+  rows = [
+      f'{k},' + ','.join(f'{v:.6f}' for v in row)
+      for k, row in enumerate(matrix)
+  ]
   with open(path, 'w') as f:
     f.write('\n'.join([header] + rows) + '\n')
   return path

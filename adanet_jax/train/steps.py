@@ -21,7 +21,8 @@ import numpy as np
 import optax
 
 from adanet_jax.model import accounting
-from adanet_jax.train import losses, plan as plan_lib
+from adanet_jax.train import losses
+from adanet_jax.train import plan as plan_lib
 
 # Named rng streams derived from fold_in(seed key, step).
 GUMBEL_STREAM = 0
@@ -31,8 +32,9 @@ class TrainState(train_state.TrainState):
   batch_stats: Any = None
 
 
-def create_train_state(model, tx: optax.GradientTransformation, image_shape: tuple,
-                       key: jax.Array) -> TrainState:
+def create_train_state(
+    model, tx: optax.GradientTransformation, image_shape: tuple, key: jax.Array
+) -> TrainState:
   """Initialises parameters, BatchNorm statistics and the optimizer state.
 
   Args:
@@ -41,14 +43,23 @@ def create_train_state(model, tx: optax.GradientTransformation, image_shape: tup
     image_shape: (height, width, channels) of one input image.
     key: the initialisation key.
   """
-  variables = model.init({'params': key}, jnp.zeros((1, *image_shape), jnp.float32),
-                         train=False)
-  return TrainState.create(apply_fn=model.apply, params=variables['params'],
-                           batch_stats=variables['batch_stats'], tx=tx)
+  variables = model.init(
+      {'params': key}, jnp.zeros((1, *image_shape), jnp.float32), train=False
+  )
+  return TrainState.create(
+      apply_fn=model.apply,
+      params=variables['params'],
+      batch_stats=variables['batch_stats'],
+      tx=tx,
+  )
 
 
-def abstract_train_state(model, tx: optax.GradientTransformation, image_shape: tuple,
-                         sharding: jax.sharding.Sharding | None = None):
+def abstract_train_state(
+    model,
+    tx: optax.GradientTransformation,
+    image_shape: tuple,
+    sharding: jax.sharding.Sharding | None = None,
+):
   """The shapes and dtypes of `create_train_state`, computed without
   initialising anything: what a checkpoint restores into.
 
@@ -56,10 +67,14 @@ def abstract_train_state(model, tx: optax.GradientTransformation, image_shape: t
     model, tx, image_shape: as `create_train_state`.
     sharding: where every restored leaf goes (None: leave it unset).
   """
-  shapes = jax.eval_shape(functools.partial(create_train_state, model, tx, image_shape),
-                          jax.random.key(0))
-  return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding),
-                      shapes)
+  shapes = jax.eval_shape(
+      functools.partial(create_train_state, model, tx, image_shape),
+      jax.random.key(0),
+  )
+  return jax.tree.map(
+      lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding),
+      shapes,
+  )
 
 
 def step_key(key: jax.Array, step: jax.Array, stream: int) -> jax.Array:
@@ -84,8 +99,16 @@ def make_hparams(plan: plan_lib.RunPlan) -> dict:
   }
 
 
-def train_step(state: TrainState, batch: dict, key: jax.Array, hparams: dict, *,
-               reduction: str, gate_mode: str, schedule: optax.Schedule):
+def train_step(
+    state: TrainState,
+    batch: dict,
+    key: jax.Array,
+    hparams: dict,
+    *,
+    reduction: str,
+    gate_mode: str,
+    schedule: optax.Schedule
+):
   """One optimizer step (`state.tx`) on a global batch {'image', 'label'}.
 
   Args:
@@ -100,29 +123,47 @@ def train_step(state: TrainState, batch: dict, key: jax.Array, hparams: dict, *,
     The new state and a dict of metric sums over the batch (`count` is the
     number of images) so that metrics add up across steps.
   """
+
   def loss_fn(params):
     (logits, aux), updates = state.apply_fn(
-        {'params': params, 'batch_stats': state.batch_stats}, batch['image'], train=True,
-        gate_mode=gate_mode, temperature=hparams['temperature'],
-        key=step_key(key, state.step, GUMBEL_STREAM), mutable=['batch_stats'])
-    loss, parts = losses.total_loss(logits, batch['label'], aux, hparams['targets'],
-                                    hparams['loss_weight'], reduction)
+        {'params': params, 'batch_stats': state.batch_stats},
+        batch['image'],
+        train=True,
+        gate_mode=gate_mode,
+        temperature=hparams['temperature'],
+        key=step_key(key, state.step, GUMBEL_STREAM),
+        mutable=['batch_stats'],
+    )
+    loss, parts = losses.total_loss(
+        logits,
+        batch['label'],
+        aux,
+        hparams['targets'],
+        hparams['loss_weight'],
+        reduction,
+    )
     return loss, (logits, aux, updates, parts)
 
   (loss, (logits, aux, updates, parts)), grads = jax.value_and_grad(
-      loss_fn, has_aux=True)(state.params)
-  new_state = state.apply_gradients(grads=grads, batch_stats=updates['batch_stats'])
+      loss_fn, has_aux=True
+  )(state.params)
+  new_state = state.apply_gradients(
+      grads=grads, batch_stats=updates['batch_stats']
+  )
   n = batch['label'].shape[0]
   return new_state, {
       'count': jnp.float32(n),
       'loss': loss * n,
       'ce': parts['ce'] * n,
       'target_loss': parts['target_loss'] * n,
-      'correct': jnp.sum(jnp.argmax(logits, -1) == batch['label']).astype(jnp.float32),
+      'correct': jnp.sum(jnp.argmax(logits, -1) == batch['label']).astype(
+          jnp.float32
+      ),
       'gates': jnp.sum(jax.lax.stop_gradient(aux['gates']), axis=0),
       # The step itself if its loss is not finite, else +inf (combined by min).
-      'first_nonfinite_step': jnp.where(jnp.isfinite(loss), jnp.inf,
-                                        state.step.astype(jnp.float32)),
+      'first_nonfinite_step': jnp.where(
+          jnp.isfinite(loss), jnp.inf, state.step.astype(jnp.float32)
+      ),
       'learning_rate': schedule(state.step) * n,
   }
 
@@ -134,11 +175,17 @@ def make_train_step(plan: plan_lib.RunPlan, schedule: optax.Schedule):
     plan: the run's plan.
     schedule: the schedule of the state's optimizer (`optim.create_optimizer`).
   """
-  return functools.partial(train_step, reduction=plan.loss_reduction,
-                           gate_mode=plan.train_gate_mode, schedule=schedule)
+  return functools.partial(
+      train_step,
+      reduction=plan.loss_reduction,
+      gate_mode=plan.train_gate_mode,
+      schedule=schedule,
+  )
 
 
-def eval_step(state: TrainState, batch: dict, *, gate_mode: str, num_classes: int):
+def eval_step(
+    state: TrainState, batch: dict, *, gate_mode: str, num_classes: int
+):
   """Sums over the real (mask = 1) examples of one evaluation batch.
 
   Returns counts, correct predictions, cross-entropy, per-block sums of the
@@ -146,13 +193,22 @@ def eval_step(state: TrainState, batch: dict, *, gate_mode: str, num_classes: in
   gate sums (paper Fig. 4). Exact MACs follow from the per-block sums of the
   branches computed (`accounting.CostTable`), so they are not summed here.
   """
-  logits, aux = state.apply_fn({'params': state.params, 'batch_stats': state.batch_stats},
-                               batch['image'], train=False, gate_mode=gate_mode)
+  logits, aux = state.apply_fn(
+      {'params': state.params, 'batch_stats': state.batch_stats},
+      batch['image'],
+      train=False,
+      gate_mode=gate_mode,
+  )
   mask = batch['mask']
   gates = aux['gates'] * mask[:, None]
-  executed = accounting.executed_branches(aux['gates'], gate_mode) * mask[:, None]
+  executed = (
+      accounting.executed_branches(aux['gates'], gate_mode) * mask[:, None]
+  )
   ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch['label'])
-  one_hot = jax.nn.one_hot(batch['label'], num_classes, dtype=jnp.float32) * mask[:, None]
+  one_hot = (
+      jax.nn.one_hot(batch['label'], num_classes, dtype=jnp.float32)
+      * mask[:, None]
+  )
   return {
       'count': mask.sum(),
       'correct': jnp.sum((jnp.argmax(logits, -1) == batch['label']) * mask),

@@ -17,11 +17,23 @@ import numpy as np
 import optax
 
 from adanet_jax.data import input_pipeline
-from adanet_jax.model import accounting, factory
-from adanet_jax.train import (checks, checkpoints, compilation, evaluation, initialization,
-                              metrics, optim, placement as placement_lib, plan as plan_lib,
-                              preemption, rundir, steps, workdir_lock)
 from adanet_jax.errors import NonFiniteLossError, Preempted, reported_write
+from adanet_jax.model import accounting, factory
+from adanet_jax.train import (
+    checkpoints,
+    checks,
+    compilation,
+    evaluation,
+    initialization,
+    metrics,
+    optim,
+    preemption,
+    rundir,
+    steps,
+    workdir_lock,
+)
+from adanet_jax.train import placement as placement_lib
+from adanet_jax.train import plan as plan_lib
 
 
 def is_time(step: int, every: int, last_step: int) -> bool:
@@ -44,6 +56,7 @@ class Setup:
     train_step: the compiled train step, `(state, batch) -> (state, metrics)`.
     evaluator: `(state, dataset) -> (metrics, per-class matrices)`.
   """
+
   plan: plan_lib.RunPlan
   placement: placement_lib.Placement
   model: Any
@@ -54,8 +67,9 @@ class Setup:
   def init_state(self) -> steps.TrainState:
     """The initial train state, replicated over the mesh."""
     p = self.plan
-    return initialization.initial_state(self.model, self.tx, p.image_shape, p.seed,
-                                        self.placement)
+    return initialization.initial_state(
+        self.model, self.tx, p.image_shape, p.seed, self.placement
+    )
 
 
 def setup(config: ml_collections.ConfigDict, dataset, devices=None) -> Setup:
@@ -71,18 +85,29 @@ def setup(config: ml_collections.ConfigDict, dataset, devices=None) -> Setup:
   model = factory.create_model(config)
   tx, schedule = optim.create_optimizer(plan.optimizer)
   train_step = compilation.CompiledTrainStep(
-      steps.make_train_step(plan, schedule), placement, placement.seed_key(plan.seed),
-      placement.replicate(steps.make_hparams(plan)))
-  evaluator = evaluation.Evaluator(plan, placement,
-                                   accounting.cost_table(model, dataset.image_shape))
-  return Setup(plan=plan, placement=placement, model=model, tx=tx, train_step=train_step,
-               evaluator=evaluator)
+      steps.make_train_step(plan, schedule),
+      placement,
+      placement.seed_key(plan.seed),
+      placement.replicate(steps.make_hparams(plan)),
+  )
+  evaluator = evaluation.Evaluator(
+      plan, placement, accounting.cost_table(model, dataset.image_shape)
+  )
+  return Setup(
+      plan=plan,
+      placement=placement,
+      model=model,
+      tx=tx,
+      train_step=train_step,
+      evaluator=evaluator,
+  )
 
 
 @dataclasses.dataclass(frozen=True)
 class Run:
   """What the training loop works with: the launch's set-up, its data and
   its outputs."""
+
   setup: Setup
   dataset: Any
   workdir: str
@@ -102,7 +127,9 @@ class Run:
     return results
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, dataset=None) -> dict:
+def train_and_evaluate(
+    config: ml_collections.ConfigDict, workdir: str, dataset=None
+) -> dict:
   """Trains `config` in `workdir`, resuming from its latest checkpoint.
 
   Returns the metrics of the final evaluation.
@@ -119,19 +146,31 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, dataset=
 
 def _train(config, workdir, dataset, stop) -> dict:
   dataset = dataset or input_pipeline.create_dataset(config)
-  checkpointer = checkpoints.Checkpointer(workdir, config)  # refuses another model's workdir
+  checkpointer = checkpoints.Checkpointer(
+      workdir, config
+  )  # refuses another model's workdir
   parts = setup(config, dataset)
-  state = checkpoints.restore_or_init(checkpointer, parts.init_state(), parts.plan.init_from)
+  state = checkpoints.restore_or_init(
+      checkpointer, parts.init_state(), parts.plan.init_from
+  )
   # The compiled step wants exactly the shardings it was compiled for.
   state = jax.device_put(state, parts.placement.replicated)
   logger = None
   try:
     if jax.process_index() == 0:
-      with reported_write(f'{workdir}/{rundir.CONFIG_FILE}', 'training did not start'):
+      with reported_write(
+          f'{workdir}/{rundir.CONFIG_FILE}', 'training did not start'
+      ):
         rundir.write_config(workdir, config)
-    logger = metrics.MetricLogger(workdir, parts.plan.num_steps, parts.plan.steps_per_epoch,
-                                  start_step=int(state.step))
-    final = _train_loop(Run(parts, dataset, workdir, checkpointer, logger), state, stop)
+    logger = metrics.MetricLogger(
+        workdir,
+        parts.plan.num_steps,
+        parts.plan.steps_per_epoch,
+        start_step=int(state.step),
+    )
+    final = _train_loop(
+        Run(parts, dataset, workdir, checkpointer, logger), state, stop
+    )
   finally:  # also on errors: finish pending checkpoint writes
     checkpointer.close()
     if logger is not None:
@@ -146,16 +185,27 @@ def _train_loop(run: Run, state, stop: preemption.StopRequest) -> dict:
   for step in range(first, plan.num_steps):
     batch = run.setup.placement.to_global(run.dataset.train_batch(step))
     state, step_metrics = step_fn(state, batch)
-    if step == first:  # compiled (or loaded) by this call: goes with the first log record
+    if (
+        step == first
+    ):  # compiled (or loaded) by this call: goes with the first log record
       run_info = {f'run/{k}': v for k, v in step_fn.compile_info.items()}
     sums = metrics.accumulate(sums, step_metrics)
     done = step + 1
-    log, evaluate, ckpt = (is_time(done, every, plan.num_steps) for every in (
-        plan.log_every_steps, plan.eval_every_steps, plan.checkpoint_every_steps))
+    log, evaluate, ckpt = (
+        is_time(done, every, plan.num_steps)
+        for every in (
+            plan.log_every_steps,
+            plan.eval_every_steps,
+            plan.checkpoint_every_steps,
+        )
+    )
     if log or ckpt or evaluate or done % plan.sync_every_steps == 0:
       _raise_if_nonfinite(sums, run.checkpointer)
     if log:
-      summary = {f'train/{k}': v for k, v in metrics.summarize_train(jax.device_get(sums)).items()}
+      summary = {
+          f'train/{k}': v
+          for k, v in metrics.summarize_train(jax.device_get(sums)).items()
+      }
       run.logger.write(done, {**summary, **progress.update(done), **run_info})
       sums, run_info = None, {}
     if evaluate:
@@ -164,19 +214,30 @@ def _train_loop(run: Run, state, stop: preemption.StopRequest) -> dict:
     if ckpt:
       run.checkpointer.save(done, state)
     if done < plan.num_steps and stop.should_stop(done):
-      _save_and_stop(done, state, sums, run.checkpointer, ckpt, stop.message(done, plan.num_steps))
+      _save_and_stop(
+          done,
+          state,
+          sums,
+          run.checkpointer,
+          ckpt,
+          stop.message(done, plan.num_steps),
+      )
   if not final:  # resumed after the last step: evaluate what is there
     final = run.evaluate(state, plan.num_steps)
   return final
 
 
-def _save_and_stop(step: int, state, sums, checkpointer, saved: bool, message: str) -> None:
+def _save_and_stop(
+    step: int, state, sums, checkpointer, saved: bool, message: str
+) -> None:
   """Saves `step` (unless just saved, or the loss went non-finite) and raises Preempted."""
   if sums is not None:
     _raise_if_nonfinite(sums, checkpointer)
   if not saved:
     checkpointer.save(step, state)
-  if jax.process_count() > 1:  # no process exits before every part of the save is written
+  if (
+      jax.process_count() > 1
+  ):  # no process exits before every part of the save is written
     multihost_utils.sync_global_devices('adanet_jax.train.trainer.preempted')
   raise Preempted(message)
 
@@ -187,11 +248,15 @@ def _raise_if_nonfinite(sums: dict, checkpointer) -> None:
   if np.isfinite(first_bad):
     checkpointer.manager.wait_until_finished()
     latest = checkpointer.latest_step()
-    kept = ('no checkpoint was written yet' if latest is None else
-            f'the last checkpoint (step {latest}) is kept')
+    kept = (
+        'no checkpoint was written yet'
+        if latest is None
+        else f'the last checkpoint (step {latest}) is kept'
+    )
     raise NonFiniteLossError(
         f'the loss is not finite at step {int(first_bad)} (0-based optimizer step); training '
-        f'stopped, {kept}')
+        f'stopped, {kept}'
+    )
 
 
 class Progress:
@@ -205,6 +270,8 @@ class Progress:
     now = time.perf_counter()
     per_step = (now - self.last_time) / max(step - self.last_step, 1)
     self.last_step, self.last_time = step, now
-    return {'train/images_per_s': self.batch_size / per_step,
-            'train/progress': step / self.num_steps,
-            'train/eta_s': per_step * (self.num_steps - step)}
+    return {
+        'train/images_per_s': self.batch_size / per_step,
+        'train/progress': step / self.num_steps,
+        'train/eta_s': per_step * (self.num_steps - step),
+    }

@@ -27,8 +27,8 @@ import jax
 from jax.experimental import multihost_utils
 import numpy as np
 
-from adanet_jax.train import rundir
 from adanet_jax.errors import ConfigError, WorkdirInUseError
+from adanet_jax.train import rundir
 
 HEARTBEAT_S = 30.0
 STALE_S = 600.0
@@ -42,7 +42,9 @@ class WorkdirLock:
     self._fd = fd
     self._stop = threading.Event()
     if fd is not None:
-      threading.Thread(target=self._beat, daemon=True, name='workdir-lock-heartbeat').start()
+      threading.Thread(
+          target=self._beat, daemon=True, name='workdir-lock-heartbeat'
+      ).start()
 
   def _beat(self) -> None:
     while not self._stop.wait(HEARTBEAT_S):
@@ -54,7 +56,9 @@ class WorkdirLock:
     self._stop.set()
     if self._fd is not None:
       with contextlib.suppress(OSError):
-        os.remove(self.path)  # before unlocking: a waiting run then sees a new file
+        os.remove(
+            self.path
+        )  # before unlocking: a waiting run then sees a new file
       os.close(self._fd)
       self._fd = None
 
@@ -87,7 +91,9 @@ def acquire(workdir: str) -> WorkdirLock:
   if jax.process_count() > 1:
     ok = multihost_utils.broadcast_one_to_all(np.int32(error is None))
     if error is None and not ok:
-      error = ConfigError(f'process 0 could not take the lock of workdir {workdir}')
+      error = ConfigError(
+          f'process 0 could not take the lock of workdir {workdir}'
+      )
   if error is not None:
     raise error
   return WorkdirLock(workdir, fd)
@@ -98,21 +104,27 @@ def _take(workdir: str) -> int:
   try:
     os.makedirs(workdir, exist_ok=True)
   except OSError as e:
-    raise ConfigError(f'cannot create workdir {workdir}: {e.strerror}') from None
+    raise ConfigError(
+        f'cannot create workdir {workdir}: {e.strerror}'
+    ) from None
   if not os.path.isdir(workdir):
     raise ConfigError(f'workdir {workdir} is not a directory')
   while True:
     try:
       fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as e:
-      raise ConfigError(f'cannot write to workdir {workdir}: {e.strerror}') from None
+      raise ConfigError(
+          f'cannot write to workdir {workdir}: {e.strerror}'
+      ) from None
     try:
       fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
       owner = _read(fd)
       os.close(fd)
-      raise WorkdirInUseError(f'workdir {workdir} is in use by {_describe(owner)}; wait for it '
-                              f'to end, or use another workdir') from None
+      raise WorkdirInUseError(
+          f'workdir {workdir} is in use by {_describe(owner)}; wait for it '
+          f'to end, or use another workdir'
+      ) from None
     # The previous owner may have removed the file between our open and our
     # flock: then we hold a lock on a file nobody else sees; try again.
     if not os.path.exists(path) or os.stat(path).st_ino != os.fstat(fd).st_ino:
@@ -123,15 +135,26 @@ def _take(workdir: str) -> int:
       os.close(fd)
       raise WorkdirInUseError(
           f'workdir {workdir} is in use by {_describe(owner)} (heartbeat {age:.0f} s ago; '
-          f'taken over after {STALE_S:.0f} s); wait for it to end, or use another workdir')
+          f'taken over after {STALE_S:.0f} s); wait for it to end, or use another workdir'
+      )
     try:
-      _write(fd, {'host': socket.gethostname(), 'pid': os.getpid(),
-                  'start': datetime.datetime.now().astimezone().isoformat(timespec='seconds')})
+      _write(
+          fd,
+          {
+              'host': socket.gethostname(),
+              'pid': os.getpid(),
+              'start': datetime.datetime.now()
+              .astimezone()
+              .isoformat(timespec='seconds'),
+          },
+      )
     except OSError as e:  # e.g. a full disk: leave no empty lock file behind
       with contextlib.suppress(OSError):
         os.remove(path)
       os.close(fd)
-      raise ConfigError(f'cannot write to workdir {workdir}: {e.strerror}') from None
+      raise ConfigError(
+          f'cannot write to workdir {workdir}: {e.strerror}'
+      ) from None
     return fd
 
 
@@ -153,4 +176,7 @@ def _write(fd: int, owner: dict) -> None:
 def _describe(owner: dict) -> str:
   if not owner:
     return 'another run'
-  return f'another run (host {owner.get("host")}, pid {owner.get("pid")}, started {owner.get("start")})'
+  return (
+      f'another run (host {owner.get("host")}, pid {owner.get("pid")}, '
+      f'started {owner.get("start")})'
+  )
