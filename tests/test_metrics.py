@@ -98,7 +98,7 @@ def test_tensorboard_shows_each_step_once_after_a_resume(tmp_path):
 def test_tensorboard_writer_does_not_import_tensorflow():
   # TensorFlow's import costs every start of a run seconds; the writer needs none.
   code = (
-      'import sys, tempfile; from adanet_jax import metrics; '
+      'import sys, tempfile; from adanet_jax.train import metrics; '
       'metrics.TensorBoardWriter(tempfile.mkdtemp()).write_scalars(1, {"a": 1.0}); '
       'print("tensorflow" in sys.modules)'
   )
