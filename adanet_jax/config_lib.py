@@ -35,7 +35,7 @@ def get_base_config() -> ml_collections.ConfigDict:
           gated=True,  # False: the plain ResNet with the same backbone
           dtype='float32',  # compute dtype: float32 | bfloat16
           bn_gamma_init='ones',  # ones | reference: U(0, 1) where the reference model has it
-          scan_blocks='auto',  # auto | on | off: identical blocks as one loop; auto: on XLA:CPU
+          scan_blocks='auto',  # auto | on | off: blocks in one loop; auto: float32 on XLA:CPU
       )
   )
   c.gates = ml_collections.ConfigDict(
