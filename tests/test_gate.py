@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from adanet_jax.errors import ConfigError
-from adanet_jax.model import factory, resnet
+from adanet_jax.model import blocks, factory
 from adanet_jax.model.gate import Gate, check_gate_mode, gumbel_noise, straight_through_gate
 
 SIGMOID_1_9 = 1 / (1 + np.exp(-1.9))
@@ -114,7 +114,7 @@ def _conv(x, kernel):
 
 
 def test_expected_mode_scales_branch_by_probability():
-  block = resnet.BasicBlock(features=4, strides=1)
+  block = blocks.BasicBlock(features=4, strides=1)
   x = jax.random.normal(jax.random.key(0), (3, 6, 6, 4))
   variables = block.init(
       {'params': jax.random.key(1)}, x, train=False, gate_mode='deterministic'

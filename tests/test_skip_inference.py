@@ -13,7 +13,7 @@ import pytest
 
 from adanet_jax.errors import ConfigError
 from adanet_jax.infer import skip_inference
-from adanet_jax.model import factory, resnet
+from adanet_jax.model import blocks, factory
 
 
 def _images(batch, size, seed=0):
@@ -211,12 +211,12 @@ def test_run_where_open_every_count(batch, chunks, want_shapes):
 @pytest.mark.parametrize(
     'block_class,features,strides,want_convs',
     [
-        (resnet.BasicBlock, 16, 1, 0),
-        (resnet.BasicBlock, 32, 2, 1),
-        (resnet.Bottleneck, 4, 1, 0),
-        (resnet.Bottleneck, 16, 2, 1),
-        (resnet.PreActBlock, 16, 1, 0),
-        (resnet.PreActBlock, 32, 2, 1),
+        (blocks.BasicBlock, 16, 1, 0),
+        (blocks.BasicBlock, 32, 2, 1),
+        (blocks.Bottleneck, 4, 1, 0),
+        (blocks.Bottleneck, 16, 2, 1),
+        (blocks.PreActBlock, 16, 1, 0),
+        (blocks.PreActBlock, 32, 2, 1),
     ],
 )
 def test_closed_block_computes_only_gate_and_shortcut(

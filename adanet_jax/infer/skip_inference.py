@@ -51,7 +51,7 @@ import jax
 import jax.numpy as jnp
 
 from adanet_jax.errors import ConfigError
-from adanet_jax.model import resnet
+from adanet_jax.model import blocks, resnet
 from adanet_jax.model.gate import Gate, check_gate_mode
 
 # The open samples of a mixed batch run in chunks of ceil(batch / CHUNKS)
@@ -59,7 +59,7 @@ from adanet_jax.model.gate import Gate, check_gate_mode
 # batch at most). Fewer chunks waste more; more run smaller convolutions.
 DEFAULT_CHUNKS = 8
 
-_BLOCK_CLASSES = tuple(resnet.BLOCKS.values())
+_BLOCK_CLASSES = tuple(blocks.BLOCKS.values())
 
 
 @functools.partial(jax.jit, static_argnames=('model', 'gate_mode', 'chunks'))
