@@ -40,6 +40,13 @@ class WorkdirWriteError(ExpectedError):
   exit_code = 1
 
 
+class WorkdirGoneError(ExpectedError):
+  """The workdir of a live run was deleted (or its lock file removed or
+  replaced); training stopped rather than write into nowhere."""
+
+  exit_code = 1
+
+
 class DamagedCheckpointError(ConfigError):
   """No checkpoint step of a directory restores."""
 

@@ -4,10 +4,15 @@ compilation of the train step for the whole sweep; bad input."""
 import csv
 import json
 import os
+import re
+import shlex
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
+import types
 
 from conftest import REPO
 import pytest
@@ -197,8 +202,11 @@ def test_root_of_another_sweep_is_refused(tmp_path):
       text=True,
       timeout=120,
   )
-  assert other.returncode != 0
-  assert f'--root={root} holds a different sweep' in other.stderr
+  assert other.returncode == 2
+  assert other.stderr.strip().splitlines()[-1] == (
+      f'error: --root={root} holds a different sweep (configs/digits.py:'
+      'depth=8 --sweep=smoke): --config.seed: unset -> 1; use another root'
+  )
   assert sorted(os.listdir(root)) == ['commands.sh', 'sweep.json']
 
 
@@ -332,3 +340,230 @@ def test_gated_or_plain_comes_from_the_config(tmp_path):
         'expected',
         'seed=0',
     )
+
+
+# A config whose sweep has tuple values, next to a simple point.
+TUPLE_SWEEP = """
+import importlib.util, os
+path = os.path.join({repo!r}, 'configs', 'digits.py')
+spec = importlib.util.spec_from_file_location('digits', path)
+digits = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(digits)
+get_config = digits.get_config
+
+def get_sweeps():
+  return {{'tuples': [
+      {{'loss.targets': (0.5, 0.6, 0.7),
+        'gates.eval_modes': ('deterministic', 'expected')}},
+      {{'loss.target': 0.3, 'seed': 0}},
+  ]}}
+"""
+TUPLE_POINTS = [
+    'targets-0.5-0.6-0.7_eval_modes-deterministic-expected',
+    'target-0.3_seed-0',
+]
+
+
+def test_point_names_are_short_and_shell_safe():
+  from adanet_jax.tools import sweep  # pylint: disable=import-outside-toplevel
+
+  # Today's names of simple points stay, so their roots still resume.
+  assert (
+      sweep.point_name({'loss.target': 0.3, 'seed': 0}) == 'target-0.3_seed-0'
+  )
+  assert sweep.point_name({'model.gated': False}) == 'gated-False'
+  assert sweep.point_name({'init_from': '/w/a'}) == 'init_from--w-a'
+  assert sweep.point_name({}) == 'default'
+  # A tuple and its stored form (a JSON list) name the same workdir.
+  for value in ((0.5, 0.7), [0.5, 0.7]):
+    assert sweep.point_name({'loss.targets': value}) == 'targets-0.5-0.7'
+  assert sweep.point_name({'loss.targets': ()}) == 'targets-none'
+  assert sweep.point_name({'data.name': 'a b,(c)'}) == 'name-a-b--c-'
+  long = [sweep.point_name({'loss.targets': (t,) * 54}) for t in (0.5, 0.25)]
+  assert [len(n) for n in long] == [80, 80]
+  assert long[0].startswith('targets-0.5-0.5-') and long[0] != long[1]
+  assert re.fullmatch(r'targets-(0\.5-){15}0\.5-[0-9a-f]{8}', long[0])
+
+
+def _tuple_sweep(tmp_path):
+  path = tmp_path / 'tuples.py'
+  path.write_text(TUPLE_SWEEP.format(repo=REPO))
+  return f'{path}:depth=8'
+
+
+def test_tuple_points_resume_and_their_plan_is_shell_quoted(tmp_path, capsys):
+  from adanet_jax import config_lib  # pylint: disable=import-outside-toplevel
+  from adanet_jax.tools import sweep  # pylint: disable=import-outside-toplevel
+
+  config_arg, root = _tuple_sweep(tmp_path), tmp_path / 'a root'
+  for _ in range(2):  # the second plan finds the first's sweep.json
+    assert sweep.run_sweep(config_arg, 'tuples', str(root), 1, {}, True) == {}
+  assert sorted(os.listdir(root)) == ['commands.sh', 'sweep.json']
+  script = root / 'commands.sh'
+  assert subprocess.run(['sh', '-n', str(script)]).returncode == 0
+  lines = script.read_text().splitlines()
+  assert lines[0] == '#!/bin/sh' and len(lines) == 3
+  printed = capsys.readouterr().out.splitlines()
+  for name, line in zip(TUPLE_POINTS, lines[1:]):
+    assert f'  {name} [new]: {line}' in printed
+    argv = shlex.split(line)
+    assert argv[:4] == [
+        sys.executable,
+        '-m',
+        'adanet_jax.main',
+        f'--config={config_arg}',
+    ]
+    assert argv[4] == f'--workdir={root}/{name}'
+    rest, overrides = config_lib.split_overrides(argv[5:])
+    assert rest == []
+    config = config_lib.load_config(config_arg, overrides)
+    if name.startswith('targets'):
+      assert config.loss.targets == (0.5, 0.6, 0.7)
+      assert config.gates.eval_modes == ('deterministic', 'expected')
+    else:
+      assert (config.loss.target, config.seed) == (0.3, 0)
+
+
+def test_reused_root_is_refused_naming_the_differences(tmp_path):
+  from adanet_jax.errors import ConfigError  # pylint: disable=import-outside-toplevel
+  from adanet_jax.tools import sweep  # pylint: disable=import-outside-toplevel
+
+  config_arg, root = _tuple_sweep(tmp_path), str(tmp_path / 'root')
+  sweep.run_sweep(config_arg, 'tuples', root, 1, {'seed': '1'}, True)
+  stored = (tmp_path / 'root' / 'sweep.json').read_text()
+  with pytest.raises(ConfigError) as refused:
+    sweep.run_sweep(
+        TINY[0].split('=', 1)[1], 'smoke', root, 1, {'train.num_epochs': '1'}
+    )
+  assert str(refused.value) == (
+      f'--root={root} holds a different sweep ({config_arg} --sweep=tuples): '
+      f'--config={config_arg} -> --config=configs/digits.py:depth=8; '
+      '--sweep=tuples -> --sweep=smoke; --config.seed: 1 -> unset; '
+      '--config.train.num_epochs: unset -> 1; points only in the stored '
+      'sweep: eval_modes-deterministic-expected_targets-0.5-0.6-0.7; points '
+      'only in this one: target-0.5_seed-0, target-0.7_seed-0; use another '
+      'root'
+  )
+  assert (tmp_path / 'root' / 'sweep.json').read_text() == stored
+
+
+def test_second_launcher_on_a_root_is_refused(tmp_path):
+  from adanet_jax.errors import WorkdirInUseError  # pylint: disable=import-outside-toplevel
+  from adanet_jax.tools import sweep  # pylint: disable=import-outside-toplevel
+  from adanet_jax.train import workdir_lock  # pylint: disable=import-outside-toplevel
+
+  root = tmp_path / 'root'
+  # This process is the first launcher.
+  with workdir_lock.acquire_local(
+      str(root), 'sweep.lock', 'sweep root', 'sweep'
+  ):
+    owner = json.loads((root / 'sweep.lock').read_text())
+    with pytest.raises(WorkdirInUseError) as refused:
+      sweep.run_sweep(_tuple_sweep(tmp_path), 'tuples', str(root), 1, {})
+    assert os.listdir(root) == ['sweep.lock']
+  assert str(refused.value) == (
+      f'sweep root {root} is in use by another sweep (host '
+      f'{socket.gethostname()}, pid {os.getpid()}, started {owner["start"]}); '
+      'wait for it to end, or use another sweep root'
+  )
+  assert os.listdir(root) == []
+
+
+def test_root_below_a_file_is_one_line(tmp_path):
+  from adanet_jax.errors import ConfigError  # pylint: disable=import-outside-toplevel
+  from adanet_jax.tools import sweep  # pylint: disable=import-outside-toplevel
+
+  (tmp_path / 'afile').write_text('x')
+  root = str(tmp_path / 'afile' / 'x')
+  with pytest.raises(ConfigError) as refused:
+    sweep.run_sweep(_tuple_sweep(tmp_path), 'tuples', root, 1, {}, True)
+  assert (
+      str(refused.value) == f'--root={root}: cannot create it (Not a directory)'
+  )
+  assert (tmp_path / 'afile').read_text() == 'x'
+
+
+@pytest.mark.parametrize('training_workdir', [False, True])
+def test_summary_only_refuses_what_is_not_a_sweep_root(
+    tmp_path, training_workdir
+):
+  from adanet_jax.errors import ConfigError  # pylint: disable=import-outside-toplevel
+  from adanet_jax.tools import sweep  # pylint: disable=import-outside-toplevel
+
+  if training_workdir:
+    (tmp_path / 'config.json').write_text('{}')
+  before = sorted(os.listdir(tmp_path))
+  with pytest.raises(ConfigError) as refused:
+    sweep.main(types.SimpleNamespace(summary_only=True, root=str(tmp_path)))
+  what = (
+      'a training workdir, not a sweep root'
+      if training_workdir
+      else 'not a sweep root'
+  )
+  assert str(refused.value) == (
+      f'--root={tmp_path} is {what} (no sweep.json): nothing to summarize'
+  )
+  assert sorted(os.listdir(tmp_path)) == before
+
+
+class _FakeJob:
+  """A point that has ended with `code`."""
+
+  def __init__(self, code):
+    self.code = code
+
+  def poll(self):
+    return self.code
+
+  def stop(self):
+    pass
+
+
+class _FakeLauncher:
+  """target-0.3 trains (writes config.json) and exits 0; target-0.5's workdir
+  is deleted and it exits 0 anyway (an old trainer); target-0.7's is deleted
+  and it exits 1 (the trainer's WorkdirGoneError)."""
+
+  def __init__(self, root):
+    del root
+
+  def start(self, name, command, workdir):
+    del command
+    if name == 'target-0.3_seed-0':
+      os.makedirs(workdir, exist_ok=True)
+      with open(os.path.join(workdir, 'config.json'), 'w') as f:
+        f.write('{}')
+      return _FakeJob(0)
+    shutil.rmtree(workdir, ignore_errors=True)
+    return _FakeJob(0 if name == 'target-0.5_seed-0' else 1)
+
+  def describe(self, job):
+    return f'fake, exit {job.code}'
+
+
+def test_point_whose_workdir_was_deleted_counts_as_failed(
+    tmp_path, capsys, monkeypatch
+):
+  from adanet_jax.tools import sweep  # pylint: disable=import-outside-toplevel
+
+  monkeypatch.setattr(sweep, 'POLL_S', 0.0)
+  root = tmp_path / 'root'
+  results = sweep.run_sweep(
+      TINY[0].split('=', 1)[1], 'smoke', str(root), 3, {}, False, _FakeLauncher
+  )
+  assert results == {
+      'target-0.3_seed-0': 'done',
+      'target-0.5_seed-0': 'failed',
+      'target-0.7_seed-0': 'failed',
+  }
+  out = capsys.readouterr().out
+  assert (
+      'point target-0.5_seed-0 failed (exit 0, its workdir emptied); no log.txt left\n'
+      in out
+  )
+  assert 'point target-0.7_seed-0 failed (exit 1); no log.txt left\n' in out
+  for name, code in (('target-0.5_seed-0', 0), ('target-0.7_seed-0', 1)):
+    status = json.loads((root / name / 'sweep_status.json').read_text())
+    assert (status['status'], status['returncode']) == ('failed', code)
+  rows = list(csv.DictReader(open(root / 'summary.csv')))
+  assert [(r['point'], r['status']) for r in rows] == list(results.items())

@@ -1,8 +1,10 @@
 """End-to-end trainer tests on the digits dataset: device-count invariance,
-exact resume, evaluation coverage, bad input and non-finite losses."""
+exact resume, evaluation coverage, bad input, non-finite losses and a
+workdir deleted under the run."""
 
 import json
 import os
+import shutil
 
 from conftest import restore_state, tiny_config
 import jax
@@ -11,7 +13,7 @@ import pytest
 from tensorboard.backend.event_processing import event_accumulator
 
 from adanet_jax.data import input_pipeline
-from adanet_jax.errors import ConfigError
+from adanet_jax.errors import ConfigError, WorkdirGoneError
 from adanet_jax.train import trainer
 
 
@@ -152,6 +154,42 @@ def test_nonfinite_loss_stops_and_keeps_last_checkpoint(load_config, tmp_path):
   assert all(
       np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(restored.params)
   )
+
+
+class _DeletesWorkdirAt:
+  """The digits dataset that deletes `workdir` when batch `step` is read."""
+
+  def __init__(self, dataset, workdir, step):
+    self.dataset, self.workdir, self.step = dataset, workdir, step
+
+  def __getattr__(self, name):
+    return getattr(self.dataset, name)
+
+  def train_batch(self, step):
+    if step == self.step:
+      shutil.rmtree(self.workdir)
+    return self.dataset.train_batch(step)
+
+
+@pytest.mark.timeout(300)
+def test_deleted_workdir_stops_training_at_the_next_log(load_config, tmp_path):
+  # 6 steps, a log every 2, the only checkpoint after the last step.
+  config = tiny_config(
+      train__num_epochs=6 * 32 / 1437, checkpoint__every_steps=100
+  )
+  workdir = str(tmp_path / 'w')
+  dataset = _DeletesWorkdirAt(
+      input_pipeline.create_dataset(config), workdir, step=2
+  )
+  with pytest.raises(WorkdirGoneError) as raised:
+    trainer.train_and_evaluate(config, workdir, dataset)
+  assert str(raised.value) == (
+      f'workdir {workdir} was deleted while training (its workdir.lock is '
+      'gone); training stopped at step 4; run the same command again to '
+      'start over'
+  )
+  assert raised.value.exit_code == 1
+  assert not os.path.exists(workdir)  # nothing written there afterwards
 
 
 def test_batch_not_divisible_by_devices_is_refused(load_config, tmp_path):

@@ -1,5 +1,5 @@
 """`workdir_lock`: one holder at a time, released at exit, a dead holder's
-lock taken over, refusals that change nothing."""
+lock taken over, refusals that change nothing, a lost lock file noticed."""
 
 import json
 import os
@@ -46,3 +46,18 @@ def test_workdir_that_is_a_file_is_refused(tmp_path):
   ):
     workdir_lock.acquire(str(tmp_path / 'f'))
   assert (tmp_path / 'f').read_text() == 'x'
+
+
+def test_held_until_the_file_is_removed_or_replaced(tmp_path):
+  workdir = tmp_path / 'w'
+  lock = workdir_lock.acquire(str(workdir))
+  assert lock.held()
+  os.remove(lock.path)  # as a deleted workdir takes it along
+  assert not lock.held()
+  lock.release()
+  # Another run's file at the same path is never ours to remove.
+  with workdir_lock.acquire(str(workdir)) as lock:
+    os.rename(lock.path, str(tmp_path / 'moved'))
+    (workdir / rundir.LOCK_FILE).write_text('{"pid": 1}')
+    assert not lock.held()
+  assert (workdir / rundir.LOCK_FILE).read_text() == '{"pid": 1}'

@@ -77,6 +77,7 @@ def run_point(command: list[str], workdir: str, cwd: str) -> int:
         env=env,
     )
   path = os.path.join(workdir, RESULT_FILE)
+  os.makedirs(workdir, exist_ok=True)  # deleted while the point ran
   with open(path + '.tmp', 'w') as f:
     json.dump(
         {'job_id': os.environ.get('SLURM_JOB_ID', ''), 'status': status}, f

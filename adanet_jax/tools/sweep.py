@@ -13,13 +13,16 @@ Each point is a dict of config overrides. The launcher
       [--launcher=slurm --slurm.partition=P --slurm.time=MIN --slurm.gpus_per_task=G]
 
 checks every override of every point against the config before anything runs,
-prints the plan (the ordinary `adanet_jax.main` command of each point, also
-written to DIR/commands.sh), and runs the points N at a time, one workdir per
-point (DIR/<name from its overrides>). Re-running the same command resumes:
-finished points are skipped, interrupted ones resume from their checkpoints,
-failed ones are retried; failures are reported with the tail of their log and
-the other points go on. `--summary_only` (and the end of every launch) writes
-DIR/summary.md, DIR/summary.csv and DIR/accuracy_vs_gflops.png and prints
+prints the plan (the ordinary `adanet_jax.main` command of each point,
+shell-quoted, also written to DIR/commands.sh), and runs the points N at a
+time, one workdir per point (DIR/<name from its overrides>, `point_name`).
+Re-running the same command resumes: finished points are skipped,
+interrupted ones resume from their checkpoints, failed ones are retried;
+failures are reported with the tail of their log and the other points go on.
+A root holds one sweep (DIR/sweep.json; another is refused, naming the
+differences) and one live launcher (DIR/sweep.lock, as a workdir's lock).
+`--summary_only` (of a sweep root only) and the end of every launch write
+DIR/summary.md, DIR/summary.csv and DIR/accuracy_vs_gflops.png and print
 their paths. Ctrl-C (or SIGTERM) stops the running points (SIGTERM, then
 SIGKILL after STOP_GRACE_S) and prints the command that resumes.
 
@@ -30,8 +33,11 @@ everything else is the same for both.
 
 import ctypes
 import functools
+import hashlib
 import itertools
+import json
 import os
+import re
 import shlex
 import signal
 import subprocess
@@ -44,10 +50,14 @@ from adanet_jax import config_lib
 from adanet_jax.errors import ConfigError, ExpectedError
 from adanet_jax.runtime import cli
 from adanet_jax.tools import sweep_summary
-from adanet_jax.train import checks, rundir
+from adanet_jax.train import checks, rundir, workdir_lock
 
 STOP_GRACE_S = 20.0  # seconds a stopped point gets between SIGTERM and SIGKILL
 POLL_S = 0.5
+# Workdir names keep these characters: those a shell needs no quotes for,
+# but the comma and the slash. Longer names end in a hash of the overrides.
+_UNSAFE_IN_NAME = re.compile(r'[^A-Za-z0-9_@%+=:.-]')
+MAX_NAME_CHARS = 80
 
 
 def define_flags() -> dict:
@@ -116,9 +126,28 @@ def grid(**axes) -> list[dict]:
 
 
 def point_name(overrides: dict) -> str:
-  """Workdir name of a point: `target-0.3_seed-0` from {'loss.target': 0.3, 'seed': 0}."""
-  parts = [f'{key.split(".")[-1]}-{value}' for key, value in overrides.items()]
-  return '_'.join(parts).replace('/', '-') or 'default'
+  """Workdir name of a point: `target-0.3_seed-0` from {'loss.target': 0.3,
+  'seed': 0}; `targets-0.5-0.7` from {'loss.targets': (0.5, 0.7)}.
+
+  Shell-safe (other characters become '-') and at most MAX_NAME_CHARS long
+  (a longer name is cut and ends in 8 hex digits of a hash of the overrides).
+  """
+  parts = [
+      f'{key.split(".")[-1]}-{_name_text(value)}'
+      for key, value in overrides.items()
+  ]
+  name = _UNSAFE_IN_NAME.sub('-', '_'.join(parts)) or 'default'
+  if len(name) > MAX_NAME_CHARS:
+    stored = json.dumps(overrides, sort_keys=True, default=str).encode()
+    digest = hashlib.sha256(stored).hexdigest()[:8]
+    name = f'{name[:MAX_NAME_CHARS - 9]}-{digest}'
+  return name
+
+
+def _name_text(value) -> str:
+  if isinstance(value, (tuple, list)):  # as stored in JSON, a list
+    return '-'.join(_name_text(v) for v in value) or 'none'
+  return str(value)
 
 
 def load_points(config_arg: str, sweep: str, common: dict) -> list[dict]:
@@ -134,9 +163,12 @@ def load_points(config_arg: str, sweep: str, common: dict) -> list[dict]:
     )
   points = [dict(p) for p in sweeps[sweep]]
   names = [point_name(p) for p in points]
-  if len(set(names)) != len(names):
+  twins = sorted({n for n in names if names.count(n) > 1})
+  if twins:
     raise ConfigError(
-        f'sweep {sweep!r} has points with the same overrides: {names}'
+        f'sweep {sweep!r} has several points named {", ".join(twins)} (the '
+        'same overrides, or overrides that differ only in characters a '
+        'workdir name leaves out)'
     )
   for point in points:
     try:
@@ -228,19 +260,58 @@ class SweepInterrupted(Exception):
 
 
 def check_root(root: str, manifest: dict) -> None:
-  """Refuses a root that holds another sweep; records this one otherwise."""
+  """Refuses a root that holds another sweep; records this one otherwise.
+
+  The sweeps are compared as stored (JSON: a tuple is a list), their points
+  in any order.
+
+  Raises:
+    ConfigError: naming the differences.
+  """
   path = os.path.join(root, rundir.SWEEP_MANIFEST_FILE)
-  if os.path.exists(path):
-    stored = rundir.read_json(path)
-    if stored != manifest:
-      raise ConfigError(
-          f'--root={root} holds a different sweep ({stored["config"]} '
-          f'--sweep={stored["sweep"]} with other points or overrides); use '
-          'another root'
-      )
-  else:
-    os.makedirs(root, exist_ok=True)
+  if not os.path.exists(path):
     rundir.write_json(path, manifest)
+    return
+  stored = rundir.read_json(path)
+  differences = _differences(
+      stored, json.loads(json.dumps(manifest, default=str))
+  )
+  if differences:
+    raise ConfigError(
+        f'--root={root} holds a different sweep ({stored["config"]} '
+        f'--sweep={stored["sweep"]}): {"; ".join(differences)}; use another '
+        'root'
+    )
+
+
+def _differences(stored: dict, new: dict) -> list[str]:
+  """What differs between two sweep manifests, as 'stored -> now'."""
+  found = [
+      f'--{key}={stored[key]} -> --{key}={new[key]}'
+      for key in ('config', 'sweep')
+      if stored[key] != new[key]
+  ]
+  old, now = stored['common'], new['common']
+  found += [
+      f'--config.{key}: {old.get(key, "unset")} -> {now.get(key, "unset")}'
+      for key in sorted(set(old) | set(now))
+      if old.get(key) != now.get(key)
+  ]
+  # JSON keeps no key order: a point is its sorted overrides.
+  old, now = (
+      {json.dumps(p, sort_keys=True): p for p in m['points']}
+      for m in (stored, new)
+  )
+  for what, points in (
+      (
+          'points only in the stored sweep',
+          [old[k] for k in old if k not in now],
+      ),
+      ('points only in this one', [now[k] for k in now if k not in old]),
+  ):
+    if points:
+      found.append(f'{what}: {", ".join(map(point_name, points))}')
+  return found
 
 
 def run_sweep(
@@ -264,29 +335,50 @@ def run_sweep(
 
   Raises:
     SweepInterrupted: on Ctrl-C or SIGTERM, after the running points stopped.
+    WorkdirInUseError: another launcher runs on `root`.
+    ConfigError: a bad point or override, a root that holds another sweep or
+      cannot be created.
   """
   points = load_points(
       config_arg, sweep, common
   )  # all checks before anything starts
-  root = os.path.abspath(root)
+  given, root = root, os.path.abspath(root)
   jobs = {point_name(p): (p, os.path.join(root, point_name(p))) for p in points}
   commands = {
       name: main_command(config_arg, wd, {**common, **p})
       for name, (p, wd) in jobs.items()
   }
-  check_root(
-      root,
-      {
-          'config': config_arg,
-          'sweep': sweep,
-          'common': common,
-          'points': points,
-      },
-  )
-  _print_plan(root, jobs, commands)
-  if plan_only:
-    return {}
-  launcher = (make_launcher or LocalLauncher)(root)
+  try:
+    os.makedirs(root, exist_ok=True)
+  except OSError as e:
+    raise ConfigError(
+        f'--root={given}: cannot create it ({e.strerror})'
+    ) from None
+  # One launcher per root: two would each count the other's points as failed.
+  with workdir_lock.acquire_local(
+      root, rundir.SWEEP_LOCK_FILE, 'sweep root', 'sweep'
+  ):
+    check_root(
+        root,
+        {
+            'config': config_arg,
+            'sweep': sweep,
+            'common': common,
+            'points': points,
+        },
+    )
+    _print_plan(root, jobs, commands)
+    if plan_only:
+      return {}
+    results = _run_points(
+        jobs, commands, parallel, (make_launcher or LocalLauncher)(root)
+    )
+    sweep_summary.write_summary(root)
+  return results
+
+
+def _run_points(jobs: dict, commands: dict, parallel: int, launcher) -> dict:
+  """Runs the points not done yet, `parallel` at a time; {name: status}."""
   todo = [
       n
       for n in jobs
@@ -325,12 +417,11 @@ def run_sweep(
     for job, _ in running.values():
       job.stop()
     raise SweepInterrupted(f'{len(running)} running point(s) stopped') from None
-  sweep_summary.write_summary(root)
   return results
 
 
 def _print_plan(root, jobs, commands) -> None:
-  lines = [' '.join(commands[name]) for name in jobs]
+  lines = [shlex.join(commands[name]) for name in jobs]
   with open(os.path.join(root, 'commands.sh'), 'w') as f:
     f.write('#!/bin/sh\n' + '\n'.join(lines) + '\n')
   print(
@@ -344,8 +435,12 @@ def _print_plan(root, jobs, commands) -> None:
 
 def _finish(name, job, command, returncode, start) -> str:
   overrides, workdir = job
-  status = 'done' if returncode == 0 else 'failed'
+  # A trainer that ends well has written its config: without it the workdir
+  # was deleted (and maybe recreated) under the point.
+  trained = os.path.exists(os.path.join(workdir, rundir.CONFIG_FILE))
+  status = 'done' if returncode == 0 and trained else 'failed'
   previous = rundir.read_sweep_status(workdir)
+  os.makedirs(workdir, exist_ok=True)
   rundir.write_sweep_status(
       workdir,
       {
@@ -357,14 +452,24 @@ def _finish(name, job, command, returncode, start) -> str:
       },
   )
   if status == 'failed':
-    with open(os.path.join(workdir, rundir.LOG_FILE)) as f:
-      tail = f.read().splitlines()[-15:]
-    print(
-        f'point {name} failed (exit {returncode}); last lines of its log:\n  '
-        + '\n  '.join(tail),
-        flush=True,
-    )
+    _report_failure(name, workdir, returncode)
   return status
+
+
+def _report_failure(name: str, workdir: str, returncode: int) -> None:
+  """Prints why a point failed and the tail of its log."""
+  log = os.path.join(workdir, rundir.LOG_FILE)
+  tail = []
+  if os.path.exists(log):  # the workdir may have been deleted
+    with open(log) as f:
+      tail = f.read().splitlines()[-15:]
+  why = f'exit {returncode}' if returncode else 'exit 0, its workdir emptied'
+  shown = (
+      'last lines of its log:\n  ' + '\n  '.join(tail)
+      if tail
+      else f'no {rundir.LOG_FILE} left'
+  )
+  print(f'point {name} failed ({why}); {shown}', flush=True)
 
 
 class SweepFailed(ExpectedError):
@@ -421,6 +526,16 @@ def main(args) -> None:
     if not os.path.isdir(root):
       raise ConfigError(
           f'--root={args.root} is not a directory: nothing to summarize'
+      )
+    if not os.path.exists(os.path.join(root, rundir.SWEEP_MANIFEST_FILE)):
+      what = (
+          'a training workdir, not a sweep root'
+          if os.path.exists(os.path.join(root, rundir.CONFIG_FILE))
+          else 'not a sweep root'
+      )
+      raise ConfigError(
+          f'--root={args.root} is {what} (no {rundir.SWEEP_MANIFEST_FILE}): '
+          'nothing to summarize'
       )
     print(sweep_summary.write_summary(root))
     _print_outputs(root)

@@ -9,6 +9,7 @@
   <workdir>/sweep_status.json  a sweep point's status (`adanet_jax.tools.sweep`)
   <workdir>/log.txt            a sweep point's console output
   <sweep root>/sweep.json      what a sweep root holds (config, sweep, points)
+  <sweep root>/sweep.lock      the live sweep launcher's lock (as workdir.lock)
 
 Everything that reads or writes one of these goes through this module.
 """
@@ -32,6 +33,7 @@ SWEEP_STATUS_FILE = 'sweep_status.json'
 LOG_FILE = 'log.txt'
 SWEEP_MANIFEST_FILE = 'sweep.json'
 LOCK_FILE = 'workdir.lock'
+SWEEP_LOCK_FILE = 'sweep.lock'
 
 
 def checkpoint_dir(workdir: str) -> str:

@@ -17,7 +17,12 @@ import numpy as np
 import optax
 
 from adanet_jax.data import input_pipeline
-from adanet_jax.errors import NonFiniteLossError, Preempted, reported_write
+from adanet_jax.errors import (
+    NonFiniteLossError,
+    Preempted,
+    WorkdirGoneError,
+    reported_write,
+)
 from adanet_jax.model import accounting, factory
 from adanet_jax.train import (
     checkpoints,
@@ -113,6 +118,7 @@ class Run:
   workdir: str
   checkpointer: checkpoints.Checkpointer
   logger: metrics.MetricLogger
+  lock: workdir_lock.WorkdirLock
 
   @property
   def plan(self) -> plan_lib.RunPlan:
@@ -137,14 +143,15 @@ def train_and_evaluate(
   Raises:
     errors.Preempted: SIGTERM/SIGINT; a checkpoint of the step it stopped at was saved.
     errors.WorkdirInUseError: another live run holds `workdir`.
+    errors.WorkdirGoneError: `workdir` was deleted while training.
     errors.CheckpointWriteError: a checkpoint could not be written.
   """
   checks.check_run_config(config)
-  with workdir_lock.acquire(workdir), preemption.StopRequest() as stop:
-    return _train(config, workdir, dataset, stop)
+  with workdir_lock.acquire(workdir) as lock, preemption.StopRequest() as stop:
+    return _train(config, workdir, dataset, stop, lock)
 
 
-def _train(config, workdir, dataset, stop) -> dict:
+def _train(config, workdir, dataset, stop, lock) -> dict:
   dataset = dataset or input_pipeline.create_dataset(config)
   checkpointer = checkpoints.Checkpointer(
       workdir, config
@@ -169,7 +176,7 @@ def _train(config, workdir, dataset, stop) -> dict:
         start_step=int(state.step),
     )
     final = _train_loop(
-        Run(parts, dataset, workdir, checkpointer, logger), state, stop
+        Run(parts, dataset, workdir, checkpointer, logger, lock), state, stop
     )
   finally:  # also on errors: finish pending checkpoint writes
     checkpointer.close()
@@ -201,6 +208,8 @@ def _train_loop(run: Run, state, stop: preemption.StopRequest) -> dict:
     )
     if log or ckpt or evaluate or done % plan.sync_every_steps == 0:
       _raise_if_nonfinite(sums, run.checkpointer)
+    if log or ckpt or evaluate:
+      _raise_if_workdir_gone(run, done)
     if log:
       summary = {
           f'train/{k}': v
@@ -240,6 +249,19 @@ def _save_and_stop(
   ):  # no process exits before every part of the save is written
     multihost_utils.sync_global_devices('adanet_jax.train.trainer.preempted')
   raise Preempted(message)
+
+
+def _raise_if_workdir_gone(run: Run, step: int) -> None:
+  """Stops rather than log or save into a deleted workdir, which would end
+  "done" with nothing to show; a stat of the lock file, no device sync. Only
+  process 0 holds the file: in a multi-process job the others are ended by
+  the launcher, as after any failure of process 0."""
+  if not run.lock.held():
+    raise WorkdirGoneError(
+        f'workdir {run.workdir} was deleted while training (its '
+        f'{rundir.LOCK_FILE} is gone); training stopped at step {step}; run '
+        'the same command again to start over'
+    )
 
 
 def _raise_if_nonfinite(sums: dict, checkpointer) -> None:

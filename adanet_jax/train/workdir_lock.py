@@ -12,6 +12,10 @@ drops when the process dies however it dies (SIGKILL included). So a new run:
     free), or its heartbeat is stale.
 In a multi-process job process 0 takes the lock for the whole job; the
 others learn whether it succeeded and do not touch the file.
+
+The owner can ask `held()` whether the file is still its own: a workdir
+deleted under a live run takes the lock file with it. A sweep launcher
+holds the same kind of lock on its root (`acquire_local`, no JAX).
 """
 
 import contextlib
@@ -37,8 +41,8 @@ STALE_S = 600.0
 class WorkdirLock:
   """The held lock of one workdir (process 0), or a stand-in elsewhere."""
 
-  def __init__(self, workdir: str, fd: int | None):
-    self.path = os.path.join(os.path.abspath(workdir), rundir.LOCK_FILE)
+  def __init__(self, path: str, fd: int | None):
+    self.path = path
     self._fd = fd
     self._stop = threading.Event()
     if fd is not None:
@@ -51,14 +55,27 @@ class WorkdirLock:
       with contextlib.suppress(OSError):
         os.utime(self._fd)
 
+  def held(self) -> bool:
+    """Whether the lock file at `path` is still the one this lock holds:
+    False once it was removed (its directory deleted) or replaced. Always
+    True where this process holds no file (processes other than 0)."""
+    if self._fd is None:
+      return True
+    try:
+      return os.path.samestat(os.stat(self.path), os.fstat(self._fd))
+    except OSError:
+      return False
+
   def release(self) -> None:
-    """Removes the lock file and drops the flock (idempotent)."""
+    """Removes the lock file, if still its own, and drops the flock
+    (idempotent)."""
     self._stop.set()
     if self._fd is not None:
-      with contextlib.suppress(OSError):
-        os.remove(
-            self.path
-        )  # before unlocking: a waiting run then sees a new file
+      if self.held():  # never the file of a run that took the path since
+        with contextlib.suppress(OSError):
+          os.remove(
+              self.path
+          )  # before unlocking: a waiting run then sees a new file
       os.close(self._fd)
       self._fd = None
 
@@ -82,10 +99,11 @@ def acquire(workdir: str) -> WorkdirLock:
     WorkdirInUseError: another live run holds the workdir.
     ConfigError: the workdir cannot be created or written.
   """
+  path = os.path.join(os.path.abspath(workdir), rundir.LOCK_FILE)
   fd, error = None, None
   if jax.process_index() == 0:
     try:
-      fd = _take(os.path.abspath(workdir))
+      fd = _take(path, 'workdir', 'run')
     except ConfigError as e:
       error = e
   if jax.process_count() > 1:
@@ -96,25 +114,49 @@ def acquire(workdir: str) -> WorkdirLock:
       )
   if error is not None:
     raise error
-  return WorkdirLock(workdir, fd)
+  return WorkdirLock(path, fd)
 
 
-def _take(workdir: str) -> int:
-  path = os.path.join(workdir, rundir.LOCK_FILE)
+def acquire_local(
+    directory: str, lock_file: str, what: str, holder: str
+) -> WorkdirLock:
+  """Takes the lock `directory/lock_file` of a one-process program (a sweep
+  launcher on its root), as `acquire` does but without JAX.
+
+  Args:
+    directory: created if needed.
+    lock_file: the lock file's name.
+    what: the directory's name in messages, e.g. 'sweep root'.
+    holder: its holder's, e.g. 'sweep' (a refusal then reads 'sweep root R
+      is in use by another sweep (host, pid, start)').
+
+  Returns:
+    The held lock.
+
+  Raises:
+    WorkdirInUseError: another live holder has it.
+    ConfigError: the directory cannot be created or written.
+  """
+  path = os.path.join(os.path.abspath(directory), lock_file)
+  return WorkdirLock(path, _take(path, what, holder))
+
+
+def _take(path: str, what: str, holder: str) -> int:
+  """The fd of the taken lock file `path`; `what` names its directory and
+  `holder` the kind of owner in messages."""
+  workdir = os.path.dirname(path)
   try:
     os.makedirs(workdir, exist_ok=True)
   except OSError as e:
-    raise ConfigError(
-        f'cannot create workdir {workdir}: {e.strerror}'
-    ) from None
+    raise ConfigError(f'cannot create {what} {workdir}: {e.strerror}') from None
   if not os.path.isdir(workdir):
-    raise ConfigError(f'workdir {workdir} is not a directory')
+    raise ConfigError(f'{what} {workdir} is not a directory')
   while True:
     try:
       fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as e:
       raise ConfigError(
-          f'cannot write to workdir {workdir}: {e.strerror}'
+          f'cannot write to {what} {workdir}: {e.strerror}'
       ) from None
     try:
       fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -122,8 +164,8 @@ def _take(workdir: str) -> int:
       owner = _read(fd)
       os.close(fd)
       raise WorkdirInUseError(
-          f'workdir {workdir} is in use by {_describe(owner)}; wait for it '
-          f'to end, or use another workdir'
+          f'{what} {workdir} is in use by {_describe(owner, holder)}; wait '
+          f'for it to end, or use another {what}'
       ) from None
     # The previous owner may have removed the file between our open and our
     # flock: then we hold a lock on a file nobody else sees; try again.
@@ -134,8 +176,9 @@ def _take(workdir: str) -> int:
     if owner and owner.get('host') != socket.gethostname() and age < STALE_S:
       os.close(fd)
       raise WorkdirInUseError(
-          f'workdir {workdir} is in use by {_describe(owner)} (heartbeat {age:.0f} s ago; '
-          f'taken over after {STALE_S:.0f} s); wait for it to end, or use another workdir'
+          f'{what} {workdir} is in use by {_describe(owner, holder)} '
+          f'(heartbeat {age:.0f} s ago; taken over after {STALE_S:.0f} s); '
+          f'wait for it to end, or use another {what}'
       )
     try:
       _write(
@@ -153,7 +196,7 @@ def _take(workdir: str) -> int:
         os.remove(path)
       os.close(fd)
       raise ConfigError(
-          f'cannot write to workdir {workdir}: {e.strerror}'
+          f'cannot write to {what} {workdir}: {e.strerror}'
       ) from None
     return fd
 
@@ -173,10 +216,10 @@ def _write(fd: int, owner: dict) -> None:
   os.fsync(fd)
 
 
-def _describe(owner: dict) -> str:
+def _describe(owner: dict, holder: str) -> str:
   if not owner:
-    return 'another run'
+    return f'another {holder}'
   return (
-      f'another run (host {owner.get("host")}, pid {owner.get("pid")}, '
+      f'another {holder} (host {owner.get("host")}, pid {owner.get("pid")}, '
       f'started {owner.get("start")})'
   )
