@@ -267,10 +267,19 @@ def _parse_value(key: str, raw: str, current):
   except (ValueError, SyntaxError):
     if isinstance(current, str):
       return raw
-    if isinstance(current, tuple):  # a,b,c without brackets
+    if isinstance(current, tuple):  # a,b,c: bare words in a tuple of strings
+      if not current:  # no element to take the type from: literals only
+        raise ConfigError(
+            f'--config.{key}={raw}: not a valid tuple (its elements must be '
+            'numbers or quoted strings)'
+        ) from None
+      inner = raw.strip()
+      if inner[:1] + inner[-1:] in ('()', '[]'):
+        inner = inner[1:-1]
       return tuple(
-          _parse_value(key, part, current[0] if current else '')
-          for part in raw.split(',')
+          _parse_value(key, part.strip(), current[0])
+          for part in inner.split(',')
+          if part.strip()
       )
     raise ConfigError(
         f'--config.{key}={raw}: not a valid {type(current).__name__}'

@@ -43,6 +43,13 @@ def define_flags() -> dict:
           None,
           'Processes in the job (default $JAX_NUM_PROCESSES).',
       ),
+      allow_config_change=flags.DEFINE_bool(
+          'allow_config_change',
+          False,
+          'Resume a workdir even if the config changes what its steps mean '
+          '(data order, schedule, loss); the changes are recorded in '
+          '<workdir>/config_history.jsonl.',
+      ),
       process_id=flags.DEFINE_integer(
           'process_id',
           None,
@@ -70,7 +77,9 @@ def main(args) -> None:
       jax.process_count(),
       started,
   )
-  final = trainer.train_and_evaluate(config, args.workdir)
+  final = trainer.train_and_evaluate(
+      config, args.workdir, allow_config_change=args.allow_config_change
+  )
   if (
       jax.process_index() != 0
   ):  # the final metrics are the same on every process

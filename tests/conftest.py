@@ -57,7 +57,7 @@ def load_config():
 def tiny_config(**overrides):
   """A depth-8 digits config of 1 epoch at batch 32 (44 steps), blocking on
   every step (multi-device CPU), logging and checkpointing every 2 steps, with
-  `section__field=value` overrides."""
+  `section__field=value` (or top-level `field=value`) overrides."""
   config = load_repo_config('digits.py', 'depth=8,epochs=1')
   config.train.batch_size = 32
   config.train.sync_every_steps = 1
@@ -66,8 +66,8 @@ def tiny_config(**overrides):
   config.eval.batch_size = 64
   config.checkpoint.every_steps = 2
   for key, value in overrides.items():
-    section, field = key.split('__')
-    config[section][field] = value
+    section, _, field = key.rpartition('__')
+    (config[section] if section else config)[field] = value
   return config
 
 
@@ -87,6 +87,19 @@ def restore_state(config, workdir):
   step, state = checkpointer.latest_step(), checkpointer.restore(abstract)
   checkpointer.close()
   return step, state
+
+
+def snapshot(root) -> dict:
+  """{path: (size, modification time)} of everything under `root`: equal
+  before and after means nothing was created or changed."""
+  return {
+      os.path.join(r, p): (
+          os.path.getsize(os.path.join(r, p)),
+          os.path.getmtime(os.path.join(r, p)),
+      )
+      for r, ds, ps in os.walk(root)
+      for p in ps + ds
+  }
 
 
 def run_module(module: str, *args: str, timeout: float = 300, env=None):

@@ -7,8 +7,11 @@ import os
 import subprocess
 import sys
 
-from conftest import REPO
+from conftest import REPO, snapshot
 import pytest
+
+from adanet_jax import config_lib
+from adanet_jax.train import rundir
 
 # A tiny entry point: flags --fail (an expected failure) and --crash (a bug).
 ENTRY_POINT = """
@@ -132,6 +135,29 @@ CASES = {
         ],
         "error: init_from='{tmp}/nothing' is not a workdir or checkpoint directory",
     ),
+    'targets that are no numbers': (
+        'main',
+        [
+            f'--config={DIGITS}',
+            '--workdir={tmp}/w',
+            '--config.loss.targets=(a,b)',
+        ],
+        'error: --config.loss.targets=(a,b): not a valid tuple (its elements '
+        'must be numbers or quoted strings)',
+    ),
+    'resume with another batch size': (
+        'main',
+        [
+            f'--config={DIGITS}:depth=8',
+            '--workdir={tmp}/trained',
+            '--config.train.batch_size=64',
+        ],
+        'error: workdir {tmp}/trained holds checkpoints (up to step 20) of a '
+        'run with another config (train.batch_size: 128 -> 64): resuming would '
+        'change what its steps mean; use another workdir, or pass '
+        '--allow_config_change to continue it with the new values (recorded '
+        'in config_history.jsonl); nothing was changed',
+    ),
     'learning rate 0': (
         'main',
         [
@@ -218,17 +244,6 @@ CASES = {
 }
 
 
-def _snapshot(root) -> dict:
-  return {
-      os.path.join(r, p): (
-          os.path.getsize(os.path.join(r, p)),
-          os.path.getmtime(os.path.join(r, p)),
-      )
-      for r, ds, ps in os.walk(root)
-      for p in ps + ds
-  }
-
-
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize('case', sorted(CASES))
 def test_expected_failure_of_an_entry_point_is_one_line(tmp_path, case):
@@ -240,7 +255,14 @@ def test_expected_failure_of_an_entry_point_is_one_line(tmp_path, case):
       SWEEP_WITH_BAD_TARGET.format(repo=REPO)
   )
   (tmp_path / 'afile').write_text('not a directory\n')
-  before = _snapshot(tmp_path)
+  # A workdir trained to step 20 by `main --config=configs/digits.py:depth=8`
+  # (what the refusal reads of it: its config and a step directory).
+  (tmp_path / 'trained' / 'checkpoints' / '20').mkdir(parents=True)
+  rundir.write_config(
+      str(tmp_path / 'trained'),
+      config_lib.load_config(os.path.join(REPO, DIGITS) + ':depth=8'),
+  )
+  before = snapshot(tmp_path)
   out = subprocess.run(
       [
           sys.executable,
@@ -258,4 +280,4 @@ def test_expected_failure_of_an_entry_point_is_one_line(tmp_path, case):
       line.format(tmp=tmp_path)
   ], out.stderr[-3000:]
   assert 'Traceback' not in out.stderr + out.stdout
-  assert _snapshot(tmp_path) == before
+  assert snapshot(tmp_path) == before

@@ -106,3 +106,24 @@ def test_evaluator_returns_what_the_trainer_wrote_and_writes_nothing(gated_run):
     np.testing.assert_allclose(
         written[:, 1:], matrix, rtol=0, atol=5e-7
     )  # 6 decimals
+
+
+@pytest.mark.timeout(300)
+def test_sample_mode_noise_depends_on_seed_and_step_only(gated_run):
+  # Evaluating one checkpoint twice in mode 'sample' gives the same figures;
+  # another step or seed draws other noise.
+  config = rundir.read_config(gated_run)
+  config.gates.eval_modes = ('sample',)
+  dataset = input_pipeline.create_dataset(config)
+  setup = trainer.setup(config, dataset)
+  _, state = restore_state(config, gated_run)
+  state = jax.device_put(state, setup.placement.replicated)
+  first, _ = setup.evaluator(state, dataset)
+  again, _ = setup.evaluator(state, dataset)
+  assert first == again
+  assert first['eval/sample/count'] == 360
+  later, _ = setup.evaluator(state.replace(step=state.step + 1), dataset)
+  config.seed = 1
+  reseeded, _ = trainer.setup(config, dataset).evaluator(state, dataset)
+  rates = [r['eval/sample/gate_rates'] for r in (first, later, reseeded)]
+  assert rates[0] != rates[1] and rates[0] != rates[2]

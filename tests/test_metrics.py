@@ -95,6 +95,22 @@ def test_tensorboard_shows_each_step_once_after_a_resume(tmp_path):
   ] == [0.5, 0.5, 0.25, 0.25, 0.25]
 
 
+def test_tensorboard_shows_each_step_once_after_a_restart_from_step_0(
+    tmp_path,
+):
+  # Killed before its first checkpoint (or its checkpoints deleted), the
+  # rerun starts again at step 0 and logs steps 2 and 4 with other values.
+  for scale in (1, 10):
+    writer = metrics.TensorBoardWriter(str(tmp_path), start_step=0)
+    for step in (2, 4):
+      writer.write_scalars(step, {'train/loss': scale * step})
+    writer.close()
+  assert _tensorboard_scalars(str(tmp_path), 'train/loss') == [
+      (2, 20.0),
+      (4, 40.0),
+  ]
+
+
 def test_tensorboard_writer_does_not_import_tensorflow():
   # TensorFlow's import costs every start of a run seconds; the writer needs none.
   code = (

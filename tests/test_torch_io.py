@@ -368,14 +368,9 @@ def test_init_from_load_and_export_command(load_config, tmp_path):
       tx=optim.create_optimizer(plan_lib.make_plan(config, 1).optimizer)[0],
   )
 
-  class NoCheckpoint:
-
-    def restore_newest_intact(self, state):
-      del state
-
-  state = checkpoints.restore_or_init(NoCheckpoint(), state, str(path)).replace(
-      step=jnp.asarray(5)
-  )
+  state = checkpoints.start_state(
+      str(tmp_path / 'fresh'), state, str(path)
+  ).replace(step=jnp.asarray(5))
   jax.tree.map(
       np.testing.assert_array_equal,
       {'params': state.params, 'batch_stats': state.batch_stats},

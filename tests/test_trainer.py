@@ -6,7 +6,7 @@ import json
 import os
 import shutil
 
-from conftest import restore_state, tiny_config
+from conftest import restore_state, snapshot, tiny_config
 import jax
 import numpy as np
 import pytest
@@ -14,7 +14,7 @@ from tensorboard.backend.event_processing import event_accumulator
 
 from adanet_jax.data import input_pipeline
 from adanet_jax.errors import ConfigError, WorkdirGoneError
-from adanet_jax.train import trainer
+from adanet_jax.train import rundir, trainer
 
 
 def _params_close(a, b, atol):
@@ -77,9 +77,31 @@ def test_resume_equals_uninterrupted_run(load_config, tmp_path):
         config, str(tmp_path / 'resumed'), _StopAt(dataset, 2)
     )
   assert restore_state(config, str(tmp_path / 'resumed'))[0] == 2
+  # A resume that would change what the steps mean is refused untouched.
+  before = snapshot(tmp_path / 'resumed')
+  with pytest.raises(ConfigError) as refused:
+    trainer.train_and_evaluate(
+        tiny_config(
+            train__num_epochs=4 * 32 / 1437, seed=1, train__batch_size=64
+        ),
+        str(tmp_path / 'resumed'),
+    )
+  assert str(refused.value) == (
+      f'workdir {tmp_path}/resumed holds checkpoints (up to step 2) of a run '
+      'with another config (seed: 0 -> 1; train.batch_size: 32 -> 64): '
+      'resuming would change what its steps mean; use another workdir, or '
+      'pass --allow_config_change to continue it with the new values '
+      '(recorded in config_history.jsonl); nothing was changed'
+  )
+  assert snapshot(tmp_path / 'resumed') == before
+  # One that changes only when things happen resumes, and is recorded.
+  config.checkpoint.every_steps = 1
   trainer.train_and_evaluate(
       config, str(tmp_path / 'resumed'), dataset
   )  # from step 2
+  assert rundir.read_config_history(str(tmp_path / 'resumed')) == [
+      {'step': 2, 'changed': {'checkpoint.every_steps': [2, 1]}}
+  ]
   (step_a, a), (step_b, b) = (
       restore_state(config, str(tmp_path / n)) for n in ('straight', 'resumed')
   )
@@ -201,6 +223,71 @@ def test_batch_not_divisible_by_devices_is_refused(load_config, tmp_path):
   ):
     trainer.train_and_evaluate(config, str(tmp_path / 'w'))
   assert not os.path.exists(tmp_path / 'w')
+
+
+# (overrides of tiny_config with {tmp} for the test's directory, workdir,
+# the error): each refused before anything is created or changed.
+REFUSALS = {
+    'zero steps': (
+        dict(train__num_epochs=0.01),
+        '{tmp}/w',
+        'train.num_epochs=0.01 trains 0 steps (44 steps per epoch at '
+        'train.batch_size=32): must give at least 1 step',
+    ),
+    'batch larger than the data': (
+        dict(train__batch_size=2048),
+        '{tmp}/w',
+        'train.batch_size=2048 is larger than the 1437 training examples of '
+        'digits',
+    ),
+    'wrong class count': (
+        dict(model__num_classes=8),
+        '{tmp}/w',
+        'model.num_classes=8 but digits has 10 classes',
+    ),
+    'init_from an empty directory': (
+        dict(init_from='{tmp}/empty'),
+        '{tmp}/w',
+        "'{tmp}/empty' holds no checkpoint",
+    ),
+    'init_from an unreadable PyTorch file': (
+        dict(init_from='{tmp}/bad.pth'),
+        '{tmp}/w',
+        "cannot read '{tmp}/bad.pth' as a PyTorch file: ",
+    ),
+    'damaged model.json, workdir under ~': (
+        {},
+        '~/damaged',
+        '{tmp}/damaged/checkpoints/model.json is damaged (not JSON: '
+        'Expecting property name enclosed in double quotes: line 1 column 2 '
+        '(char 1)); use another workdir, or delete '
+        '{tmp}/damaged/checkpoints/model.json; nothing was changed',
+    ),
+}
+
+
+@pytest.mark.parametrize('case', sorted(REFUSALS))
+def test_bad_input_is_refused_before_anything_is_created(
+    tmp_path, monkeypatch, case
+):
+  overrides, workdir, error = REFUSALS[case]
+  (tmp_path / 'empty').mkdir()
+  (tmp_path / 'bad.pth').write_text('not a torch file')
+  (tmp_path / 'damaged' / 'checkpoints').mkdir(parents=True)
+  (tmp_path / 'damaged' / 'checkpoints' / 'model.json').write_text('{')
+  monkeypatch.setenv('HOME', str(tmp_path))
+  before = snapshot(tmp_path)
+  config = tiny_config(
+      **{
+          k: v.format(tmp=tmp_path) if isinstance(v, str) else v
+          for k, v in overrides.items()
+      }
+  )
+  with pytest.raises(ConfigError) as refused:
+    trainer.train_and_evaluate(config, workdir.format(tmp=tmp_path))
+  assert str(refused.value).startswith(error.format(tmp=tmp_path))
+  assert '\n' not in str(refused.value)
+  assert snapshot(tmp_path) == before
 
 
 def test_is_time_has_one_step_convention():

@@ -320,7 +320,7 @@ def create_dataset(config: ml_collections.ConfigDict) -> TfdsDataset:
       eval_batch_size=config.eval.batch_size,
       seed=config.seed,
       image_size=config.data.image_size,
-      data_dir=config.data.data_dir or None,
+      data_dir=os.path.expanduser(config.data.data_dir) or None,
   )
 
 

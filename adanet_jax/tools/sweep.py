@@ -520,6 +520,8 @@ class SweepInterruptedError(ExpectedError):
 
 
 def main(args) -> None:
+  if args.root:  # a shell leaves `--root=~/x` unexpanded
+    args.root = os.path.expanduser(args.root)
   if args.summary_only:
     cli.require(args, 'root')
     root = os.path.abspath(args.root)

@@ -1,14 +1,20 @@
 """Checkpoints through orbax's CheckpointManager, and the resume order.
 
-Resume order, in one place (`restore_or_init`): the latest checkpoint in
-`workdir/checkpoints`, else the checkpoint `config.init_from` names
-(parameters and BatchNorm statistics only; step and optimizer start fresh;
-a `.pth`/`.pt` path is a PyTorch file, read by `adanet_jax.model.torch_io`), else
-the freshly initialised state.
+Resume order, in one place (`start_state`, then `Checkpointer.resume`): the
+latest checkpoint in `workdir/checkpoints`, else the checkpoint
+`config.init_from` names (a workdir, its checkpoints directory or one step
+directory; parameters and BatchNorm statistics only; step and optimizer start
+fresh; a `.pth`/`.pt` path is a PyTorch file, read by
+`adanet_jax.model.torch_io`), else the freshly initialised state. An
+`init_from` is read before anything is created, so a refused one leaves the
+workdir as it was.
 
 A workdir remembers the model it was trained with (`model.json` beside the
-checkpoints); a run whose model config differs is refused before anything is
-written.
+checkpoints) and the config (`config.json`). `check_workdir` refuses, before
+anything is written, a run whose model differs, and a resume whose config
+differs in a field that changes what a step means (the data order, the
+schedule, the loss: every field but `FREE_FIELDS`) unless the change is
+allowed; every change is recorded in `config_history.jsonl`.
 
 Damage: resuming restores the newest step that restores completely. A step
 that fails (a truncated or corrupted file, an empty or stray step directory)
@@ -50,6 +56,19 @@ MODEL_FIELDS = ('model', 'gates.hidden', 'data.image_size', 'data.channels')
 # compiled: a checkpoint restores over them, so workdirs written before they
 # existed keep loading.
 INIT_ONLY_FIELDS = ('model.bn_gamma_init', 'model.scan_blocks')
+# Config fields a resume may change without changing what a step means (the
+# data order, the learning-rate schedule, the loss); every other field counts.
+FREE_FIELDS = (
+    'train.log_every_steps',
+    'train.eval_every_epochs',
+    'train.sync_every_steps',
+    'gates.eval_modes',
+    'eval.batch_size',
+    'checkpoint.every_steps',
+    'checkpoint.keep',
+    'data.data_dir',
+    'init_from',  # read only when the workdir holds no checkpoint
+) + INIT_ONLY_FIELDS
 
 
 def model_signature(config: ml_collections.ConfigDict) -> dict:
@@ -73,7 +92,7 @@ def step_dirs(directory: str) -> list[int]:
   empty or stray ones orbax would skip or trip over."""
   try:
     names = os.listdir(directory)
-  except FileNotFoundError:
+  except (FileNotFoundError, NotADirectoryError):  # no workdir (yet)
     return []
   return sorted(
       (
@@ -133,13 +152,15 @@ def _restore_step(manager, step: int, state):
   return restored, error
 
 
-def check_workdir(workdir: str, config: ml_collections.ConfigDict) -> None:
-  """Refuses a workdir whose checkpoints belong to a different model."""
+def check_model(workdir: str, config: ml_collections.ConfigDict) -> None:
+  """Refuses a workdir whose checkpoints belong to a different model (or
+  whose model.json is damaged). Reads only."""
   path = os.path.join(rundir.checkpoint_dir(workdir), 'model.json')
-  if not os.path.exists(path):
+  stored = rundir.read_json(
+      path, advice=f'use another workdir, or delete {path}'
+  )
+  if stored is None:
     return
-  with open(path) as f:
-    stored = json.load(f)
   ours = model_signature(config)
   diffs = [
       f'{k}: checkpoint has {stored.get(k)!r}, config has {ours.get(k)!r}'
@@ -154,11 +175,74 @@ def check_workdir(workdir: str, config: ml_collections.ConfigDict) -> None:
     )
 
 
+def check_workdir(
+    workdir: str,
+    config: ml_collections.ConfigDict,
+    allow_config_change: bool = False,
+) -> dict:
+  """Refuses a workdir of a different model (`check_model`), or one whose
+  stored config differs in a field that changes what a step means (any
+  field but `FREE_FIELDS`) unless `allow_config_change`. Reads only.
+
+  Returns:
+    {field: (stored value, new value)} of every field the resume changes
+    ({} for a workdir without checkpoints: its run starts afresh).
+
+  Raises:
+    ConfigError: another model, a damaged model.json or config.json, or a
+      change of meaning that is not allowed; nothing was changed.
+  """
+  check_model(workdir, config)
+  steps = step_dirs(rundir.checkpoint_dir(workdir))
+  if not steps:
+    return {}
+  changes = config_changes(rundir.read_stored_config(workdir), config)
+  meaning = [k for k in changes if k not in FREE_FIELDS]
+  if meaning and not allow_config_change:
+    listed = '; '.join(
+        f'{k}: {changes[k][0]!r} -> {changes[k][1]!r}' for k in meaning
+    )
+    raise ConfigError(
+        f'workdir {workdir} holds checkpoints (up to step {steps[0]}) of a run '
+        f'with another config ({listed}): resuming would change what its '
+        'steps mean; use another workdir, or pass --allow_config_change to '
+        'continue it with the new values (recorded in '
+        f'{rundir.CONFIG_HISTORY_FILE}); nothing was changed'
+    )
+  return changes
+
+
+def config_changes(
+    stored: ml_collections.ConfigDict | None, config: ml_collections.ConfigDict
+) -> dict:
+  """{field: (stored value, new value)} of the fields that differ, in field
+  order, values as config.json holds them ({} without a stored config)."""
+  if stored is None:
+    return {}
+  old, new = _flat(stored), _flat(config)
+  return {
+      k: (old.get(k), new.get(k))
+      for k in sorted(set(old) | set(new))
+      if old.get(k) != new.get(k)
+  }
+
+
+def _flat(config: ml_collections.ConfigDict) -> dict:
+  def walk(value, prefix):
+    if isinstance(value, dict):
+      for k, v in value.items():
+        yield from walk(v, f'{prefix}{k}.')
+    else:
+      yield prefix[:-1], value
+
+  return dict(walk(json.loads(config.to_json_best_effort()), ''))
+
+
 class Checkpointer:
   """Saves and restores the train state of one workdir."""
 
   def __init__(self, workdir: str, config: ml_collections.ConfigDict):
-    check_workdir(workdir, config)
+    check_model(workdir, config)
     self.workdir = os.path.abspath(workdir)
     self.directory = rundir.checkpoint_dir(workdir)
     options = ocp.CheckpointManagerOptions(
@@ -189,6 +273,12 @@ class Checkpointer:
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
+
+  def resume(self, start):
+    """The newest intact checkpoint (`restore_newest_intact`), else `start`
+    (`start_state`)."""
+    restored = self.restore_newest_intact(start)
+    return start if restored is None else restored
 
   def save(self, step: int, state) -> None:
     """Writes the checkpoint of `step` and waits for it, so that a failed
@@ -286,8 +376,9 @@ class Checkpointer:
 
 def check_init_from(path: str) -> None:
   """Refuses an `init_from` that names nothing loadable, before anything is
-  created: a PyTorch file must exist, anything else must be a workdir or a
-  checkpoints directory."""
+  created: a PyTorch file must exist, anything else must be a workdir, a
+  checkpoints directory or a step directory."""
+  path = os.path.expanduser(path)
   if torch_io.is_torch_file(path):
     if not os.path.isfile(path):
       raise ConfigError(f'init_from={path!r}: no such PyTorch file')
@@ -295,30 +386,36 @@ def check_init_from(path: str) -> None:
   resolve_checkpoint_dir(path)
 
 
-def resolve_checkpoint_dir(path: str) -> str:
-  """The checkpoints directory of a workdir, or `path` itself if it is one.
+def resolve_checkpoint_dir(path: str) -> tuple[str, int | None]:
+  """(checkpoints directory, step) of a workdir or checkpoints directory
+  (step None: the newest) or of one step directory inside it.
 
-  Raises ConfigError if neither exists (before anything is created).
+  Raises ConfigError if none exists (before anything is created).
   """
-  path = os.path.abspath(path)
+  path = os.path.abspath(os.path.expanduser(path))
   if os.path.isdir(rundir.checkpoint_dir(path)):
-    path = rundir.checkpoint_dir(path)
+    return rundir.checkpoint_dir(path), None
   if not os.path.isdir(path):
     raise ConfigError(
         f'init_from={path!r} is not a workdir or checkpoint directory'
     )
-  return path
+  name = os.path.basename(path)
+  if name.isdigit():  # a step directory, as `adanet_jax.load` takes it
+    return os.path.dirname(path), int(name)
+  return path, None
 
 
 def restore_from(path: str, state, step: int | None = None):
-  """Restores checkpoint `step` (default the newest that restores) of a
-  workdir or checkpoint directory into the structure of `state`, read-only.
+  """Restores checkpoint `step` (default: the step of a step directory, else
+  the newest that restores) of a workdir, checkpoint directory or step
+  directory into the structure of `state`, read-only.
 
   A damaged newer step is skipped with one warning line; a damaged `step`
   asked for by number, or no intact step at all, raises DamagedCheckpointError
   naming the damage and the other steps.
   """
-  path = resolve_checkpoint_dir(path)
+  path, step_of_path = resolve_checkpoint_dir(path)
+  step = step_of_path if step is None else step
   options = ocp.CheckpointManagerOptions(
       read_only=True, create=False, save_interval_steps=0
   )
@@ -363,22 +460,28 @@ def restore_from(path: str, state, step: int | None = None):
   )
 
 
-def restore_or_init(checkpointer: Checkpointer, state, init_from: str):
-  """The resume order: latest checkpoint (the newest intact one), else
-  `init_from` (a checkpoint, or a PyTorch file: `torch_io`), else `state`."""
-  restored = checkpointer.restore_newest_intact(state)
-  if restored is not None:
-    return restored
-  if init_from and torch_io.is_torch_file(init_from):
+def start_state(workdir: str, state, init_from: str):
+  """The state a run in `workdir` starts from unless a checkpoint of the
+  workdir restores over it (`Checkpointer.resume`): `state` with the
+  parameters and BatchNorm statistics of `init_from` (a checkpoint, or a
+  PyTorch file: `torch_io`) if the workdir holds no checkpoint, else `state`.
+
+  Reads only: call it before anything is created, so that a refused
+  `init_from` leaves the workdir as it was.
+  """
+  if not init_from or step_dirs(rundir.checkpoint_dir(workdir)):
+    return state
+  init_from = os.path.expanduser(init_from)
+  if torch_io.is_torch_file(init_from):
     variables = torch_io.restore_variables(
         init_from, {'params': state.params, 'batch_stats': state.batch_stats}
     )
-    return state.replace(
-        params=variables['params'], batch_stats=variables['batch_stats']
-    )
-  if init_from:
-    restored = restore_from(init_from, state)
-    return state.replace(
-        params=restored.params, batch_stats=restored.batch_stats
-    )
-  return state
+  else:
+    variables = restore_from(init_from, state)
+    variables = {
+        'params': variables.params,
+        'batch_stats': variables.batch_stats,
+    }
+  return state.replace(
+      params=variables['params'], batch_stats=variables['batch_stats']
+  )

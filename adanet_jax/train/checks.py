@@ -84,6 +84,16 @@ def _get(config, field: str):
   return value
 
 
+def check_plan(plan, config: ml_collections.ConfigDict) -> None:
+  """Refuses a plan that trains no step (too few epochs for the dataset)."""
+  if plan.num_steps < 1:
+    raise ConfigError(
+        f'train.num_epochs={config.train.num_epochs} trains 0 steps '
+        f'({plan.steps_per_epoch} steps per epoch at train.batch_size='
+        f'{config.train.batch_size}): must give at least 1 step'
+    )
+
+
 def check_run_config(config: ml_collections.ConfigDict) -> None:
   """Checks the config (`validate`) and what depends on the
   machine, before anything is created or compiled."""

@@ -4,7 +4,9 @@ Every example counts exactly once: the pipeline pads the last batch and masks
 the padding. Results: accuracy, loss, mean and per-block gate values, mean
 exact MACs per image (from the branches that ran: in `expected` mode all of
 them), the paper-style GFLOPs, and the per-class x per-block execution matrix
-(paper Fig. 4). `Evaluator` returns them; its caller writes files.
+(paper Fig. 4). `Evaluator` returns them; its caller writes files. In gate
+mode `sample` the noise is a function of (seed, step of the state, batch
+index) (`steps.eval_key`): evaluating one checkpoint twice gives the same.
 """
 
 import functools
@@ -54,15 +56,23 @@ def class_block_rates(sums: dict) -> np.ndarray:
   return np.asarray(sums['class_gates'], np.float64) / np.maximum(counts, 1)
 
 
-def evaluate(eval_step, state, batches, to_global) -> dict:
-  """Runs `eval_step` over `batches` and returns the summed outputs (numpy).
+def evaluate(
+    eval_step, state, batches, placement: placement_lib.Placement, key
+) -> dict:
+  """Runs `eval_step(state, batch, key, batch index)` over `batches` and
+  returns the summed outputs (numpy).
 
   Sums stay on the device and are fetched once at the end; each step is
   waited on, which also keeps multi-device CPU runs from deadlocking.
   """
   total = None
-  for batch in batches:
-    out = eval_step(state, to_global(batch))
+  for index, batch in enumerate(batches):
+    out = eval_step(
+        state,
+        placement.to_global(batch),
+        key,
+        placement.replicate(np.int32(index)),
+    )
     total = (
         out if total is None else jax.tree.map(lambda a, b: a + b, total, out)
     )
@@ -87,11 +97,12 @@ class Evaluator:
             functools.partial(
                 steps.eval_step, gate_mode=mode, num_classes=plan.num_classes
             ),
-            in_shardings=(r, d),
+            in_shardings=(r, d, r, r),
             out_shardings=r,
         )
         for mode in plan.eval_gate_modes
     }
+    self.key = placement.seed_key(plan.seed)
 
   def __call__(self, state, dataset) -> tuple[dict, dict[str, np.ndarray]]:
     """Evaluates `state` on `dataset.eval_batches()`.
@@ -102,7 +113,11 @@ class Evaluator:
     results, matrices = {}, {}
     for mode, eval_step in self.eval_steps.items():
       sums = evaluate(
-          eval_step, state, dataset.eval_batches(), self.placement.to_global
+          eval_step,
+          state,
+          dataset.eval_batches(),
+          self.placement,
+          self.key,
       )
       summary = summarize(
           sums, self.costs, self.plan.fixed_blocks, self.plan.gated

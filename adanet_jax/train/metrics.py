@@ -63,10 +63,11 @@ class TensorBoardWriter:
   """Scalars in a TensorBoard event file of `logdir`, written record by record.
 
   Written with TensorBoard's own protos and record framing, not through
-  TensorFlow, whose import would slow every start of a run (README). A run resumed
-  at `start_step` writes a SessionLog START event at start_step + 1: on
-  reading it TensorBoard discards the steps after `start_step` that earlier
-  event files hold (logged before an interruption, logged again now).
+  TensorFlow, whose import would slow every start of a run (README). A run
+  (re)started at `start_step`, 0 included, writes a SessionLog START event at
+  start_step + 1: on reading it TensorBoard discards the steps after
+  `start_step` that earlier event files hold (logged before an interruption
+  or by a run whose checkpoints are gone, logged again now).
   """
 
   def __init__(self, logdir: str, start_step: int | None = None):
@@ -77,7 +78,7 @@ class TensorBoardWriter:
     self._file = open(os.path.join(logdir, name), 'wb')
     self._records = RecordWriter(self._file)
     self._write(event_pb2.Event(file_version='brain.Event:2'))
-    if start_step:
+    if start_step is not None:
       self._write(
           event_pb2.Event(
               step=start_step + 1,

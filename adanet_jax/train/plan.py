@@ -7,6 +7,7 @@ read the plan, never the config.
 """
 
 import dataclasses
+import os
 
 import ml_collections
 
@@ -114,6 +115,6 @@ def make_plan(
       temperature=config.gates.temperature,
       train_gate_mode=config.gates.train_mode,
       eval_gate_modes=(modes,) if isinstance(modes, str) else tuple(modes),
-      init_from=config.init_from,
+      init_from=os.path.expanduser(config.init_from),
       optimizer=optimizer,
   )

@@ -1,6 +1,7 @@
 """The files of a run directory (workdir), their names and their readers.
 
   <workdir>/config.json        the resolved config of the run (process 0 writes it)
+  <workdir>/config_history.jsonl   one JSON object per resume that changed the config
   <workdir>/metrics.jsonl      one JSON object per log or evaluation step
   <workdir>/checkpoints/       orbax checkpoints (`adanet_jax.train.checkpoints`)
   <workdir>/checkpoints_damaged/<step>-<time>   steps that failed to restore, set aside
@@ -24,6 +25,7 @@ from adanet_jax import config_lib
 from adanet_jax.errors import ConfigError
 
 CONFIG_FILE = 'config.json'
+CONFIG_HISTORY_FILE = 'config_history.jsonl'
 METRICS_FILE = 'metrics.jsonl'
 CHECKPOINTS_DIR = 'checkpoints'
 # Checkpoint steps that failed to restore are moved here, never deleted.
@@ -48,12 +50,23 @@ def write_json(path: str, value) -> None:
   os.replace(path + '.tmp', path)
 
 
-def read_json(path: str, default=None):
-  """The JSON value in `path`, or `default` if there is no such file."""
+def read_json(path: str, default=None, advice: str | None = None):
+  """The JSON value in `path`, or `default` if there is no such file.
+
+  With `advice`, a file that is not JSON is a one-line ConfigError ending
+  in it (else the decoding error is raised).
+  """
   if not os.path.exists(path):
     return default
-  with open(path) as f:
-    return json.load(f)
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except (ValueError, UnicodeDecodeError) as e:
+    if advice is None:
+      raise
+    raise ConfigError(
+        f'{path} is damaged (not JSON: {e}); {advice}; nothing was changed'
+    ) from None
 
 
 def write_config(workdir: str, config: ml_collections.ConfigDict) -> None:
@@ -61,6 +74,31 @@ def write_config(workdir: str, config: ml_collections.ConfigDict) -> None:
       os.path.join(workdir, CONFIG_FILE),
       json.loads(config.to_json_best_effort()),
   )
+
+
+def read_stored_config(workdir: str) -> ml_collections.ConfigDict | None:
+  """The config.json of `workdir` as `read_config` reads it; None if there
+  is none."""
+  path = os.path.join(workdir, CONFIG_FILE)
+  stored = read_json(path, advice=f'use another workdir, or delete {path}')
+  return None if stored is None else config_lib.from_dict(stored)
+
+
+def append_config_history(workdir: str, step: int, changes: dict) -> None:
+  """Records that the run resumed at `step` with the config `changes`
+  ({field: (old, new)}) in config_history.jsonl."""
+  record = {'step': step, 'changed': {k: list(v) for k, v in changes.items()}}
+  with open(os.path.join(workdir, CONFIG_HISTORY_FILE), 'a') as f:
+    f.write(json.dumps(record) + '\n')
+
+
+def read_config_history(workdir: str) -> list[dict]:
+  """The records of config_history.jsonl, oldest first ([] if none)."""
+  path = os.path.join(workdir, CONFIG_HISTORY_FILE)
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.strip()]
 
 
 def read_config(workdir: str) -> ml_collections.ConfigDict:

@@ -1,7 +1,7 @@
 """Train state and the pure step functions.
 
 `train_step(state, batch, key) -> (state, metrics)` and
-`eval_step(state, batch) -> metrics` know nothing about devices: compiled
+`eval_step(state, batch, key, batch_index) -> metrics` know nothing about devices: compiled
 with `jax.jit` over a batch sharded on a ('data',) mesh they compute exactly
 what they compute on one device (BatchNorm statistics and gate batch means
 over the global batch). Static choices are bound with functools.partial; the
@@ -26,6 +26,7 @@ from adanet_jax.train import plan as plan_lib
 
 # Named rng streams derived from fold_in(seed key, step).
 GUMBEL_STREAM = 0
+EVAL_GUMBEL_STREAM = 1  # the gates' noise of an evaluation in mode 'sample'
 
 
 class TrainState(train_state.TrainState):
@@ -107,7 +108,7 @@ def train_step(
     *,
     reduction: str,
     gate_mode: str,
-    schedule: optax.Schedule
+    schedule: optax.Schedule,
 ):
   """One optimizer step (`state.tx`) on a global batch {'image', 'label'}.
 
@@ -183,10 +184,30 @@ def make_train_step(plan: plan_lib.RunPlan, schedule: optax.Schedule):
   )
 
 
+def eval_key(
+    key: jax.Array, step: jax.Array, batch_index: jax.Array
+) -> jax.Array:
+  """The gates' key for evaluation batch `batch_index` of the state of
+  `step`: a function of (seed, step, batch index) only, so two evaluations
+  of one checkpoint draw the same noise."""
+  return jax.random.fold_in(
+      step_key(key, step, EVAL_GUMBEL_STREAM), batch_index
+  )
+
+
 def eval_step(
-    state: TrainState, batch: dict, *, gate_mode: str, num_classes: int
+    state: TrainState,
+    batch: dict,
+    key: jax.Array,
+    batch_index: jax.Array,
+    *,
+    gate_mode: str,
+    num_classes: int,
 ):
   """Sums over the real (mask = 1) examples of one evaluation batch.
+
+  `key` (the run's seed key) and `batch_index` give the gates' noise in mode
+  `sample` (`eval_key`); the other modes draw none.
 
   Returns counts, correct predictions, cross-entropy, per-block sums of the
   gate values and of the branches computed, and the per-class x per-block
@@ -198,6 +219,11 @@ def eval_step(
       batch['image'],
       train=False,
       gate_mode=gate_mode,
+      key=(
+          eval_key(key, state.step, batch_index)
+          if gate_mode == 'sample'
+          else None
+      ),
   )
   mask = batch['mask']
   gates = aux['gates'] * mask[:, None]

@@ -7,6 +7,7 @@ reads the plan; each periodic action sits behind `is_time`.
 """
 
 import dataclasses
+import os
 import time
 from typing import Any
 
@@ -86,6 +87,7 @@ def setup(config: ml_collections.ConfigDict, dataset, devices=None) -> Setup:
     devices: the mesh's devices; default all.
   """
   plan = plan_lib.make_plan(config, dataset.steps_per_epoch)
+  checks.check_plan(plan, config)
   placement = placement_lib.Placement(devices)
   model = factory.create_model(config)
   tx, schedule = optim.create_optimizer(plan.optimizer)
@@ -134,32 +136,51 @@ class Run:
 
 
 def train_and_evaluate(
-    config: ml_collections.ConfigDict, workdir: str, dataset=None
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    dataset=None,
+    allow_config_change: bool = False,
 ) -> dict:
   """Trains `config` in `workdir`, resuming from its latest checkpoint.
+
+  Everything is checked before the workdir is created or changed: the
+  config, the dataset, the plan (at least one step), the workdir's model and
+  config (`checkpoints.check_workdir`), the `init_from` checkpoint.
+
+  Args:
+    config: the run's config.
+    workdir: the run's directory (`~` expanded).
+    dataset: the input pipeline (default: the one the config names).
+    allow_config_change: resume even if the config changes what a step means;
+      the changes go to the workdir's config history.
 
   Returns the metrics of the final evaluation.
 
   Raises:
+    errors.ConfigError: bad input; nothing was created or changed.
     errors.Preempted: SIGTERM/SIGINT; a checkpoint of the step it stopped at was saved.
     errors.WorkdirInUseError: another live run holds `workdir`.
     errors.WorkdirGoneError: `workdir` was deleted while training.
     errors.CheckpointWriteError: a checkpoint could not be written.
   """
+  workdir = os.path.expanduser(workdir)
   checks.check_run_config(config)
-  with workdir_lock.acquire(workdir) as lock, preemption.StopRequest() as stop:
-    return _train(config, workdir, dataset, stop, lock)
-
-
-def _train(config, workdir, dataset, stop, lock) -> dict:
+  workdir_lock.check_creatable(workdir)
   dataset = dataset or input_pipeline.create_dataset(config)
-  checkpointer = checkpoints.Checkpointer(
-      workdir, config
-  )  # refuses another model's workdir
   parts = setup(config, dataset)
-  state = checkpoints.restore_or_init(
-      checkpointer, parts.init_state(), parts.plan.init_from
+  checkpoints.check_workdir(workdir, config, allow_config_change)
+  start = checkpoints.start_state(
+      workdir, parts.init_state(), parts.plan.init_from
   )
+  with workdir_lock.acquire(workdir) as lock, preemption.StopRequest() as stop:
+    # Again under the lock: a run that held it may have changed the workdir.
+    changes = checkpoints.check_workdir(workdir, config, allow_config_change)
+    return _train(config, workdir, parts, dataset, start, changes, stop, lock)
+
+
+def _train(config, workdir, parts, dataset, start, changes, stop, lock) -> dict:
+  checkpointer = checkpoints.Checkpointer(workdir, config)
+  state = checkpointer.resume(start)
   # The compiled step wants exactly the shardings it was compiled for.
   state = jax.device_put(state, parts.placement.replicated)
   logger = None
@@ -168,6 +189,8 @@ def _train(config, workdir, dataset, stop, lock) -> dict:
       with reported_write(
           f'{workdir}/{rundir.CONFIG_FILE}', 'training did not start'
       ):
+        if changes:
+          rundir.append_config_history(workdir, int(state.step), changes)
         rundir.write_config(workdir, config)
     logger = metrics.MetricLogger(
         workdir,
@@ -251,19 +274,6 @@ def _save_and_stop(
   raise Preempted(message)
 
 
-def _raise_if_workdir_gone(run: Run, step: int) -> None:
-  """Stops rather than log or save into a deleted workdir, which would end
-  "done" with nothing to show; a stat of the lock file, no device sync. Only
-  process 0 holds the file: in a multi-process job the others are ended by
-  the launcher, as after any failure of process 0."""
-  if not run.lock.held():
-    raise WorkdirGoneError(
-        f'workdir {run.workdir} was deleted while training (its '
-        f'{rundir.LOCK_FILE} is gone); training stopped at step {step}; run '
-        'the same command again to start over'
-    )
-
-
 def _raise_if_nonfinite(sums: dict, checkpointer) -> None:
   """Waits for the queued steps and stops at the first non-finite loss."""
   first_bad = float(jax.device_get(sums['first_nonfinite_step']))
@@ -297,3 +307,16 @@ class Progress:
         'train/progress': step / self.num_steps,
         'train/eta_s': per_step * (self.num_steps - step),
     }
+
+
+def _raise_if_workdir_gone(run: Run, step: int) -> None:
+  """Stops rather than log or save into a deleted workdir, which would end
+  "done" with nothing to show; a stat of the lock file, no device sync. Only
+  process 0 holds the file: in a multi-process job the others are ended by
+  the launcher, as after any failure of process 0."""
+  if not run.lock.held():
+    raise WorkdirGoneError(
+        f'workdir {run.workdir} was deleted while training (its '
+        f'{rundir.LOCK_FILE} is gone); training stopped at step {step}; run '
+        'the same command again to start over'
+    )

@@ -20,6 +20,7 @@ holds the same kind of lock on its root (`acquire_local`, no JAX).
 
 import contextlib
 import datetime
+import errno
 import fcntl
 import json
 import os
@@ -115,6 +116,30 @@ def acquire(workdir: str) -> WorkdirLock:
   if error is not None:
     raise error
   return WorkdirLock(path, fd)
+
+
+def check_creatable(workdir: str) -> None:
+  """Refuses, reading only, a workdir `acquire` could not create (a file, a
+  path through a file, a folder without write permission), so that the run
+  stops before it loads or builds anything.
+
+  Raises:
+    ConfigError: as `acquire` would.
+  """
+  path = os.path.abspath(workdir)
+  while not os.path.exists(path):
+    path = os.path.dirname(path)
+  if path == os.path.abspath(workdir):
+    code = None if os.path.isdir(path) else errno.EEXIST
+  elif not os.path.isdir(path):
+    code = errno.ENOTDIR
+  else:
+    code = None if os.access(path, os.W_OK | os.X_OK) else errno.EACCES
+  if code is not None:
+    raise ConfigError(
+        f'cannot create workdir {os.path.abspath(workdir)}: '
+        f'{os.strerror(code)}'
+    )
 
 
 def acquire_local(
