@@ -135,12 +135,16 @@ def train_and_evaluate(
   Returns the metrics of the final evaluation.
 
   Raises:
-    errors.Preempted: SIGTERM/SIGINT; a checkpoint of the step it stopped at was saved.
+    errors.Preempted: a stop signal (`train.stop_signals`); a checkpoint of
+      the step it stopped at was saved.
     errors.WorkdirInUseError: another live run holds `workdir`.
     errors.CheckpointWriteError: a checkpoint could not be written.
   """
   checks.check_run_config(config)
-  with workdir_lock.acquire(workdir), preemption.StopRequest() as stop:
+  with (
+      workdir_lock.acquire(workdir),
+      preemption.StopRequest(config.train.stop_signals) as stop,
+  ):
     return _train(config, workdir, dataset, stop)
 
 
