@@ -20,6 +20,8 @@ import ml_collections
 from adanet_jax.errors import ConfigError
 
 OVERRIDE_PREFIX = '--config.'
+# The default of `train.stop_signals`: see adanet_jax/train/preemption.py.
+DEFAULT_STOP_SIGNALS = ('SIGTERM', 'SIGINT', 'SIGUSR1', 'SIGUSR2', 'SIGHUP')
 
 
 def get_base_config() -> ml_collections.ConfigDict:
@@ -86,6 +88,9 @@ def get_base_config() -> ml_collections.ConfigDict:
           log_every_steps=100,
           eval_every_epochs=10.0,  # and always after the last step
           sync_every_steps=10,  # wait for results at least this often (CPU: <= 10)
+          # Signals that stop a run at the next step boundary with a checkpoint
+          # (exit 75); see adanet_jax/train/preemption.py.
+          stop_signals=DEFAULT_STOP_SIGNALS,
       )
   )
   c.eval = ml_collections.ConfigDict(

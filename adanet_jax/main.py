@@ -14,11 +14,10 @@ processes on one machine.
 import logging
 
 from absl import flags
-import jax
 
 from adanet_jax import config_lib
-from adanet_jax.runtime import cli, distributed, jax_setup
-from adanet_jax.train import trainer
+from adanet_jax.runtime import cli
+from adanet_jax.train import preemption
 
 # Named, not __name__: run as `python -m adanet_jax.main` that is '__main__'.
 logger = logging.getLogger('adanet_jax.main')
@@ -59,6 +58,15 @@ def define_flags() -> dict:
 
 
 def main(args) -> None:
+  # Imported here, inside `cli.run`, with the stop signals held back: one
+  # during these imports (about a second) then ends the run with one line.
+  # pylint: disable=import-outside-toplevel
+  with preemption.stop_signals_deferred():
+    import jax
+
+    from adanet_jax.runtime import distributed, jax_setup
+    from adanet_jax.train import trainer
+  # pylint: enable=import-outside-toplevel
   cli.require(args, 'config', 'workdir')
   # Values are checked by the trainer, before it creates anything.
   config = config_lib.load_config(args.config, args.overrides)
@@ -89,4 +97,9 @@ def main(args) -> None:
 
 
 if __name__ == '__main__':
-  cli.run(main, define_flags)
+  cli.run(
+      main,
+      define_flags,
+      stopped=' before training started (nothing to save); run the same '
+      'command again',
+  )

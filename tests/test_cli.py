@@ -4,8 +4,10 @@ created or changed; an unexpected one keeps its traceback; overrides reach
 the entry point."""
 
 import os
+import signal
 import subprocess
 import sys
+import time
 
 from conftest import REPO, snapshot
 import pytest
@@ -281,3 +283,43 @@ def test_expected_failure_of_an_entry_point_is_one_line(tmp_path, case):
   ], out.stderr[-3000:]
   assert 'Traceback' not in out.stderr + out.stdout
   assert snapshot(tmp_path) == before
+
+
+def _holds_back(pid: int, signum: int) -> bool:
+  """Whether the main thread of `pid` has `signum` blocked (SigBlk)."""
+  try:
+    with open(f'/proc/{pid}/status') as f:
+      mask = next(l for l in f if l.startswith('SigBlk:')).split()[1]
+  except (OSError, StopIteration):
+    return False
+  return bool(int(mask, 16) >> (signum - 1) & 1)
+
+
+def test_ctrl_c_while_the_trainer_imports_is_one_line(tmp_path):
+  workdir = tmp_path / 'w'
+  proc = subprocess.Popen(
+      [
+          sys.executable,
+          '-m',
+          'adanet_jax.main',
+          '--config=configs/digits.py:depth=8',
+          f'--workdir={workdir}',
+      ],
+      cwd=REPO,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE,
+      text=True,
+  )
+  # Sent while it imports JAX and the trainer (the signals held back then),
+  # where Python's own Ctrl-C printed a traceback of the imports.
+  while proc.poll() is None and not _holds_back(proc.pid, signal.SIGINT):
+    time.sleep(0.001)
+  proc.send_signal(signal.SIGINT)
+  out, err = proc.communicate(timeout=120)
+  assert proc.returncode == 75, err
+  assert err.splitlines() == [
+      'error: stopped by SIGINT before training started (nothing to save); '
+      'run the same command again'
+  ]
+  assert out == ''
+  assert not workdir.exists()

@@ -1,7 +1,9 @@
 """Fault injection on real training processes (`python -m adanet_jax.main`):
-SIGKILL at random moments, SIGTERM (one process and 2 processes x 2
-devices), damaged checkpoints, a second launch on a live workdir, a failing
-checkpoint or metrics write. Every interrupted run, rerun, must end bit-identical
+SIGKILL at random moments, SIGTERM and SIGUSR1 (one process), SIGTERM to one
+of 2 processes x 2 devices or SIGTERM and Ctrl-C to their launcher, a SLURM
+batch job stopped by its signal and requeued, damaged checkpoints, a second
+launch on a live workdir, a failing checkpoint or metrics write. Every
+interrupted run, rerun, must end bit-identical
 (parameters, BatchNorm statistics, optimizer state) to one uninterrupted
 run, shared by the module.
 
@@ -15,6 +17,7 @@ import os
 import queue
 import random
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -228,16 +231,20 @@ def test_sigkill_at_random_moments_then_resume_is_bit_identical(
 
 
 def _sigterm_at_step_line(
-    run: Run, pid: int, line_prefix: str = '', steps: int = STEPS
+    run: Run,
+    pid: int,
+    line_prefix: str = '',
+    steps: int = STEPS,
+    signum: int = signal.SIGTERM,
 ) -> int:
-  """Sends SIGTERM to `pid` at the third step line (twice: the second lands
+  """Sends `signum` to `pid` at the third step line (twice: the second lands
   during the save); returns the step the run says it stopped at."""
   for _ in range(3):
     assert run.wait_for(
         lambda l: l.startswith(line_prefix) and STEP_LINE.search(l)
     )
-  os.kill(pid, signal.SIGTERM)
-  os.kill(pid, signal.SIGTERM)
+  os.kill(pid, signum)
+  os.kill(pid, signum)
   assert run.finish() == errors.Preempted.exit_code, run.output[-4000:]
   stops = re.findall(
       rf'stopped by .* at step (\d+) of {steps}; saved a checkpoint of step \1; run the '
@@ -250,7 +257,7 @@ def _sigterm_at_step_line(
 
 
 @pytest.mark.timeout(600)
-def test_sigterm_saves_the_step_and_the_rerun_resumes_there(
+def test_sigterm_then_sigusr1_save_the_step_and_the_rerun_resumes_there(
     reference, tmp_path
 ):
   workdir = tmp_path / 'w'
@@ -262,16 +269,32 @@ def test_sigterm_saves_the_step_and_the_rerun_resumes_there(
   assert not os.path.exists(
       workdir / rundir.LOCK_FILE
   )  # released on the way out
+  # SLURM's `--signal=USR1@120` (SIGUSR1 killed the run at once, unsaved).
+  run = _main(workdir)
+  stopped_again = _sigterm_at_step_line(
+      run, run.proc.pid, signum=signal.SIGUSR1
+  )
+  assert stopped + 3 <= stopped_again < STEPS
+  assert run.lines[-1].startswith(
+      f'error: stopped by SIGUSR1 at step {stopped_again} of {STEPS}'
+  )
+  assert [int(s) for s in STEP_LINE.findall(run.output)] == list(
+      range(stopped + 1, stopped_again + 1)
+  )
   rerun = _completed(workdir)
   redone = [int(s) for s in STEP_LINE.findall(rerun.output)]
-  assert redone == list(range(stopped + 1, STEPS + 1))  # no step done twice
+  assert redone == list(
+      range(stopped_again + 1, STEPS + 1)
+  )  # no step done twice
   _assert_identical(workdir, reference)
   assert _logged_steps(workdir) == list(range(1, STEPS + 1))
 
 
 @pytest.mark.timeout(900)
-def test_sigterm_on_one_of_two_processes_stops_both_at_one_step(tmp_path):
-  steps = 12  # three 2-process runs: half the module's steps
+def test_sigterm_on_one_of_two_processes_or_the_launcher_stops_both_at_one_step(
+    tmp_path,
+):
+  steps = 18  # four 2-process runs: three quarters of the module's steps
   shorter = {'train.num_epochs': steps * 32 / 1437}
   launcher = [
       sys.executable,
@@ -287,13 +310,43 @@ def test_sigterm_on_one_of_two_processes_stops_both_at_one_step(tmp_path):
   run = Run(command, env=dict(os.environ))
   pid_line = run.wait_for(lambda l: l.startswith('launch: process 1 pid'))
   worker = int(pid_line.split()[4])
-  stopped = _sigterm_at_step_line(run, worker, line_prefix='[0] ', steps=steps)
-  assert 3 <= stopped < steps
-  assert str(stopped) in os.listdir(workdir / 'checkpoints')
+  stopped = [
+      _sigterm_at_step_line(run, worker, line_prefix='[0] ', steps=steps)
+  ]
+  assert 3 <= stopped[0] < steps
+  assert str(stopped[0]) in os.listdir(workdir / 'checkpoints')
+  # SIGTERM, then Ctrl-C (SIGINT), to the launcher: it passes them on to both
+  # processes (SIGKILLed them before, unsaved) and ends with one line.
+  for signum in (signal.SIGTERM, signal.SIGINT):
+    run = Run(command, env=dict(os.environ))
+    run.wait_for(lambda l: l.startswith('launch: process 1 pid'))
+    stopped.append(
+        _sigterm_at_step_line(
+            run, run.proc.pid, line_prefix='[0] ', steps=steps, signum=signum
+        )
+    )
+    assert stopped[-2] + 3 <= stopped[-1] < steps
+    name = signal.Signals(signum).name
+    # SIGTERM goes to JAX's own handler, which does not tell the signal.
+    by = {
+        'SIGTERM': 'a preemption notice (SIGTERM, or a stop signal on another '
+        'process)',
+        'SIGINT': 'SIGINT',
+    }[name]
+    for i in (0, 1):
+      assert (
+          f'[{i}] error: stopped by {by} at step {stopped[-1]} of {steps}'
+          in run.output
+      ), run.output[-3000:]
+    assert run.lines[-1] == (
+        f'error: stopped by {name}: passed on to the 2 processes, which saved '
+        'a checkpoint (lines above); run the same command again to resume '
+        'from there'
+    )
   rerun = Run(command, env=dict(os.environ))
   assert rerun.finish() == 0, rerun.output[-4000:]
   redone = [int(s) for s in STEP_LINE.findall(rerun.output)]
-  assert redone == list(range(stopped + 1, steps + 1))
+  assert redone == list(range(stopped[-1] + 1, steps + 1))
   assert _logged_steps(workdir) == list(range(1, steps + 1))
   reference_2x2 = tmp_path / 'reference_2x2'
   uninterrupted = Run(
@@ -501,5 +554,88 @@ def test_failed_metrics_write_stops_with_one_line_and_the_rerun_resumes(
   assert sorted(os.listdir(workdir / 'checkpoints')) == ['4', 'model.json']
   assert _logged_steps(workdir) == list(range(1, 8))
   _completed(workdir)  # space again: resumes from step 4
+  _assert_identical(workdir, reference)
+  assert _logged_steps(workdir) == list(range(1, STEPS + 1))
+
+
+def _wait_for_file_line(path, predicate, timeout=300.0) -> str:
+  """The first line of the file at `path` for which `predicate` holds, read
+  as the file grows."""
+  deadline = time.monotonic() + timeout
+  while time.monotonic() < deadline:
+    if os.path.exists(path):
+      with open(path, errors='replace') as f:
+        found = [l for l in f.read().splitlines() if predicate(l)]
+      if found:
+        return found[0]
+    time.sleep(0.2)
+  raise AssertionError(f'timed out waiting in {path}')
+
+
+def _job_fields(job: str, env) -> dict:
+  out = subprocess.run(
+      ['scontrol', 'show', 'job', '-o', job],
+      capture_output=True,
+      text=True,
+      env=env,
+      check=False,
+  )
+  return dict(t.split('=', 1) for t in out.stdout.split() if '=' in t)
+
+
+@pytest.mark.timeout(600)
+def test_slurm_batch_job_stopped_by_its_signal_is_requeued_and_finishes(
+    reference, slurm_cluster, tmp_path
+):
+  # The README's batch script. `scancel --signal=USR1 --batch` sends what
+  # `#SBATCH --signal=B:USR1@120` sends 120 s before the time limit (SLURM's
+  # smallest limit is a minute), to the batch shell, which `exec` made the run.
+  workdir, log = tmp_path / 'w', tmp_path / 'job.out'
+  script = tmp_path / 'train.sbatch'
+  script.write_text(
+      '#!/bin/bash\n'
+      '#SBATCH --time=10\n'
+      '#SBATCH --signal=B:USR1@120\n'
+      '#SBATCH --requeue\n'
+      '#SBATCH --open-mode=append\n'
+      f'#SBATCH --output={log}\n'
+      f'cd {REPO}\n'
+      f'exec {sys.executable} -m adanet_jax.main '
+      + ' '.join(shlex.quote(a) for a in _args(workdir))
+      + '\n'
+  )
+  env = launch.cpu_devices_env(slurm_cluster, 4)
+  job = subprocess.run(
+      ['sbatch', '--parsable', str(script)],
+      env=env,
+      capture_output=True,
+      text=True,
+      check=True,
+  ).stdout.strip()
+  _wait_for_file_line(log, lambda l: re.search(r'step +3/', l))
+  subprocess.run(
+      ['scancel', '--signal=USR1', '--batch', job], env=env, check=True
+  )
+  stop = _wait_for_file_line(log, lambda l: l.startswith('error: stopped by'))
+  match = re.fullmatch(
+      rf'error: stopped by SIGUSR1 at step (\d+) of {STEPS}; saved a '
+      r'checkpoint of step \1; run the same command again to resume from '
+      rf'there; requeued SLURM job {job}, which runs the same command again',
+      stop,
+  )
+  assert match, stop
+  stopped = int(match.group(1))
+  deadline = time.monotonic() + 400
+  while _job_fields(job, env).get('JobState') != 'COMPLETED':
+    assert time.monotonic() < deadline, log.read_text()[-4000:]
+    time.sleep(1)
+  fields = _job_fields(job, env)
+  assert (fields['Restarts'], fields['ExitCode']) == ('1', '0:0')
+  output = log.read_text()
+  assert 'Traceback' not in output
+  steps = [int(s) for s in STEP_LINE.findall(output)]
+  assert steps[steps.index(stopped) + 1 :] == list(
+      range(stopped + 1, STEPS + 1)
+  )
   _assert_identical(workdir, reference)
   assert _logged_steps(workdir) == list(range(1, STEPS + 1))

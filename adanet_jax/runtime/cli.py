@@ -10,6 +10,12 @@ and `main(args)`, and ends with
 
 Importing an entry point module defines no flag, so any number of them can be
 imported into one process (a notebook, the tests).
+
+A stop signal (`adanet_jax.train.preemption`: SIGTERM, SIGINT, SIGUSR1,
+SIGUSR2, SIGHUP) that arrives while an entry point runs outside training
+ends it with one line and status 75, as a stopped training run does; an
+entry point that exits with 75 inside a SLURM batch job requeues the job
+(`adanet_jax.runtime.requeue`).
 """
 
 import sys
@@ -19,12 +25,18 @@ from typing import Callable
 from absl import app, flags
 
 from adanet_jax import config_lib
-from adanet_jax.errors import ConfigError, ExpectedError
-from adanet_jax.runtime import console
+from adanet_jax.errors import ConfigError, ExpectedError, Preempted
+from adanet_jax.runtime import console, requeue
+from adanet_jax.train import preemption
 
 
 def fail(message: str, exit_code: int = 2):
-  """Ends the process with `error: <message>` on stderr, no traceback."""
+  """Ends the process with `error: <message>` on stderr, no traceback; with
+  status 75 (stopped, "try again") it first requeues a SLURM batch job."""
+  if exit_code == Preempted.exit_code:
+    # On the way out: a second signal, or the requeue's SIGTERM, changes nothing.
+    preemption.ignore_stop_signals()
+    message += requeue.requeue_slurm_job()
   print(f'error: {message}', file=sys.stderr, flush=True)
   sys.exit(exit_code)
 
@@ -34,6 +46,7 @@ def run(
     define_flags: Callable[[], dict],
     overrides: bool = True,
     passthrough: bool = False,
+    stopped: str = '',
 ) -> None:
   """Defines the entry point's flags, parses the command line and runs `main`.
 
@@ -46,6 +59,8 @@ def run(
     overrides: whether `--config.a.b=value` arguments are accepted.
     passthrough: whether arguments after `--` are accepted (and passed on
       untouched in `rest`).
+    stopped: what follows `stopped by <signal>` in the line of a stop signal
+      outside training.
   """
   # Before anything loads TensorFlow or gRPC, which read these once.
   console.quiet_native_logs()
@@ -78,7 +93,12 @@ def run(
     except ExpectedError as e:
       fail(str(e), e.exit_code)
 
-  app.run(guarded, flags_parser=parse)
+  with preemption.stopping_at_once():
+    try:
+      app.run(guarded, flags_parser=parse)
+    except KeyboardInterrupt as e:  # StopSignal, or Ctrl-C
+      name = getattr(e, 'signal_name', 'SIGINT')
+      fail(f'stopped by {name}{stopped}', Preempted.exit_code)
 
 
 def _split_passthrough(argv: list[str]) -> tuple[list[str], list[str]]:

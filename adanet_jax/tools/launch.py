@@ -14,9 +14,16 @@ Its output (stdout and stderr) is printed line by line prefixed with `[i] `.
 
 Exit status: 0 when every process exits with 0; when one fails, the others
 are killed at once and the status is the failed one's (128 + signal if it
-was killed); 124 when --timeout seconds pass first (all killed). Workers
-ignore SIGTERM (JAX's preemption handler), so each runs in its own process
-group and the whole group gets SIGKILL.
+was killed); 124 when --timeout seconds pass first (all killed with SIGKILL).
+
+Each process runs in its own process group, so a Ctrl-C at the terminal
+reaches only the launcher. A stop signal the launcher receives (SIGTERM,
+SIGINT, SIGUSR1, SIGUSR2, SIGHUP: `adanet_jax.train.preemption`) is passed on
+to every process; they stop together at the next step boundary and save, the
+launcher waits for them (STOP_GRACE_S at most once the first has exited,
+then SIGKILL) and exits with status 75 and one line, as a stopped training
+process does. Workers get no SLURM variables: the launcher is the job's one
+task, and it alone requeues a SLURM batch job (`adanet_jax.runtime.cli`).
 """
 
 import os
@@ -30,7 +37,9 @@ import time
 
 from absl import flags
 
+from adanet_jax.errors import Preempted
 from adanet_jax.runtime import cli
+from adanet_jax.train import preemption
 
 
 def define_flags() -> dict:
@@ -54,6 +63,9 @@ def define_flags() -> dict:
 
 MODULE = 'adanet_jax.main'
 TIMEOUT_STATUS = 124  # as coreutils `timeout`
+# Seconds the other processes get to exit once one has exited after a stop
+# signal; they saved together before any exits (the trainer syncs after it).
+STOP_GRACE_S = 60.0
 _DEVICE_COUNT_FLAG = re.compile(r'--xla_force_host_platform_device_count=\S*')
 
 
@@ -94,7 +106,11 @@ def worker_env(
     coordinator: str,
 ) -> dict:
   """The environment of process `process_id` (see the module docstring)."""
-  env = cpu_devices_env(environ, devices)
+  env = {
+      k: v
+      for k, v in cpu_devices_env(environ, devices).items()
+      if not k.startswith('SLURM_')
+  }
   env.update(
       JAX_COORDINATOR_ADDRESS=coordinator,
       JAX_NUM_PROCESSES=str(num_processes),
@@ -109,6 +125,9 @@ class Workers:
   def __init__(self):
     self.lock = threading.Lock()  # one whole line at a time on stdout
     self.procs, self.pumps = [], []
+    self.stop_signal = None  # the first stop signal the launcher received
+    self._told = set()  # indices of the processes it was passed on to
+    self._first_exit = None  # when the first process exited after it
 
   def start(self, args: list[str], num_processes: int, devices: int) -> None:
     """Starts `python -m adanet_jax.main ARGS` as processes 0..num_processes-1."""
@@ -137,6 +156,21 @@ class Workers:
     for raw in proc.stdout:
       self._say(f'[{i}] ' + raw.decode(errors='replace').rstrip('\n'))
 
+  def pass_on(self, signum, frame=None) -> None:
+    """A signal handler: records the stop signal and passes it on to every
+    started process (again on a second one: it changes nothing there)."""
+    del frame
+    self.stop_signal = self.stop_signal or signal.Signals(signum).name
+    self._told = set()
+    self._tell_new()
+
+  def _tell_new(self) -> None:
+    """Passes the stop signal on to the processes started since."""
+    for i, proc in enumerate(self.procs):
+      if i not in self._told and proc.poll() is None:
+        proc.send_signal(signal.Signals[self.stop_signal])
+        self._told.add(i)
+
   def wait(self, timeout: float) -> int:
     """Waits for all to exit; kills all on the first failure or at `timeout`.
 
@@ -146,6 +180,11 @@ class Workers:
     deadline = time.monotonic() + timeout
     while True:
       codes = [p.poll() for p in self.procs]
+      if self.stop_signal is not None:
+        self._tell_new()
+        stopped = self._stopped(codes)
+        if stopped is not None:
+          return stopped
       failed = next(
           (i for i, c in enumerate(codes) if c not in (None, 0)), None
       )
@@ -168,6 +207,25 @@ class Workers:
         )
         return TIMEOUT_STATUS
       time.sleep(0.1)
+
+  def _stopped(self, codes: list) -> int | None:
+    """After a stop signal: the exit status once every process exited with 0
+    or 75 (or STOP_GRACE_S after the first exited), else None."""
+    if any(c not in (None, 0, Preempted.exit_code) for c in codes):
+      return None  # a failure: reported as such
+    if None in codes:
+      if codes.count(None) == len(codes):
+        return None
+      self._first_exit = self._first_exit or time.monotonic()
+      if time.monotonic() - self._first_exit < STOP_GRACE_S:
+        return None
+      self.kill()
+      self._say(
+          f'launch: {codes.count(None)} process(es) still running '
+          f'{STOP_GRACE_S:g} s after the first exited; killed',
+          sys.stderr,
+      )
+    return Preempted.exit_code if Preempted.exit_code in codes else 0
 
   def kill(self) -> None:
     """SIGKILLs the process group of every process not yet reaped, then reaps
@@ -199,24 +257,33 @@ def launch(
 
   Returns:
     The exit status (module docstring).
+
+  Raises:
+    Preempted: a stop signal stopped the processes, which saved.
   """
   workers = Workers()
+  previous = {}
+  for name in preemption.DEFAULT_STOP_SIGNALS:
+    signum = signal.Signals[name]
+    if signal.getsignal(signum) is not signal.SIG_IGN:  # nohup: stays ignored
+      previous[signum] = signal.signal(signum, workers.pass_on)
   try:
     workers.start(args, num_processes, devices)
-    return workers.wait(timeout)
-  finally:  # also on Ctrl-C or SIGTERM of the launcher: leave nothing running
+    status = workers.wait(timeout)
+  finally:  # also on an unexpected error: leave nothing running
     workers.kill()
-
-
-def _raise_on_sigterm(signum, frame):
-  del frame
-  raise SystemExit(128 + signum)
+    for signum, handler in previous.items():
+      signal.signal(signum, handler)
+  if workers.stop_signal is not None and status == Preempted.exit_code:
+    raise Preempted(
+        f'stopped by {workers.stop_signal}: passed on to the '
+        f'{num_processes} processes, which saved a checkpoint (lines above); '
+        'run the same command again to resume from there'
+    )
+  return status
 
 
 def main(args) -> int:
-  signal.signal(
-      signal.SIGTERM, _raise_on_sigterm
-  )  # so that `launch` kills the workers
   return launch(
       args.rest, args.processes, args.devices_per_process, args.timeout
   )

@@ -13,16 +13,26 @@ hand with `srun`/`sbatch` (README, "On a SLURM cluster"). Submitit's own
 files (the submitted call, its stdout/stderr) go to `<root>/slurm/`. A job's
 exit status comes back as JSON in the point's workdir (RESULT_FILE), so the
 sweep never deserializes a file that others could have written.
+
+A point's job gets SIGUSR2 `signal_delay_s` (90 s) before its time limit
+(`--slurm.time`; submitit's `--signal=USR2@90`), SIGTERM when it is
+preempted: the training process stops at the next step boundary, saves and
+exits with status 75 (`errors.Preempted`), and the sweep submits the point
+again (`resubmits_stopped`), which resumes from that checkpoint. The job's
+own process passes the stop signals on to the training process instead of
+letting submitit requeue or end the job meanwhile.
 """
 
 import dataclasses
 import json
 import os
 import shutil
+import signal
 import subprocess
 import time
 
 from adanet_jax.errors import ConfigError
+from adanet_jax.train import preemption
 
 # What the sweep writes to a point's log and reads back on failure.
 LOG_FILE = 'log.txt'
@@ -68,7 +78,7 @@ def run_point(command: list[str], workdir: str, cwd: str) -> int:
   env = {k: v for k, v in os.environ.items() if not k.startswith('SLURM_')}
   os.makedirs(workdir, exist_ok=True)
   with open(os.path.join(workdir, LOG_FILE), 'a') as log:
-    status = subprocess.call(
+    child = subprocess.Popen(
         command,
         stdout=log,
         stderr=subprocess.STDOUT,
@@ -76,6 +86,20 @@ def run_point(command: list[str], workdir: str, cwd: str) -> int:
         cwd=cwd,
         env=env,
     )
+    # Submitit's handlers would requeue the job or end it before the point
+    # saved; SLURM signals every process of the job step, the point included,
+    # and passing it on covers a signal sent to this process alone.
+    previous = {
+        signum: signal.signal(signum, lambda s, _: child.send_signal(s))
+        for signum in (
+            signal.Signals[n] for n in preemption.DEFAULT_STOP_SIGNALS
+        )
+    }
+    try:
+      status = child.wait()
+    finally:
+      for signum, handler in previous.items():
+        signal.signal(signum, handler)
   path = os.path.join(workdir, RESULT_FILE)
   os.makedirs(workdir, exist_ok=True)  # deleted while the point ran
   with open(path + '.tmp', 'w') as f:
@@ -166,6 +190,9 @@ class SlurmLauncher:
   """Starts points as SLURM jobs (the interface of `sweep.LocalLauncher`)."""
 
   name = 'slurm'
+  # A point that exits with status 75 was stopped by its time limit or a
+  # preemption after saving: the sweep submits it again.
+  resubmits_stopped = True
 
   def __init__(self, root: str, options: SlurmOptions):
     missing = [

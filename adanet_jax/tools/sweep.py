@@ -28,7 +28,8 @@ SIGKILL after STOP_GRACE_S) and prints the command that resumes.
 
 Points run as child processes (`LocalLauncher`, the default) or as one
 SLURM job each (`--launcher=slurm`, `adanet_jax/tools/slurm_launcher.py`);
-everything else is the same for both.
+everything else is the same for both, except that a SLURM point stopped by
+its time limit or a preemption (exit 75, saved) is submitted again at once.
 """
 
 import ctypes
@@ -47,7 +48,7 @@ import time
 from absl import flags
 
 from adanet_jax import config_lib
-from adanet_jax.errors import ConfigError, ExpectedError
+from adanet_jax.errors import ConfigError, ExpectedError, Preempted
 from adanet_jax.runtime import cli
 from adanet_jax.tools import sweep_summary
 from adanet_jax.train import checks, rundir, workdir_lock
@@ -239,10 +240,14 @@ class LocalJob:
 
 class LocalLauncher:
   """Runs points on this machine. A launcher has `start(name, command,
-  workdir)` returning a job with `poll()` and `stop()`, and `describe(job)`;
-  see also `adanet_jax.tools.slurm_launcher.SlurmLauncher`."""
+  workdir)` returning a job with `poll()` and `stop()`, `describe(job)` and
+  `resubmits_stopped`; see also
+  `adanet_jax.tools.slurm_launcher.SlurmLauncher`."""
 
   name = 'local'
+  # A point's status 75 here comes from a signal someone sent it: a failure
+  # that the next launch retries, not a reason to start it again now.
+  resubmits_stopped = False
 
   def __init__(self, root: str | None = None):
     del root  # the points' files are all in their workdirs
@@ -407,6 +412,14 @@ def _run_points(jobs: dict, commands: dict, parallel: int, launcher) -> dict:
         if code is None:
           continue
         start = running.pop(name)[1]
+        if code == Preempted.exit_code and launcher.resubmits_stopped:
+          todo.insert(0, name)
+          print(
+              f'{name}: stopped by its time limit or a preemption after '
+              'saving (exit 75); submitting it again',
+              flush=True,
+          )
+          continue
         results[name] = _finish(name, jobs[name], commands[name], code, start)
         print(
             f'[{len(results)}/{len(jobs)}] {name}: {results[name]} '

@@ -8,7 +8,7 @@ import ml_collections
 
 from adanet_jax.errors import ConfigError
 from adanet_jax.model import factory
-from adanet_jax.train import checkpoints, optim
+from adanet_jax.train import checkpoints, optim, preemption
 
 # (field, test, what is allowed): every value that can be wrong on its own.
 # Written so that NaN fails every test.
@@ -72,6 +72,7 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
       ok = False
     if not ok or (isinstance(value, float) and not math.isfinite(value)):
       raise ConfigError(f'{field}={value!r} {allowed}')
+  preemption.check_stop_signals(config.train.stop_signals)
   factory.validate(config)
   optim.validate(config)
   return config

@@ -158,7 +158,8 @@ def train_and_evaluate(
 
   Raises:
     errors.ConfigError: bad input; nothing was created or changed.
-    errors.Preempted: SIGTERM/SIGINT; a checkpoint of the step it stopped at was saved.
+    errors.Preempted: a stop signal (`train.stop_signals`); a checkpoint of
+      the step it stopped at was saved.
     errors.WorkdirInUseError: another live run holds `workdir`.
     errors.WorkdirGoneError: `workdir` was deleted while training.
     errors.CheckpointWriteError: a checkpoint could not be written.
@@ -172,7 +173,10 @@ def train_and_evaluate(
   start = checkpoints.start_state(
       workdir, parts.init_state(), parts.plan.init_from
   )
-  with workdir_lock.acquire(workdir) as lock, preemption.StopRequest() as stop:
+  with (
+      workdir_lock.acquire(workdir) as lock,
+      preemption.StopRequest(config.train.stop_signals) as stop,
+  ):
     # Again under the lock: a run that held it may have changed the workdir.
     changes = checkpoints.check_workdir(workdir, config, allow_config_change)
     return _train(config, workdir, parts, dataset, start, changes, stop, lock)
