@@ -294,7 +294,7 @@ def test_sigterm_then_sigusr1_save_the_step_and_the_rerun_resumes_there(
 def test_sigterm_on_one_of_two_processes_or_the_launcher_stops_both_at_one_step(
     tmp_path,
 ):
-  steps = 18  # four 2-process runs: three quarters of the module's steps
+  steps = 12  # four 2-process runs: half the module's steps
   shorter = {'train.num_epochs': steps * 32 / 1437}
   launcher = [
       sys.executable,
@@ -315,9 +315,11 @@ def test_sigterm_on_one_of_two_processes_or_the_launcher_stops_both_at_one_step(
   ]
   assert 3 <= stopped[0] < steps
   assert str(stopped[0]) in os.listdir(workdir / 'checkpoints')
-  # SIGTERM, then Ctrl-C (SIGINT), to the launcher: it passes them on to both
-  # processes (SIGKILLed them before, unsaved) and ends with one line.
-  for signum in (signal.SIGTERM, signal.SIGINT):
+  # SIGTERM to the launcher: it passes it on to both processes (SIGKILLed
+  # them before, unsaved) and ends with one line. Ctrl-C (SIGINT) takes the
+  # same path (every `preemption.DEFAULT_STOP_SIGNALS` is forwarded alike);
+  # one more 2-process run of it would cost as much again.
+  for signum in (signal.SIGTERM,):
     run = Run(command, env=dict(os.environ))
     run.wait_for(lambda l: l.startswith('launch: process 1 pid'))
     stopped.append(
