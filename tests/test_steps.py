@@ -275,14 +275,12 @@ def test_eval_step_counts_only_real_examples_and_branches_run():
   for mode in ('deterministic', 'expected'):
     out = jax.jit(
         lambda s, b, mode=mode: steps.eval_step(
-            s, b, gate_mode=mode, num_classes=10
+            s, b, jax.random.key(0), 0, gate_mode=mode, num_classes=10
         )
     )(state, batch)
     assert float(out['count']) == 4.0
     assert float(out['class_count'].sum()) == 4.0
-    if (
-        mode == 'expected'
-    ):  # every branch computed; gate values are probabilities
+    if mode == 'expected':  # every branch computed; gates are probabilities
       np.testing.assert_array_equal(out['executed'], [4.0, 4.0, 4.0])
       assert np.all((out['gates'] > 0) & (out['gates'] < 4))
     else:
