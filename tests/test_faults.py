@@ -1,9 +1,9 @@
 """Fault injection on real training processes (`python -m adanet_jax.main`):
 SIGKILL at random moments, SIGTERM (one process and 2 processes x 2
 devices), damaged checkpoints, a second launch on a live workdir, a failing
-checkpoint or metrics write. Every interrupted run, rerun, must end bit-identical
-(parameters, BatchNorm statistics, optimizer state) to one uninterrupted
-run, shared by the module.
+checkpoint or metrics write, a full disk (a real tmpfs). Every interrupted
+run, rerun, must end bit-identical (parameters, BatchNorm statistics,
+optimizer state) to one uninterrupted run, shared by the module.
 
 The kill moments are drawn from a seed printed at the start of the test (set
 ADANET_JAX_FAULT_SEED to replay one).
@@ -22,7 +22,7 @@ import sys
 import threading
 import time
 
-from conftest import REPO
+from conftest import REPO, remount
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
@@ -501,5 +501,37 @@ def test_failed_metrics_write_stops_with_one_line_and_the_rerun_resumes(
   assert sorted(os.listdir(workdir / 'checkpoints')) == ['4', 'model.json']
   assert _logged_steps(workdir) == list(range(1, 8))
   _completed(workdir)  # space again: resumes from step 4
+  _assert_identical(workdir, reference)
+  assert _logged_steps(workdir) == list(range(1, STEPS + 1))
+
+
+@pytest.mark.timeout(600)
+def test_full_disk_at_a_checkpoint_is_one_line_and_a_bigger_disk_resumes(
+    reference, small_disk
+):
+  # A real 3.5 MiB disk: three checkpoints of about 1 MiB fill it and the
+  # fourth fails inside TensorStore's asynchronous writes.
+  disk = small_disk('3584k')
+  workdir = disk / 'w'
+  run = _main(workdir)
+  assert run.finish() == 1, run.output[-4000:]
+  assert 'Traceback' not in run.output
+  assert 'Event loop is closed' not in run.output
+  assert [l for l in run.lines if l.startswith('error:')] == [
+      f'error: writing the checkpoint of step 16 to {workdir}/checkpoints/16 '
+      'failed (No space left on device [errno 28]); training stopped; earlier '
+      'checkpoints kept: 4, 8, 12'
+  ], run.output[-4000:]
+  assert max(int(s) for s in STEP_LINE.findall(run.output)) == 16
+  # The partial step is removed, nothing temporary is left.
+  assert sorted(os.listdir(workdir / 'checkpoints')) == [
+      '12',
+      '4',
+      '8',
+      'model.json',
+  ]
+  assert not glob.glob(f'{workdir}/**/*.tmp', recursive=True)
+  remount(disk, 'size=64m')
+  _completed(workdir)
   _assert_identical(workdir, reference)
   assert _logged_steps(workdir) == list(range(1, STEPS + 1))
