@@ -123,7 +123,9 @@ class Run:
     results, matrices = self.setup.evaluator(state, self.dataset)
     if jax.process_index() == 0:
       for mode, matrix in matrices.items():
-        rundir.write_class_block_rates(self.workdir, step, mode, matrix)
+        path = rundir.class_block_rates_path(self.workdir, mode, step)
+        with reported_write(path, rundir.STOPPED_RESUME):
+          rundir.write_class_block_rates(self.workdir, step, mode, matrix)
     return results
 
 
@@ -138,6 +140,7 @@ def train_and_evaluate(
     errors.Preempted: SIGTERM/SIGINT; a checkpoint of the step it stopped at was saved.
     errors.WorkdirInUseError: another live run holds `workdir`.
     errors.CheckpointWriteError: a checkpoint could not be written.
+    errors.WorkdirWriteError: another file of `workdir` could not be written.
   """
   checks.check_run_config(config)
   with workdir_lock.acquire(workdir), preemption.StopRequest() as stop:
