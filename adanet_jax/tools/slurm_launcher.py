@@ -22,7 +22,8 @@ import shutil
 import subprocess
 import time
 
-from adanet_jax.errors import ConfigError
+from adanet_jax.errors import ConfigError, reported_write
+from adanet_jax.train import rundir
 
 # What the sweep writes to a point's log and reads back on failure.
 LOG_FILE = 'log.txt'
@@ -76,12 +77,11 @@ def run_point(command: list[str], workdir: str, cwd: str) -> int:
         cwd=cwd,
         env=env,
     )
-  path = os.path.join(workdir, RESULT_FILE)
-  with open(path + '.tmp', 'w') as f:
-    json.dump(
-        {'job_id': os.environ.get('SLURM_JOB_ID', ''), 'status': status}, f
-    )
-  os.replace(path + '.tmp', path)  # the sweep never reads half a result
+  # Atomically: the sweep never reads half a result.
+  rundir.write_json(
+      os.path.join(workdir, RESULT_FILE),
+      {'job_id': os.environ.get('SLURM_JOB_ID', ''), 'status': status},
+  )
   return status
 
 
@@ -236,6 +236,6 @@ class SlurmLauncher:
 
 
 def _write_job_file(path: str, job_id: str, collected: bool) -> None:
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  with open(path, 'w') as f:
-    json.dump({'job_id': job_id, 'collected': collected}, f)
+  with reported_write(path, rundir.SWEEP_STOPPED):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    rundir.write_json(path, {'job_id': job_id, 'collected': collected})

@@ -41,7 +41,7 @@ import time
 from absl import flags
 
 from adanet_jax import config_lib
-from adanet_jax.errors import ConfigError, ExpectedError
+from adanet_jax.errors import ConfigError, ExpectedError, reported_write
 from adanet_jax.runtime import cli
 from adanet_jax.tools import sweep_summary
 from adanet_jax.train import checks, rundir
@@ -168,8 +168,10 @@ class LocalJob:
   """One point running as a child process of the sweep."""
 
   def __init__(self, command: list[str], workdir: str):
-    os.makedirs(workdir, exist_ok=True)
-    self.log = open(os.path.join(workdir, rundir.LOG_FILE), 'a')
+    log = os.path.join(workdir, rundir.LOG_FILE)
+    with reported_write(log, rundir.SWEEP_STOPPED):
+      os.makedirs(workdir, exist_ok=True)
+      self.log = open(log, 'a')
     # Its own session: a Ctrl-C at the terminal reaches only the sweep, which
     # then stops the points itself (`stop`), so none prints a traceback.
     self.proc = subprocess.Popen(
@@ -239,8 +241,9 @@ def check_root(root: str, manifest: dict) -> None:
           'another root'
       )
   else:
-    os.makedirs(root, exist_ok=True)
-    rundir.write_json(path, manifest)
+    with reported_write(path, rundir.SWEEP_STOPPED):
+      os.makedirs(root, exist_ok=True)
+      rundir.write_json(path, manifest)
 
 
 def run_sweep(
@@ -325,13 +328,18 @@ def run_sweep(
     for job, _ in running.values():
       job.stop()
     raise SweepInterrupted(f'{len(running)} running point(s) stopped') from None
+  except ExpectedError:  # a write of the sweep's own files failed
+    for job, _ in running.values():
+      job.stop()  # each saves a checkpoint to resume from
+    raise
   sweep_summary.write_summary(root)
   return results
 
 
 def _print_plan(root, jobs, commands) -> None:
   lines = [' '.join(commands[name]) for name in jobs]
-  with open(os.path.join(root, 'commands.sh'), 'w') as f:
+  path = os.path.join(root, 'commands.sh')
+  with rundir.reported_file(path, rundir.SWEEP_STOPPED) as f:
     f.write('#!/bin/sh\n' + '\n'.join(lines) + '\n')
   print(
       f'sweep plan: {len(jobs)} points under {root} (also in {root}/commands.sh)'
@@ -346,16 +354,17 @@ def _finish(name, job, command, returncode, start) -> str:
   overrides, workdir = job
   status = 'done' if returncode == 0 else 'failed'
   previous = rundir.read_sweep_status(workdir)
-  rundir.write_sweep_status(
-      workdir,
-      {
-          'status': status,
-          'overrides': overrides,
-          'command': command,
-          'returncode': returncode,
-          'wall_s': previous.get('wall_s', 0.0) + time.time() - start,
-      },
-  )
+  with reported_write(rundir.sweep_status_path(workdir), rundir.SWEEP_STOPPED):
+    rundir.write_sweep_status(
+        workdir,
+        {
+            'status': status,
+            'overrides': overrides,
+            'command': command,
+            'returncode': returncode,
+            'wall_s': previous.get('wall_s', 0.0) + time.time() - start,
+        },
+    )
   if status == 'failed':
     with open(os.path.join(workdir, rundir.LOG_FILE)) as f:
       tail = f.read().splitlines()[-15:]
