@@ -49,11 +49,11 @@ def quiet_abandoned_async_errors() -> None:
   writes still in flight then end one by one: TensorStore reports each
   whose loop is closed as an unraisable `RuntimeError: Event loop is
   closed`, and asyncio logs each failed task nobody awaited, when it is
-  garbage-collected (at exit, say), as "Task exception was never
-  retrieved" (or _GatheringFuture ...), both with a traceback, dozens of them. This process's own
-  code runs no asyncio, so the process's unraisable hook drops exactly the
-  first and a filter on the `asyncio` logger exactly the second; anything
-  else goes where it went before.
+  garbage-collected (at exit, say), as "Task exception was never retrieved"
+  (or "_GatheringFuture exception ..."), all with a traceback, dozens of
+  them. This process's own code runs no asyncio, so the process's
+  unraisable hook drops exactly the first and a filter on the `asyncio`
+  logger exactly the second; anything else goes where it went before.
   """
   previous = sys.unraisablehook
 
