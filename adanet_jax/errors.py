@@ -6,6 +6,8 @@ else is a bug and keeps its traceback.
 """
 
 import contextlib
+import os
+import re
 
 
 class ExpectedError(Exception):
@@ -33,9 +35,10 @@ class CheckpointWriteError(ExpectedError):
 
 
 class WorkdirWriteError(ExpectedError):
-  """A file of the workdir other than a checkpoint (config.json,
-  metrics.jsonl, TensorBoard events) could not be written (a full disk);
-  training stopped, the checkpoints are intact."""
+  """A file other than a checkpoint (config.json, metrics.jsonl, TensorBoard
+  events, an evaluation CSV, a sweep's files, an export) could not be
+  written (a full disk, a read-only or immutable directory); nothing half
+  written is left, the checkpoints are intact."""
 
   exit_code = 1
 
@@ -62,13 +65,23 @@ class Preempted(ExpectedError):
   exit_code = 75  # EX_TEMPFAIL (sysexits.h): a temporary failure, run again
 
 
+# TensorStore (under orbax) reports an OS error as a ValueError whose text
+# ends "... No space left on device [os_error_code='28']".
+_TENSORSTORE_ERRNO = re.compile(r"\[os_error_code='?(\d+)'?\]")
+
+
 def os_error_text(error: BaseException) -> str | None:
-  """'strerror [errno N]' of the OSError in `error` or its causes (libraries
-  wrap them variously); None if there is none."""
+  """'strerror [errno N]' of the OS error in `error` or its causes (libraries
+  wrap them variously: an OSError, or TensorStore's text); None if there is
+  none."""
   seen = error
   while seen is not None:
     if isinstance(seen, OSError) and seen.strerror:
       return f'{seen.strerror} [errno {seen.errno}]'
+    found = _TENSORSTORE_ERRNO.search(str(seen))
+    if found:
+      code = int(found.group(1))
+      return f'{os.strerror(code)} [errno {code}]'
     seen = seen.__cause__ or seen.__context__
   return None
 

@@ -172,6 +172,54 @@ def loaded(gated_run):
   return inference.load(gated_run)
 
 
+@pytest.fixture
+def small_disk(tmp_path):
+  """Mounts a tmpfs of a given size (`small_disk('3m')`) under `tmp_path`,
+  a real disk that fills; unmounted after the test. Skipped with the reason
+  where mounting is not permitted (not root)."""
+  mounted = []
+
+  def mount(size: str, name: str = 'disk'):
+    path = tmp_path / name
+    path.mkdir()
+    out = subprocess.run(
+        ['mount', '-t', 'tmpfs', '-o', f'size={size}', 'tmpfs', str(path)],
+        capture_output=True,
+        text=True,
+    )
+    if out.returncode != 0:
+      pytest.skip(f'cannot mount a tmpfs: {out.stderr.strip()}')
+    mounted.append(path)
+    return path
+
+  yield mount
+  for path in mounted:
+    subprocess.run(['umount', str(path)], check=True)
+
+
+def remount(path, options: str) -> None:
+  """Remounts the `small_disk` at `path` ('size=64m', 'ro', 'rw')."""
+  subprocess.run(['mount', '-o', f'remount,{options}', str(path)], check=True)
+
+
+def fill(path) -> None:
+  """Fills the disk holding the directory `path` to the last byte."""
+  with open(os.path.join(path, 'filler'), 'wb', buffering=0) as f:
+    try:
+      while True:
+        f.write(b'\0' * 4096)
+    except OSError:
+      pass
+
+
+def make_immutable(path) -> None:
+  """`chattr +i path` (on a `small_disk`: unmounting it clears the flag);
+  skips the test where that is not permitted."""
+  out = subprocess.run(['chattr', '+i', str(path)], capture_output=True)
+  if out.returncode != 0:
+    pytest.skip(f'cannot make {path} immutable: {out.stderr.decode().strip()}')
+
+
 SLURM_CLUSTER_SCRIPT = os.path.join(REPO, 'tests', 'slurm', 'cluster.sh')
 
 

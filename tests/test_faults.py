@@ -1,11 +1,9 @@
 """Fault injection on real training processes (`python -m adanet_jax.main`):
-SIGKILL at random moments, SIGTERM and SIGUSR1 (one process), SIGTERM to one
-of 2 processes x 2 devices or SIGTERM and Ctrl-C to their launcher, a SLURM
-batch job stopped by its signal and requeued, damaged checkpoints, a second
-launch on a live workdir, a failing checkpoint or metrics write. Every
-interrupted run, rerun, must end bit-identical
-(parameters, BatchNorm statistics, optimizer state) to one uninterrupted
-run, shared by the module.
+SIGKILL at random moments, damaged checkpoints, a second launch on a live
+workdir, a failing checkpoint or metrics write, a full disk (a real tmpfs);
+the stop signals are in test_signals.py. Every interrupted run, rerun, must
+end bit-identical (parameters, BatchNorm statistics, optimizer state) to one
+uninterrupted run, shared by the module and test_signals.py.
 
 The kill moments are drawn from a seed printed at the start of the test (set
 ADANET_JAX_FAULT_SEED to replay one).
@@ -25,7 +23,7 @@ import sys
 import threading
 import time
 
-from conftest import REPO
+from conftest import REPO, remount
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
@@ -639,5 +637,36 @@ def test_slurm_batch_job_stopped_by_its_signal_is_requeued_and_finishes(
   assert steps[steps.index(stopped) + 1 :] == list(
       range(stopped + 1, STEPS + 1)
   )
+
+
+@pytest.mark.timeout(600)
+def test_full_disk_at_a_checkpoint_is_one_line_and_a_bigger_disk_resumes(
+    reference, small_disk
+):
+  # A real 3 MiB disk: the checkpoints (about 1 MiB each) fill it and one
+  # fails inside TensorStore's asynchronous writes. Which one varies: the
+  # space a checkpoint takes depends on how TensorStore batches its files.
+  disk = small_disk('3m')
+  workdir = disk / 'w'
+  run = _main(workdir)
+  assert run.finish() == 1, run.output[-4000:]
+  assert 'Traceback' not in run.output
+  assert 'Event loop is closed' not in run.output
+  failed = max(int(s) for s in STEP_LINE.findall(run.output))  # not one more
+  kept = list(range(4, failed, 4))
+  assert failed % 4 == 0 and len(kept) >= 2, run.output[-4000:]
+  assert [l for l in run.lines if l.startswith('error:')] == [
+      f'error: writing the checkpoint of step {failed} to '
+      f'{workdir}/checkpoints/{failed} failed (No space left on device '
+      '[errno 28]); training stopped; earlier checkpoints kept: '
+      + ', '.join(map(str, kept))
+  ], run.output[-4000:]
+  # The partial step is removed, nothing temporary is left.
+  assert sorted(os.listdir(workdir / 'checkpoints')) == sorted(
+      [*map(str, kept), 'model.json']
+  )
+  assert not glob.glob(f'{workdir}/**/*.tmp', recursive=True)
+  remount(disk, 'size=64m')
+  _completed(workdir)
   _assert_identical(workdir, reference)
   assert _logged_steps(workdir) == list(range(1, STEPS + 1))

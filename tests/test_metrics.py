@@ -4,11 +4,13 @@ import os
 import subprocess
 import sys
 
+from conftest import fill
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from tensorboard.backend.event_processing import event_accumulator
 
+from adanet_jax.errors import WorkdirWriteError
 from adanet_jax.train import metrics
 
 
@@ -122,3 +124,18 @@ def test_tensorboard_writer_does_not_import_tensorflow():
       [sys.executable, '-c', code], capture_output=True, text=True, check=True
   )
   assert out.stdout.strip() == 'False'
+
+
+def test_metrics_files_on_a_full_disk_are_one_line_and_no_empty_file(
+    small_disk,
+):
+  workdir = small_disk('64k')
+  fill(workdir)
+  with pytest.raises(WorkdirWriteError) as e:
+    metrics.MetricLogger(str(workdir), num_steps=4)
+  assert str(e.value) == (
+      f'writing the metrics files to {workdir} failed (No space left on '
+      'device [errno 28]); training stopped; run the same command again to '
+      'resume from the last checkpoint'
+  )
+  assert os.listdir(workdir) == ['filler']

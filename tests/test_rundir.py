@@ -3,11 +3,11 @@
 import json
 import os
 
-from conftest import load_repo_config
+from conftest import fill, load_repo_config, make_immutable
 import numpy as np
 import pytest
 
-from adanet_jax.errors import ConfigError
+from adanet_jax.errors import ConfigError, WorkdirWriteError
 from adanet_jax.train import rundir
 
 
@@ -97,3 +97,36 @@ def test_metrics_past_the_restored_step_and_a_cut_line_are_dropped(tmp_path):
       str(tmp_path / 'none'), 0
   )  # no file yet: nothing made
   assert not (tmp_path / 'none').exists()
+
+
+def test_a_write_on_a_full_disk_keeps_the_old_file_and_leaves_no_temporary(
+    small_disk,
+):
+  disk = small_disk('64k')
+  config = load_repo_config('cifar10.py', 'depth=20')
+  rundir.write_config(str(disk), config)
+  before = (disk / 'config.json').read_text()
+  fill(disk)
+  config.seed += 1
+  with pytest.raises(OSError, match='No space left on device'):
+    rundir.write_config(str(disk), config)
+  assert (disk / 'config.json').read_text() == before
+  assert sorted(os.listdir(disk)) == ['config.json', 'filler']
+
+
+def test_reported_file_is_one_line_naming_the_path_and_the_os_error(
+    small_disk,
+):
+  disk = small_disk('64k')
+  (disk / 'locked').mkdir()
+  make_immutable(disk / 'locked')
+  path = str(disk / 'locked' / 'x.csv')
+  with pytest.raises(WorkdirWriteError) as e:
+    with rundir.reported_file(path, 'nothing changed') as f:
+      f.write('a,b\n')
+  assert str(e.value) == (
+      f'writing {path} failed (Operation not permitted [errno 1]); nothing '
+      'changed'
+  )
+  assert WorkdirWriteError.exit_code == 1
+  assert os.listdir(disk / 'locked') == []

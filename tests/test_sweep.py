@@ -14,8 +14,11 @@ import sys
 import time
 import types
 
-from conftest import REPO
+from conftest import REPO, fill, run_module
 import pytest
+
+from adanet_jax.errors import WorkdirWriteError
+from adanet_jax.tools import sweep, sweep_summary
 
 TINY = [
     '--config=configs/digits.py:depth=8',
@@ -567,3 +570,51 @@ def test_point_whose_workdir_was_deleted_counts_as_failed(
     assert (status['status'], status['returncode']) == ('failed', code)
   rows = list(csv.DictReader(open(root / 'summary.csv')))
   assert [(r['point'], r['status']) for r in rows] == list(results.items())
+
+
+def test_failed_writes_of_the_sweep_files_are_one_line_naming_the_file(
+    small_disk,
+):
+  disk = small_disk('64k')
+  root = disk / 'sweep'
+  config = os.path.join(REPO, 'configs', 'digits.py') + ':depth=8'
+  sweep.run_sweep(config, 'smoke', str(root), 1, {}, plan_only=True)
+  (root / 'p').mkdir()  # a point's workdir
+  planned = sorted(os.listdir(root)), (root / 'commands.sh').read_text()
+  fill(disk)
+  full = 'No space left on device [errno 28]'
+  stopped = 'the sweep stopped; run the same command again to resume it'
+  with pytest.raises(WorkdirWriteError) as e:
+    sweep.run_sweep(config, 'smoke', str(root), 1, {}, plan_only=True)
+  assert (
+      str(e.value) == f'writing {root}/commands.sh failed ({full}); {stopped}'
+  )
+  with pytest.raises(WorkdirWriteError) as e:
+    sweep._finish(  # pylint: disable=protected-access
+        'p', ({}, str(root / 'p')), ['true'], 0, time.time()
+    )
+  assert str(e.value) == (
+      f'writing {root}/p/sweep_status.json failed ({full}); {stopped}'
+  )
+  with pytest.raises(WorkdirWriteError) as e:
+    sweep_summary.write_summary(str(root))
+  assert str(e.value) == (
+      f'writing {root}/summary.csv failed ({full}); the summary is '
+      'incomplete; the points are as they were'
+  )
+  assert os.listdir(root / 'p') == []
+  assert (sorted(os.listdir(root)), (root / 'commands.sh').read_text()) == (
+      planned
+  )
+  # The entry point: one line, status 1, nothing written for a new root.
+  out = run_module(
+      'adanet_jax.tools.sweep',
+      *_sweep_command(disk / 'other', '--plan_only')[3:],
+      env=_env(),
+  )
+  assert (out.returncode, out.stderr) == (
+      1,
+      f'error: writing {disk}/other/sweep.json failed ({full}); {stopped}\n',
+  )
+  assert sorted(os.listdir(disk)) == ['filler', 'other', 'sweep']
+  assert os.listdir(disk / 'other') == []

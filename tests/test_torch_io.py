@@ -20,9 +20,12 @@ torch = pytest.importorskip(
     'torch', reason='torch is not installed (pip install torch==2.13.0)'
 )
 
-from adanet_jax.errors import ConfigError  # noqa: E402
+from conftest import fill, make_immutable, remount  # noqa: E402
+
+from adanet_jax.errors import ConfigError, WorkdirWriteError  # noqa: E402
 from adanet_jax.infer import inference  # noqa: E402
 from adanet_jax.model import factory, torch_io
+from adanet_jax.tools import export_torch  # noqa: E402
 from adanet_jax.train import checkpoints, optim, steps
 from adanet_jax.train import plan as plan_lib
 from experiments import torch_twin  # noqa: E402
@@ -405,3 +408,30 @@ def test_init_from_load_and_export_command(load_config, tmp_path):
       f"error: --workdir='{tmp_path / 'none'}' is not a workdir "
       'with checkpoints'
   )
+
+
+@pytest.mark.parametrize(
+    'fault,cause',
+    [
+        ('read-only', 'Read-only file system [errno 30]'),
+        ('immutable', 'Operation not permitted [errno 1]'),
+        ('full', 'No space left on device [errno 28]'),
+    ],
+)
+def test_export_to_an_unwritable_target_is_one_line_and_leaves_nothing(
+    gated_run, small_disk, fault, cause
+):
+  disk = small_disk('64k')
+  output = disk / 'x.pth'
+  {
+      'read-only': lambda: remount(disk, 'ro'),
+      'immutable': lambda: make_immutable(disk),
+      'full': lambda: fill(disk),
+  }[fault]()
+  before = sorted(os.listdir(disk))
+  with pytest.raises(WorkdirWriteError) as e:
+    export_torch.export(gated_run, str(output))
+  assert (
+      str(e.value) == f'writing {output} failed ({cause}); nothing was exported'
+  )
+  assert sorted(os.listdir(disk)) == before  # no x.pth, no x.pth.tmp

@@ -5,15 +5,22 @@ workdir deleted under the run."""
 import json
 import os
 import shutil
+import types
 
-from conftest import restore_state, snapshot, tiny_config
+from conftest import (
+    fill,
+    make_immutable,
+    restore_state,
+    snapshot,
+    tiny_config,
+)
 import jax
 import numpy as np
 import pytest
 from tensorboard.backend.event_processing import event_accumulator
 
 from adanet_jax.data import input_pipeline
-from adanet_jax.errors import ConfigError, WorkdirGoneError
+from adanet_jax.errors import ConfigError, WorkdirGoneError, WorkdirWriteError
 from adanet_jax.train import rundir, trainer
 
 
@@ -295,3 +302,35 @@ def test_is_time_has_one_step_convention():
   assert [s for s in range(1, 11) if trainer.is_time(s, 4, 10)] == [4, 8, 10]
   assert [s for s in range(1, 11) if trainer.is_time(s, 0, 10)] == [10]
   assert [s for s in range(1, 6) if trainer.is_time(s, 1, 5)] == [1, 2, 3, 4, 5]
+
+
+@pytest.mark.parametrize('fault', ['full disk', 'immutable eval/'])
+def test_failed_class_rates_write_is_one_line_and_leaves_no_file(
+    small_disk, fault
+):
+  workdir = small_disk('64k')
+  (workdir / 'eval').mkdir()
+  if fault == 'full disk':
+    fill(workdir)
+  else:
+    make_immutable(workdir / 'eval')
+  matrices = {'deterministic': np.full((10, 8), 0.5)}
+  run = trainer.Run(
+      setup=types.SimpleNamespace(evaluator=lambda state, data: ({}, matrices)),
+      dataset=None,
+      workdir=str(workdir),
+      checkpointer=None,
+      logger=None,
+  )
+  path = workdir / 'eval' / 'class_block_rates_deterministic_step00000022.csv'
+  cause = {
+      'full disk': 'No space left on device [errno 28]',
+      'immutable eval/': 'Operation not permitted [errno 1]',
+  }[fault]
+  with pytest.raises(WorkdirWriteError) as e:
+    run.evaluate(state=None, step=22)
+  assert str(e.value) == (
+      f'writing {path} failed ({cause}); training stopped; run the same '
+      'command again to resume from the last checkpoint'
+  )
+  assert os.listdir(workdir / 'eval') == []

@@ -64,6 +64,7 @@ def run(
   """
   # Before anything loads TensorFlow or gRPC, which read these once.
   console.quiet_native_logs()
+  console.quiet_abandoned_async_errors()
   holders = define_flags()
   parsed = {}
 

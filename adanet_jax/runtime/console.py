@@ -1,5 +1,6 @@
-"""The console of an entry point: native libraries kept quiet at start-up, and
-native output filtered where a library prints to the process's descriptors.
+"""The console of an entry point: native libraries kept quiet at start-up,
+native output filtered where a library prints to the process's descriptors,
+and the late callbacks of a failed checkpoint write kept off the console.
 
 Entry points call `quiet_native_logs` (through `cli.run`) before anything
 loads TensorFlow or gRPC: they read these variables once, when their shared
@@ -8,6 +9,7 @@ the package sets nothing, so a notebook's own TensorFlow keeps its defaults.
 """
 
 import contextlib
+import logging
 import os
 import sys
 import tempfile
@@ -29,6 +31,45 @@ def quiet_native_logs(environ=None) -> None:
   environ = os.environ if environ is None else environ
   for key, value in NATIVE_LOG_DEFAULTS.items():
     environ.setdefault(key, value)
+
+
+# What asyncio ("<Task, _GatheringFuture, ...> exception was never
+# retrieved") and TensorStore report of the background tasks abandoned after
+# a failure (`quiet_abandoned_async_errors`).
+ABANDONED_TASK_MESSAGE_END = ' exception was never retrieved'
+CLOSED_LOOP_MESSAGE = 'Event loop is closed'
+
+
+def quiet_abandoned_async_errors() -> None:
+  """Keeps the late echoes of a failed checkpoint save (a full disk) off the
+  console; the failure itself is reported in one line.
+
+  Orbax runs a save's TensorStore writes as asyncio tasks on loops of its
+  own, in threads of its own, and stops at the first failed write. The
+  writes still in flight then end one by one: TensorStore reports each
+  whose loop is closed as an unraisable `RuntimeError: Event loop is
+  closed`, and asyncio logs each failed task nobody awaited, when it is
+  garbage-collected (at exit, say), as "Task exception was never retrieved"
+  (or "_GatheringFuture exception ..."), all with a traceback, dozens of
+  them. This process's own code runs no asyncio, so the process's
+  unraisable hook drops exactly the first and a filter on the `asyncio`
+  logger exactly the second; anything else goes where it went before.
+  """
+  previous = sys.unraisablehook
+
+  def hook(unraisable):
+    if not (
+        isinstance(unraisable.exc_value, RuntimeError)
+        and str(unraisable.exc_value) == CLOSED_LOOP_MESSAGE
+    ):
+      previous(unraisable)
+
+  sys.unraisablehook = hook
+  logging.getLogger('asyncio').addFilter(
+      lambda record: not record.getMessage()
+      .split('\n', 1)[0]
+      .endswith(ABANDONED_TASK_MESSAGE_END)
+  )
 
 
 @contextlib.contextmanager

@@ -2,29 +2,57 @@
 
 import logging
 import os
+import tempfile
 
 import jax
+
+from adanet_jax.errors import os_error_text
+
+logger = logging.getLogger(__name__)
+
+# What the cache's writability probe writes: one page.
+_PROBE_BYTES = 4096
 
 DEFAULT_CACHE_DIR = os.path.join(
     os.path.expanduser('~'), '.cache', 'adanet_jax', 'xla'
 )
 
 
-def enable_compilation_cache(cache_dir: str | None = None) -> str:
+def enable_compilation_cache(cache_dir: str | None = None) -> str | None:
   """Turns on JAX's persistent compilation cache, so a second launch of the
   same job loads its compiled steps instead of compiling them again.
+
+  A cache directory that cannot be written (a file, a read-only or full
+  disk) is reported in one warning line and the run goes on without it: the
+  cache only saves compile time.
 
   Args:
     cache_dir: where compiled programs are kept; default
       $ADANET_JAX_CACHE_DIR or ~/.cache/adanet_jax/xla.
 
   Returns:
-    The directory used.
+    The directory used, or None if the cache is off.
   """
   cache_dir = (
       cache_dir or os.environ.get('ADANET_JAX_CACHE_DIR') or DEFAULT_CACHE_DIR
   )
-  os.makedirs(cache_dir, exist_ok=True)
+  try:
+    os.makedirs(cache_dir, exist_ok=True)
+    # A few bytes written and flushed: creating an empty file succeeds on a
+    # full disk.
+    with tempfile.TemporaryFile(dir=cache_dir) as probe:
+      probe.write(b'\0' * _PROBE_BYTES)
+      probe.flush()
+      os.fsync(probe.fileno())
+  except OSError as e:
+    logger.warning(
+        'compilation cache %s cannot be written (%s); running without it '
+        '(set ADANET_JAX_CACHE_DIR to a writable directory to keep compiled '
+        'programs between launches)',
+        cache_dir,
+        os_error_text(e) or e,
+    )
+    return None
   jax.config.update('jax_compilation_cache_dir', cache_dir)
   # Every program, however quick to compile: initialising a model runs a
   # hundred or more small ones op by op, which together would hold up every

@@ -7,9 +7,12 @@ twin of the same config) with `load_state_dict(strict=True)`; every
 BatchNorm's `num_batches_tracked` is the checkpoint's step. Reading it back:
 `adanet_jax.load('model.pth', config=...)` or `--config.init_from=model.pth`.
 Needs torch (`pip install torch==2.13.0`). Expected failures (no such
-workdir or step, no torch, an unwritable output) are one line on stderr.
+workdir or step, no torch, an unwritable output) are one line on stderr; a
+failed write (a full disk, a read-only or immutable directory) leaves
+nothing behind and exits with status 1.
 """
 
+import io
 import os
 
 from absl import flags
@@ -58,11 +61,12 @@ def export(workdir: str, output: str, step: int | None = None) -> int:
   state_dict = torch_io.export_state_dict(
       model.variables, num_batches_tracked=model.step
   )
-  try:
-    torch.save(state_dict, output + '.tmp')
-    os.replace(output + '.tmp', output)
-  except OSError as e:
-    raise ConfigError(f'cannot write {output!r}: {e.strerror}') from None
+  # Serialized in memory first: torch's own file writer reports a failed
+  # write (a full disk) as a RuntimeError with no OS error in it.
+  buffer = io.BytesIO()
+  torch.save(state_dict, buffer)
+  with rundir.reported_file(output, 'nothing was exported', 'wb') as f:
+    f.write(buffer.getbuffer())
   return model.step
 
 

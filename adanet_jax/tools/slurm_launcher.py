@@ -31,8 +31,8 @@ import signal
 import subprocess
 import time
 
-from adanet_jax.errors import ConfigError
-from adanet_jax.train import preemption
+from adanet_jax.errors import ConfigError, reported_write
+from adanet_jax.train import preemption, rundir
 
 # What the sweep writes to a point's log and reads back on failure.
 LOG_FILE = 'log.txt'
@@ -100,13 +100,12 @@ def run_point(command: list[str], workdir: str, cwd: str) -> int:
     finally:
       for signum, handler in previous.items():
         signal.signal(signum, handler)
-  path = os.path.join(workdir, RESULT_FILE)
   os.makedirs(workdir, exist_ok=True)  # deleted while the point ran
-  with open(path + '.tmp', 'w') as f:
-    json.dump(
-        {'job_id': os.environ.get('SLURM_JOB_ID', ''), 'status': status}, f
-    )
-  os.replace(path + '.tmp', path)  # the sweep never reads half a result
+  # Atomically: the sweep never reads half a result.
+  rundir.write_json(
+      os.path.join(workdir, RESULT_FILE),
+      {'job_id': os.environ.get('SLURM_JOB_ID', ''), 'status': status},
+  )
   return status
 
 
@@ -264,6 +263,6 @@ class SlurmLauncher:
 
 
 def _write_job_file(path: str, job_id: str, collected: bool) -> None:
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  with open(path, 'w') as f:
-    json.dump({'job_id': job_id, 'collected': collected}, f)
+  with reported_write(path, rundir.SWEEP_STOPPED):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    rundir.write_json(path, {'job_id': job_id, 'collected': collected})

@@ -48,7 +48,7 @@ import time
 from absl import flags
 
 from adanet_jax import config_lib
-from adanet_jax.errors import ConfigError, ExpectedError, Preempted
+from adanet_jax.errors import ConfigError, ExpectedError, Preempted, reported_write
 from adanet_jax.runtime import cli
 from adanet_jax.tools import sweep_summary
 from adanet_jax.train import checks, rundir, workdir_lock
@@ -201,8 +201,10 @@ class LocalJob:
   """One point running as a child process of the sweep."""
 
   def __init__(self, command: list[str], workdir: str):
-    os.makedirs(workdir, exist_ok=True)
-    self.log = open(os.path.join(workdir, rundir.LOG_FILE), 'a')
+    log = os.path.join(workdir, rundir.LOG_FILE)
+    with reported_write(log, rundir.SWEEP_STOPPED):
+      os.makedirs(workdir, exist_ok=True)
+      self.log = open(log, 'a')
     # Its own session: a Ctrl-C at the terminal reaches only the sweep, which
     # then stops the points itself (`stop`), so none prints a traceback.
     self.proc = subprocess.Popen(
@@ -275,7 +277,8 @@ def check_root(root: str, manifest: dict) -> None:
   """
   path = os.path.join(root, rundir.SWEEP_MANIFEST_FILE)
   if not os.path.exists(path):
-    rundir.write_json(path, manifest)
+    with reported_write(path, rundir.SWEEP_STOPPED):
+      rundir.write_json(path, manifest)
     return
   stored = rundir.read_json(path)
   differences = _differences(
@@ -430,12 +433,17 @@ def _run_points(jobs: dict, commands: dict, parallel: int, launcher) -> dict:
     for job, _ in running.values():
       job.stop()
     raise SweepInterrupted(f'{len(running)} running point(s) stopped') from None
+  except ExpectedError:  # a write of the sweep's own files failed
+    for job, _ in running.values():
+      job.stop()  # each saves a checkpoint to resume from
+    raise
   return results
 
 
 def _print_plan(root, jobs, commands) -> None:
   lines = [shlex.join(commands[name]) for name in jobs]
-  with open(os.path.join(root, 'commands.sh'), 'w') as f:
+  path = os.path.join(root, 'commands.sh')
+  with rundir.reported_file(path, rundir.SWEEP_STOPPED) as f:
     f.write('#!/bin/sh\n' + '\n'.join(lines) + '\n')
   print(
       f'sweep plan: {len(jobs)} points under {root} (also in {root}/commands.sh)'
@@ -453,17 +461,18 @@ def _finish(name, job, command, returncode, start) -> str:
   trained = os.path.exists(os.path.join(workdir, rundir.CONFIG_FILE))
   status = 'done' if returncode == 0 and trained else 'failed'
   previous = rundir.read_sweep_status(workdir)
-  os.makedirs(workdir, exist_ok=True)
-  rundir.write_sweep_status(
-      workdir,
-      {
-          'status': status,
-          'overrides': overrides,
-          'command': command,
-          'returncode': returncode,
-          'wall_s': previous.get('wall_s', 0.0) + time.time() - start,
-      },
-  )
+  with reported_write(rundir.sweep_status_path(workdir), rundir.SWEEP_STOPPED):
+    os.makedirs(workdir, exist_ok=True)
+    rundir.write_sweep_status(
+        workdir,
+        {
+            'status': status,
+            'overrides': overrides,
+            'command': command,
+            'returncode': returncode,
+            'wall_s': previous.get('wall_s', 0.0) + time.time() - start,
+        },
+    )
   if status == 'failed':
     _report_failure(name, workdir, returncode)
   return status

@@ -105,17 +105,24 @@ def write_summary(root: str) -> str:
       )
       if r is not None
   ]
-  with open(os.path.join(root, 'summary.csv'), 'w', newline='') as f:
+  with _written(os.path.join(root, 'summary.csv')) as f:
     writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction='ignore')
     writer.writeheader()
     writer.writerows(rows)
   table = _markdown(rows)
-  with open(os.path.join(root, 'summary.md'), 'w') as f:
+  with _written(os.path.join(root, 'summary.md')) as f:
     f.write(table + '\n')
-  plot_pareto(
-      rows, os.path.join(root, 'accuracy_vs_gflops.png'), _sweep_title(root)
-  )
+  with _written(os.path.join(root, 'accuracy_vs_gflops.png'), 'wb') as f:
+    plot_pareto(rows, f, _sweep_title(root))
   return table
+
+
+def _written(path: str, mode: str = 'w'):
+  """`path` written atomically; a failed write (a full disk) is one
+  WorkdirWriteError line naming it."""
+  return rundir.reported_file(
+      path, 'the summary is incomplete; the points are as they were', mode
+  )
 
 
 def _sweep_title(root: str) -> str:
@@ -148,12 +155,12 @@ def _markdown(rows: list[dict]) -> str:
   return '\n'.join(lines)
 
 
-def plot_pareto(rows: list[dict], path: str, title: str) -> list[tuple]:
+def plot_pareto(rows: list[dict], path, title: str) -> list[tuple]:
   """Draws accuracy against compute, the Pareto front, a label per point.
 
   Args:
     rows: summary rows (`read_point`); `gated` picks the marker.
-    path: the PNG to write.
+    path: the PNG to write (a path or a binary file).
     title: names the sweep.
 
   Returns:
@@ -225,7 +232,7 @@ def plot_pareto(rows: list[dict], path: str, title: str) -> list[tuple]:
   boxes = _place_labels(
       fig, ax, [(r['point'], xy[r['point']], s) for r, s in zip(done, shifts)]
   )
-  fig.savefig(path, dpi=120)
+  fig.savefig(path, dpi=120, format='png')
   plt.close(fig)
   return boxes
 

@@ -31,6 +31,7 @@ import json
 import logging
 import os
 import shutil
+import threading
 import time
 
 from absl import logging as absl_logging
@@ -51,6 +52,8 @@ from adanet_jax.train import rundir
 
 logger = logging.getLogger(__name__)
 
+# Seconds a failed save's background writes get to end (`_end_failed_save`).
+END_FAILED_SAVE_S = 60.0
 MODEL_FIELDS = ('model', 'gates.hidden', 'data.image_size', 'data.channels')
 # Model fields that only choose an initialisation, or how the blocks are
 # compiled: a checkpoint restores over them, so workdirs written before they
@@ -261,14 +264,10 @@ class Checkpointer:
       # check_workdir right now, and must never see it half written.
       path = os.path.join(self.directory, 'model.json')
       try:
-        with open(path + '.tmp', 'w') as f:
-          json.dump(model_signature(config), f, indent=1, sort_keys=True)
-        os.replace(path + '.tmp', path)
+        rundir.write_json(path, model_signature(config))
       except OSError as e:
-        with contextlib.suppress(OSError):
-          os.remove(path + '.tmp')  # no empty leftover in the way of a rerun
         raise CheckpointWriteError(
-            f'cannot write {path}: {e.strerror or e}'
+            f'cannot write {path}: {os_error_text(e) or e}'
         ) from None
 
   def latest_step(self) -> int | None:
@@ -282,19 +281,43 @@ class Checkpointer:
 
   def save(self, step: int, state) -> None:
     """Writes the checkpoint of `step` and waits for it, so that a failed
-    write stops training here, not one checkpoint interval later."""
+    write stops training here, not one checkpoint interval later.
+
+    A failed write closes the manager (no later save is possible)."""
+    before = set(threading.enumerate())
     try:
       with _quiet_orbax():
         self.manager.save(step, args=ocp.args.StandardSave(state))
         self.manager.wait_until_finished()
     except Exception as e:  # pylint: disable=broad-except  # orbax wraps OSError variously
+      self._end_failed_save(before)
       self._remove_partial(step)
-      kept = sorted(self.manager.all_steps())
+      # What is on disk: orbax's own list already dropped the steps the
+      # failed save would have replaced (`keep`).
+      kept = sorted(s for s in step_dirs(self.directory) if s != step)
       raise CheckpointWriteError(
           f'writing the checkpoint of step {step} to {self.directory}/{step} failed ('
           f'{os_error_text(e) or _first_line(e)}); training stopped; earlier checkpoints kept: '
           f'{", ".join(map(str, kept)) or "none"}'
       ) from None
+
+  def _end_failed_save(self, before: set) -> None:
+    """Lets orbax's background writes of a failed save end, quietly.
+
+    Orbax writes the arrays in threads of its own and reports the first
+    failure; the others go on writing (into the directory we are about to
+    remove) and log their own failures with a traceback when they end. Closing
+    the manager ends its thread pools; the threads the save started are then
+    awaited (up to END_FAILED_SAVE_S) while orbax's logs are off.
+    """
+    deadline = time.monotonic() + END_FAILED_SAVE_S
+    with _quiet_orbax():
+      with contextlib.suppress(Exception):  # the failure is reported already
+        self.manager.close()
+      for thread in set(threading.enumerate()) - before:
+        # Orbax's threads re-raise their own failure on join.
+        with contextlib.suppress(Exception):
+          thread.join(timeout=max(deadline - time.monotonic(), 0.0))
 
   def _remove_partial(self, step: int) -> None:
     """Removes the unfinished (temporary) directory of a failed save: it is

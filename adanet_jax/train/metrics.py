@@ -75,18 +75,25 @@ class TensorBoardWriter:
         f'events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}.{os.getpid()}.'
         f'{next(_EVENT_FILES):04d}'
     )
-    self._file = open(os.path.join(logdir, name), 'wb')
+    path = os.path.join(logdir, name)
+    self._file = open(path, 'wb')
     self._records = RecordWriter(self._file)
-    self._write(event_pb2.Event(file_version='brain.Event:2'))
-    if start_step is not None:
-      self._write(
-          event_pb2.Event(
-              step=start_step + 1,
-              session_log=event_pb2.SessionLog(
-                  status=event_pb2.SessionLog.START
-              ),
-          )
-      )
+    try:
+      self._write(event_pb2.Event(file_version='brain.Event:2'))
+      if start_step is not None:
+        self._write(
+            event_pb2.Event(
+                step=start_step + 1,
+                session_log=event_pb2.SessionLog(
+                    status=event_pb2.SessionLog.START
+                ),
+            )
+        )
+    except OSError:  # a full disk: no headless file left behind
+      with contextlib.suppress(OSError):
+        self._file.close()
+      os.remove(path)
+      raise
 
   def write_scalars(self, step: int, scalars: dict) -> None:
     values = [
@@ -158,11 +165,7 @@ class MetricLogger:
   def _write_errors(self, what: str):
     """OSErrors inside become one WorkdirWriteError line. Each record is
     flushed whole or cut short; a resume drops a cut line (rundir)."""
-    return reported_write(
-        f'{what} to {self.workdir}',
-        'training stopped; run the same command '
-        'again to resume from the last checkpoint',
-    )
+    return reported_write(f'{what} to {self.workdir}', rundir.STOPPED_RESUME)
 
   def close(self) -> None:
     """Closes the files. Every record was flushed when written: a failure

@@ -15,6 +15,7 @@
 Everything that reads or writes one of these goes through this module.
 """
 
+import contextlib
 import json
 import os
 
@@ -22,7 +23,7 @@ import ml_collections
 import numpy as np
 
 from adanet_jax import config_lib
-from adanet_jax.errors import ConfigError
+from adanet_jax.errors import ConfigError, reported_write
 
 CONFIG_FILE = 'config.json'
 CONFIG_HISTORY_FILE = 'config_history.jsonl'
@@ -37,17 +38,48 @@ SWEEP_MANIFEST_FILE = 'sweep.json'
 LOCK_FILE = 'workdir.lock'
 SWEEP_LOCK_FILE = 'sweep.lock'
 
+# The consequences of a failed write (`errors.reported_write`) during
+# training and in a sweep.
+STOPPED_RESUME = (
+    'training stopped; run the same command again to resume from the last '
+    'checkpoint'
+)
+SWEEP_STOPPED = 'the sweep stopped; run the same command again to resume it'
+
 
 def checkpoint_dir(workdir: str) -> str:
   return os.path.join(os.path.abspath(workdir), CHECKPOINTS_DIR)
 
 
+@contextlib.contextmanager
+def replaced_atomically(path: str, mode: str = 'w'):
+  """Yields a file open on `path`.tmp, renamed to `path` when the block ends,
+  so a reader never sees half a file. If anything fails (a full disk), the
+  temporary file is removed and `path` stays as it was."""
+  tmp = path + '.tmp'
+  try:
+    with open(tmp, mode) as f:
+      yield f
+    os.replace(tmp, path)
+  except BaseException:
+    with contextlib.suppress(OSError):  # it may never have been created
+      os.remove(tmp)
+    raise
+
+
+@contextlib.contextmanager
+def reported_file(path: str, consequence: str, mode: str = 'w'):
+  """`replaced_atomically`, a failed write reported as the one-line
+  WorkdirWriteError naming `path`, the OS error and `consequence`
+  (`errors.reported_write`)."""
+  with reported_write(path, consequence), replaced_atomically(path, mode) as f:
+    yield f
+
+
 def write_json(path: str, value) -> None:
-  """Writes `value` as JSON next to `path` and renames it into place, so a
-  reader never sees half a file."""
-  with open(path + '.tmp', 'w') as f:
+  """Writes `value` as JSON to `path` atomically (`replaced_atomically`)."""
+  with replaced_atomically(path) as f:
     json.dump(value, f, indent=1, sort_keys=True)
-  os.replace(path + '.tmp', path)
 
 
 def read_json(path: str, default=None, advice: str | None = None):
@@ -142,9 +174,8 @@ def drop_metrics_after(workdir: str, step: int) -> None:
     if line.endswith('\n') and record.get('step', 0) <= step:
       kept.append(line)
   if kept != lines:
-    with open(path + '.tmp', 'w') as f:
+    with replaced_atomically(path) as f:
       f.writelines(kept)
-    os.replace(path + '.tmp', path)
 
 
 def last_eval(workdir: str, gate_mode: str) -> dict | None:
@@ -180,7 +211,8 @@ def class_block_rates_path(workdir: str, mode: str, step: int) -> str:
 def write_class_block_rates(
     workdir: str, step: int, mode: str, matrix: np.ndarray
 ) -> str:
-  """Writes the per-class x per-block matrix as CSV; returns its path."""
+  """Writes the per-class x per-block matrix as CSV, atomically; returns its
+  path."""
   path = class_block_rates_path(workdir, mode, step)
   os.makedirs(os.path.dirname(path), exist_ok=True)
   header = 'class,' + ','.join(f'block{i}' for i in range(matrix.shape[1]))
@@ -188,15 +220,19 @@ def write_class_block_rates(
       f'{k},' + ','.join(f'{v:.6f}' for v in row)
       for k, row in enumerate(matrix)
   ]
-  with open(path, 'w') as f:
+  with replaced_atomically(path) as f:
     f.write('\n'.join([header] + rows) + '\n')
   return path
 
 
+def sweep_status_path(workdir: str) -> str:
+  return os.path.join(workdir, SWEEP_STATUS_FILE)
+
+
 def read_sweep_status(workdir: str) -> dict:
   """A sweep point's status record ({} if it never ran)."""
-  return read_json(os.path.join(workdir, SWEEP_STATUS_FILE), {})
+  return read_json(sweep_status_path(workdir), {})
 
 
 def write_sweep_status(workdir: str, status: dict) -> None:
-  write_json(os.path.join(workdir, SWEEP_STATUS_FILE), status)
+  write_json(sweep_status_path(workdir), status)

@@ -131,7 +131,9 @@ class Run:
     results, matrices = self.setup.evaluator(state, self.dataset)
     if jax.process_index() == 0:
       for mode, matrix in matrices.items():
-        rundir.write_class_block_rates(self.workdir, step, mode, matrix)
+        path = rundir.class_block_rates_path(self.workdir, mode, step)
+        with reported_write(path, rundir.STOPPED_RESUME):
+          rundir.write_class_block_rates(self.workdir, step, mode, matrix)
     return results
 
 
@@ -163,6 +165,7 @@ def train_and_evaluate(
     errors.WorkdirInUseError: another live run holds `workdir`.
     errors.WorkdirGoneError: `workdir` was deleted while training.
     errors.CheckpointWriteError: a checkpoint could not be written.
+    errors.WorkdirWriteError: another file of `workdir` could not be written.
   """
   workdir = os.path.expanduser(workdir)
   checks.check_run_config(config)
