@@ -125,6 +125,21 @@ def train_tiny_run(basetemp, name: str, gated: bool = True) -> str:
   Returns:
     The workdir.
   """
+  return shared_once(
+      basetemp, name, lambda workdir: _train_tiny_run(workdir, gated)
+  )
+
+
+def shared_once(basetemp, name: str, make) -> str:
+  """`make(workdir)` once per test session for every pytest-xdist worker.
+
+  The workers share the directory above their own `basetemp`; the first to
+  ask makes `<shared>/<name>` under a file lock (the others wait for it), and
+  a marker file says it is complete.
+
+  Returns:
+    The workdir.
+  """
   shared = (
       os.path.dirname(str(basetemp))
       if os.environ.get('PYTEST_XDIST_WORKER')
@@ -133,8 +148,9 @@ def train_tiny_run(basetemp, name: str, gated: bool = True) -> str:
   workdir = os.path.join(str(shared), name)
   with open(workdir + '.lock', 'w') as lock:
     fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
-    if not os.path.exists(os.path.join(workdir, 'final.json')):
-      _train_tiny_run(workdir, gated)
+    if not os.path.exists(workdir + '.done'):
+      make(workdir)
+      open(workdir + '.done', 'w').close()
   return workdir
 
 
