@@ -585,7 +585,7 @@ def test_failed_writes_of_the_sweep_files_are_one_line_naming_the_file(
   full = 'No space left on device [errno 28]'
   stopped = 'the sweep stopped; run the same command again to resume it'
   with pytest.raises(WorkdirWriteError) as e:
-    sweep.run_sweep(config, 'smoke', str(root), 1, {}, plan_only=True)
+    sweep._print_plan(str(root), {}, {})  # pylint: disable=protected-access
   assert (
       str(e.value) == f'writing {root}/commands.sh failed ({full}); {stopped}'
   )
@@ -606,15 +606,17 @@ def test_failed_writes_of_the_sweep_files_are_one_line_naming_the_file(
   assert (sorted(os.listdir(root)), (root / 'commands.sh').read_text()) == (
       planned
   )
-  # The entry point: one line, status 1, nothing written for a new root.
+  # The entry point on a new root: the root's lock is its first file, and the
+  # refusal is one line; nothing is written in it.
   out = run_module(
       'adanet_jax.tools.sweep',
       *_sweep_command(disk / 'other', '--plan_only')[3:],
       env=_env(),
   )
   assert (out.returncode, out.stderr) == (
-      1,
-      f'error: writing {disk}/other/sweep.json failed ({full}); {stopped}\n',
+      2,
+      f'error: cannot write to sweep root {disk}/other: No space left on '
+      'device\n',
   )
   assert sorted(os.listdir(disk)) == ['filler', 'other', 'sweep']
   assert os.listdir(disk / 'other') == []

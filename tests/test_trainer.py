@@ -321,6 +321,7 @@ def test_failed_class_rates_write_is_one_line_and_leaves_no_file(
       workdir=str(workdir),
       checkpointer=None,
       logger=None,
+      lock=None,
   )
   path = workdir / 'eval' / 'class_block_rates_deterministic_step00000022.csv'
   cause = {
