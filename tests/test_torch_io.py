@@ -78,7 +78,7 @@ def _assert_same_outputs(ours, theirs):
 @pytest.mark.parametrize(
     'config_name,arg,size',
     [
-        ('cifar10.py', 'depth=110', 8),
+        ('cifar10.py', 'depth=44', 8),  # runs of 6: scanned
         ('imagenet.py', 'resnet50', 32),
         ('wide_cifar10.py', 'depth=10,width=2', 8),
     ],
