@@ -88,9 +88,8 @@ def main(args) -> None:
   final = trainer.train_and_evaluate(
       config, args.workdir, allow_config_change=args.allow_config_change
   )
-  if (
-      jax.process_index() != 0
-  ):  # the final metrics are the same on every process
+  # the final metrics are the same on every process
+  if jax.process_index() != 0:
     return
   for key in sorted(k for k in final if not isinstance(final[k], list)):
     print(f'{key}: {final[key]:.6g}')

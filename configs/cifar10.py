@@ -70,10 +70,11 @@ def get_config(arg=None):
   config.optim.nesterov = False
   config.optim.weight_decay = 5e-4
   config.optim.schedule = 'step'
+  # epochs 150 and 250 of 350
   config.optim.decay_fractions = (
       150 / 350,
       250 / 350,
-  )  # epochs 150 and 250 of 350
+  )
   config.optim.decay_factor = 0.1
   config.train.batch_size = 256
   config.train.num_epochs = args.epochs

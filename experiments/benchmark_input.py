@@ -62,9 +62,8 @@ def _mock_images(family: str) -> list[bytes]:
         for _ in range(_POOL)
     ]
   images = []
-  for _ in range(
-      _POOL
-  ):  # smooth content (JPEG size and decode work like a photo's)
+  # smooth content (JPEG size and decode work like a photo's)
+  for _ in range(_POOL):
     coarse = rng.integers(0, 256, (12, 16, 3)).astype(np.float32)
     image = tf.image.resize(coarse[None], (375, 500), method='bicubic')[0]
     image = image + rng.normal(0, 8, image.shape)

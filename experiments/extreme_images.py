@@ -30,9 +30,8 @@ flags.DEFINE_integer(
 def extremes(prediction: inference.Prediction, k: int) -> dict[str, np.ndarray]:
   """Indices of the `k` images with the fewest and the `k` with the most blocks."""
   blocks = prediction.executed.sum(axis=1)
-  order = np.lexsort(
-      (prediction.probs.sum(axis=1), blocks)
-  )  # by blocks, then probability
+  # by blocks, then probability
+  order = np.lexsort((prediction.probs.sum(axis=1), blocks))
   return {'fewest': order[:k], 'most': order[::-1][:k]}
 
 
@@ -59,9 +58,8 @@ def plot(name: str, groups: dict, images, prediction, labels, gate_mode: str):
   """Two rows of images: the fewest and the most blocks."""
   k = max(len(ids) for ids in groups.values())
   fig, axes = common.new_figure(2, k, size=(1.3, 1.6))
-  lo, hi = float(images.min()), float(
-      images.max()
-  )  # one grey scale for all images
+  # one grey scale for all images
+  lo, hi = float(images.min()), float(images.max())
   blocks = prediction.executed.sum(axis=1)
   for row, (group, ids) in enumerate(groups.items()):
     for col, ax in enumerate(axes[row]):

@@ -195,12 +195,10 @@ def time_ours(config, num_steps: int) -> tuple[dict, tuple]:
     state, metrics = runner(state, batch)
   jax.block_until_ready(metrics)
   t2 = time.perf_counter()
-  on_cpu = (
-      jax.default_backend() == 'cpu'
-  )  # XLA:CPU can deadlock on many queued steps
-  for _ in range(
-      num_steps
-  ):  # queued back to back on accelerators, as in training
+  # XLA:CPU can deadlock on many queued steps
+  on_cpu = jax.default_backend() == 'cpu'
+  # queued back to back on accelerators, as in training
+  for _ in range(num_steps):
     state, metrics = runner(state, batch)
     if on_cpu:
       jax.block_until_ready(metrics)

@@ -87,9 +87,8 @@ def measure(name: str, batch: int, weights: str) -> dict:
     )
     grads = {k: p.grad.numpy() for k, p in net.named_parameters()}
     results[label] = (loss, aux['logits'], fc1_gradients(grads))
-  before = mock.patch.object(
-      norm, 'BatchNorm', nn.BatchNorm
-  )  # flax's one-pass BatchNorm
+  # flax's one-pass BatchNorm
+  before = mock.patch.object(norm, 'BatchNorm', nn.BatchNorm)
   for label, patch in (
       ('ours before (one-pass)', before),
       ('ours after (two-pass)', contextlib.nullcontext()),

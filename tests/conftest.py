@@ -74,9 +74,8 @@ def tiny_config(**overrides):
 def restore_state(config, workdir):
   """(step, train state) of the latest checkpoint of `workdir`, on this process."""
   checkpointer = checkpoints.Checkpointer(str(workdir), config)
-  plan = plan_lib.make_plan(
-      config, steps_per_epoch=1
-  )  # only the state's shapes matter
+  # only the state's shapes matter
+  plan = plan_lib.make_plan(config, steps_per_epoch=1)
   tx, _ = optim.create_optimizer(plan.optimizer)
   abstract = steps.abstract_train_state(
       factory.create_model(config),

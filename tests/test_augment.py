@@ -17,9 +17,8 @@ def _cifar_crops(image, seeds):
 
 
 def test_cifar_crops_stay_in_bounds_and_flip_about_half_the_time():
-  image = np.arange(1, 32 * 32 * 3 + 1, dtype=np.int32).reshape(
-      32, 32, 3
-  )  # 0 = padding
+  # 0 = padding
+  image = np.arange(1, 32 * 32 * 3 + 1, dtype=np.int32).reshape(32, 32, 3)
   padded = np.pad(image, ((4, 4), (4, 4), (0, 0)))
   candidates = {}
   for dy in range(9):
@@ -29,9 +28,8 @@ def test_cifar_crops_stay_in_bounds_and_flip_about_half_the_time():
       candidates[crop[:, ::-1].tobytes()] = (dy, dx, True)
   seeds = np.stack([np.zeros(1000, np.int64), np.arange(1000)], axis=1)
   found = [candidates.get(out.tobytes()) for out in _cifar_crops(image, seeds)]
-  assert (
-      None not in found
-  )  # every output is a 32 x 32 window of the padded image, or its mirror
+  # every output is a 32 x 32 window of the padded image, or its mirror
+  assert None not in found
   dys, dxs, flips = zip(*found)
   assert set(dys) == set(dxs) == set(range(9))
   assert 450 <= sum(flips) <= 550  # 1000 fair coins: 500 +- 16 (1 sd)
@@ -85,11 +83,12 @@ def test_imagenet_eval_preprocessing_is_deterministic_and_normalised(
   expected = (
       np.array([128, 64, 200]) / 255 - np.array(IMAGENET_MEAN)
   ) / np.array(IMAGENET_STD)
+  # JPEG colour rounding
   np.testing.assert_allclose(
       first,
       np.broadcast_to(expected, first.shape),
       atol=3 / 255 / min(IMAGENET_STD),
-  )  # JPEG colour rounding
+  )
 
 
 def test_imagenet_eval_resizes_the_shorter_side_then_crops_the_centre():

@@ -17,9 +17,8 @@ from adanet_jax.train import plan as plan_lib
 
 def test_workdir_of_another_model_is_refused_untouched(tmp_path):
   workdir = str(tmp_path / 'w')
-  checkpoints.Checkpointer(
-      workdir, tiny_config()
-  ).close()  # writes the model signature
+  # writes the model signature
+  checkpoints.Checkpointer(workdir, tiny_config()).close()
   before = {
       p: os.path.getmtime(os.path.join(r, p))
       for r, _, ps in os.walk(workdir)

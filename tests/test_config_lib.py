@@ -161,10 +161,11 @@ def test_a_stored_config_of_the_first_version_loads():
   config = config_lib.load_config(os.path.join(REPO, 'configs', 'cifar10.py'))
   stored = config.to_dict()
   stored['optim'].pop('decay_fractions')
+  # absolute epochs, as version 1 wrote
   stored['optim']['decay_epochs'] = [
       150.0,
       250.0,
-  ]  # absolute epochs, as version 1 wrote
+  ]
   stored['data'].pop('data_dir')  # absent from some version-1 configs
   upgraded = config_lib.from_dict(stored)
   assert upgraded.optim.decay_fractions == pytest.approx((150 / 350, 250 / 350))

@@ -16,18 +16,16 @@ def test_split_and_order():
       (8, 8, 1),
   )
   assert data.steps_per_epoch == 1437 // 32
-  first, again = data.train_batch(45), data.train_batch(
-      45
-  )  # step 45: epoch 1, batch 1
+  # step 45: epoch 1, batch 1
+  first, again = data.train_batch(45), data.train_batch(45)
   np.testing.assert_array_equal(first['image'], again['image'])
   order = np.random.default_rng([config.seed, 1]).permutation(1437)[32:64]
   np.testing.assert_array_equal(first['label'], data.train_labels[order])
 
 
 def test_eval_batches_hold_every_image_once():
-  config = tiny_config(
-      eval__batch_size=48
-  )  # 360 = 7 x 48 + 24: the last batch is padded
+  # 360 = 7 x 48 + 24: the last batch is padded
+  config = tiny_config(eval__batch_size=48)
   data = digits.load_digits(config)
   batches = list(data.eval_batches())
   assert [int(b['mask'].sum()) for b in batches] == [48] * 7 + [24]

@@ -38,15 +38,13 @@ def test_summary_by_hand():
   assert (s['count'], s['accuracy'], s['loss']) == (4, 0.75, 0.5)
   assert s['gate_rates'] == [0.5, 0.25, 1.0]
   assert s['gate_rate'] == pytest.approx(1.75 / 3)
-  assert s['gated_block_rate'] == pytest.approx(
-      0.375
-  )  # blocks 0 and 1; block 2 is fixed
+  # blocks 0 and 1; block 2 is fixed
+  assert s['gated_block_rate'] == pytest.approx(0.375)
   # always = 100 + 5 + 2 = 107; branches 0.5 x 10 + 0.25 x 20 + 1 x 40 = 50.
   assert s['macs_per_image'] == 157.0
   assert s['gflops_per_image'] == 2 * 157.0 / 1e9
-  assert s['paper_gflops'] == pytest.approx(
-      2 * (177 - 2) * (1.75 / 3) / 1e9
-  )  # baseline x rate
+  # baseline x rate
+  assert s['paper_gflops'] == pytest.approx(2 * (177 - 2) * (1.75 / 3) / 1e9)
   np.testing.assert_allclose(
       evaluation.class_block_rates(sums), [[1.0, 0.0, 1.0], [1 / 3, 1 / 3, 1.0]]
   )
@@ -103,9 +101,8 @@ def test_evaluator_returns_what_the_trainer_wrote_and_writes_nothing(gated_run):
         skiprows=1,
     )
     np.testing.assert_array_equal(written[:, 0], np.arange(10))
-    np.testing.assert_allclose(
-        written[:, 1:], matrix, rtol=0, atol=5e-7
-    )  # 6 decimals
+    # 6 decimals
+    np.testing.assert_allclose(written[:, 1:], matrix, rtol=0, atol=5e-7)
 
 
 @pytest.mark.timeout(300)

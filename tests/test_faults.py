@@ -66,6 +66,7 @@ class Run:
   """A training process whose output lines are read as they come."""
 
   def __init__(self, command: list[str], env=None):
+    # a kill can cut a character in two
     self.proc = subprocess.Popen(
         command,
         cwd=REPO,
@@ -75,7 +76,7 @@ class Run:
         stdin=subprocess.DEVNULL,
         text=True,
         errors='replace',
-    )  # a kill can cut a character in two
+    )
     self.lines, self._queue = [], queue.Queue()
     threading.Thread(target=self._pump, daemon=True).start()
 
@@ -421,9 +422,8 @@ def test_failed_checkpoint_write_stops_at_once_and_keeps_earlier_ones(tmp_path):
       '(No space left on device [errno 28]); training stopped; earlier '
       'checkpoints kept: 4'
   ], run.output[-4000:]
-  assert (
-      max(int(s) for s in STEP_LINE.findall(run.output)) == 8
-  )  # not one step more
+  # not one step more
+  assert max(int(s) for s in STEP_LINE.findall(run.output)) == 8
   assert sorted(os.listdir(workdir / 'checkpoints')) == ['4', 'model.json']
 
 

@@ -55,9 +55,8 @@ def test_modes_and_keys(load_config):
       'deterministic', jax.random.key(4)
   )
   np.testing.assert_array_equal(det_a[0], det_b[0])
-  np.testing.assert_array_equal(
-      det_a[1]['gates'], 1.0
-  )  # all probabilities are 0.87
+  # all probabilities are 0.87
+  np.testing.assert_array_equal(det_a[1]['gates'], 1.0)
   s1, s1_again, s2 = (run('sample', jax.random.key(k)) for k in (5, 5, 6))
   np.testing.assert_array_equal(s1[0], s1_again[0])
   np.testing.assert_array_equal(s1[1]['gates'], s1_again[1]['gates'])
@@ -67,9 +66,8 @@ def test_modes_and_keys(load_config):
       ConfigError,
       match="^gate mode 'sample' needs a key: pass key= to the " "model's call",
   ):
-    model.apply(
-        variables, x, train=False, gate_mode='sample'
-    )  # no key: no noise
+    # no key: no noise
+    model.apply(variables, x, train=False, gate_mode='sample')
 
 
 def test_sample_mode_decides_on_the_noise_of_its_key():

@@ -100,9 +100,8 @@ def test_the_walker_finds_a_circle():
 
 def test_no_import_circle():
   graph = _graph()
-  assert (
-      'adanet_jax.config_lib' in graph['adanet_jax.main']
-  )  # the walker sees imports
+  # the walker sees imports
+  assert 'adanet_jax.config_lib' in graph['adanet_jax.main']
   assert _cycle(graph) is None, ' -> '.join(_cycle(graph))
 
 

@@ -64,9 +64,8 @@ def test_predict_reproduces_trainer_evaluation_exactly(gated_run, loaded):
 def test_predict_batches_any_size_the_same(loaded):
   images = loaded.eval_split(limit=23)[0]
   whole = loaded.predict(images)
-  small = loaded.predict(
-      images, batch_size=5
-  )  # 5 batches, the last padded with 2 rows
+  # 5 batches, the last padded with 2 rows
+  small = loaded.predict(images, batch_size=5)
   assert small.logits.shape == (23, 10)
   np.testing.assert_allclose(small.logits, whole.logits, atol=1e-5)
   np.testing.assert_array_equal(small.executed, whole.executed)
@@ -172,9 +171,8 @@ def test_a_workdir_of_the_first_version_loads_and_predicts_the_same():
   expected = np.load(os.path.join(workdir, 'expected_predict.npz'))
   model = inference.load(workdir)
   assert model.step == 9
-  assert (
-      model.config.optim.schedule == 'cosine'
-  )  # its decay_epochs were never read
+  # its decay_epochs were never read
+  assert model.config.optim.schedule == 'cosine'
   assert model.config.optim.decay_fractions == (3 / 7, 5 / 7)
   out = model.predict(expected['images'])
   np.testing.assert_allclose(out.logits, expected['logits'], atol=1e-6, rtol=0)

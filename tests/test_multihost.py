@@ -127,9 +127,8 @@ def test_two_processes_equal_one_process(load_config, reference, tmp_path):
   out = _launch(workdir)
   _check_ok(out)
   lines = out.stdout.splitlines()
-  assert any(
-      l.startswith('[1] ') for l in lines
-  )  # both processes' output, prefixed
+  # both processes' output, prefixed
+  assert any(l.startswith('[1] ') for l in lines)
   assert any(
       '4 cpu device(s), 2 process(es) (explicit settings)' in l for l in lines
   )

@@ -41,17 +41,15 @@ def test_cosine_with_warmup(load_config):
   np.testing.assert_allclose(float(schedule(10)), 0.1, rtol=1e-6)
   np.testing.assert_allclose(float(schedule(55)), 0.05, rtol=1e-6)
   np.testing.assert_allclose(float(schedule(100)), 0.0, atol=1e-9)
-  np.testing.assert_allclose(
-      float(schedule(150)), 0.0, atol=1e-9
-  )  # stays at 0 after the end
+  # stays at 0 after the end
+  np.testing.assert_allclose(float(schedule(150)), 0.0, atol=1e-9)
 
 
 def test_step_schedule_with_warmup_counts_drops_from_step_0(load_config):
   config = load_config('cifar10.py', 'epochs=10')
   config.optim.warmup_epochs, config.optim.decay_fractions = 1.0, (0.5, 0.8)
-  schedule = _schedule(
-      config, steps_per_epoch=10
-  )  # warmup 10 steps; drops at 50 and 80
+  # warmup 10 steps; drops at 50 and 80
+  schedule = _schedule(config, steps_per_epoch=10)
   got = [float(schedule(s)) for s in (0, 4, 10, 49, 50, 79, 80, 200)]
   np.testing.assert_allclose(
       got, [0.0, 0.04, 0.1, 0.1, 0.01, 0.01, 0.001, 0.001], rtol=1e-6
@@ -60,10 +58,11 @@ def test_step_schedule_with_warmup_counts_drops_from_step_0(load_config):
 
 def test_two_drops_on_one_step_multiply_twice(load_config):
   config = load_config('cifar10.py', 'epochs=1')
+  # of 10 steps: both round to step 4
   config.optim.decay_fractions = (
       0.41,
       0.44,
-  )  # of 10 steps: both round to step 4
+  )
   spec = _spec(config, steps_per_epoch=10)
   assert spec.decay_steps == (4, 4)
   schedule = optim.create_schedule(spec)
@@ -155,18 +154,20 @@ def test_coupled_weight_decay_is_added_before_momentum(load_config):
 def test_nesterov_and_warmup_update_by_hand(load_config):
   config = load_config('cifar10.py', 'depth=20,epochs=10')
   config.optim.schedule, config.optim.nesterov = 'constant', True
+  # 2 warmup steps
   config.optim.warmup_epochs, config.optim.weight_decay = (
       0.2,
       0.0,
-  )  # 2 warmup steps
+  )
   tx, schedule = optim.create_optimizer(_spec(config, steps_per_epoch=10))
   p, g = {'w': jnp.array([1.0])}, {'w': jnp.array([0.5])}
   state = tx.init(p)
+  # warmup 0, 0.05, then 0.1
   for lr, buf in (
       (0.0, 0.5),
       (0.05, 0.95),
       (0.1, 1.355),
-  ):  # warmup 0, 0.05, then 0.1
+  ):
     upd, state = tx.update(g, state, p)
     # Nesterov (PyTorch): buf = mu buf + g; step = g + mu buf.
     np.testing.assert_allclose(upd['w'], [-lr * (0.5 + 0.9 * buf)], rtol=1e-6)

@@ -16,9 +16,8 @@ def test_epochs_to_steps():
 
 
 def test_digits_plan(load_config):
-  config = load_config(
-      'digits.py'
-  )  # 1,437 images at batch 128: 11 steps per epoch
+  # 1,437 images at batch 128: 11 steps per epoch
+  config = load_config('digits.py')
   steps_per_epoch = input_pipeline.create_dataset(config).steps_per_epoch
   assert steps_per_epoch == 11
   plan = plan_lib.make_plan(config, steps_per_epoch)

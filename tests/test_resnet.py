@@ -65,9 +65,8 @@ def _assert_trees_close(got, want):
   """
   assert jax.tree.structure(got) == jax.tree.structure(want)
   for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
-    finite = np.abs(
-        np.asarray(w)[np.isfinite(w)]
-    )  # always-open gates have logit +inf
+    # always-open gates have logit +inf
+    finite = np.abs(np.asarray(w)[np.isfinite(w)])
     scale = max(1.0, float(finite.max())) if finite.size else 1.0
     np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6 * scale)
 

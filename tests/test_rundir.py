@@ -86,16 +86,14 @@ def test_metrics_past_the_restored_step_and_a_cut_line_are_dropped(tmp_path):
   path.write_text(
       ''.join(json.dumps(r) + '\n' for r in records) + '{"step": 8, "tr'
   )
-  rundir.drop_metrics_after(
-      str(tmp_path), 4
-  )  # killed after step 6's log, resumed from 4
+  # killed after step 6's log, resumed from 4
+  rundir.drop_metrics_after(str(tmp_path), 4)
   assert [json.loads(l) for l in path.read_text().splitlines()] == records[:2]
   before = path.stat().st_mtime_ns
   rundir.drop_metrics_after(str(tmp_path), 4)  # nothing to drop: not rewritten
   assert path.stat().st_mtime_ns == before
-  rundir.drop_metrics_after(
-      str(tmp_path / 'none'), 0
-  )  # no file yet: nothing made
+  # no file yet: nothing made
+  rundir.drop_metrics_after(str(tmp_path / 'none'), 0)
   assert not (tmp_path / 'none').exists()
 
 

@@ -47,9 +47,8 @@ def test_sigterm_then_sigusr1_save_the_step_and_the_rerun_resumes_there(
   assert 3 <= stopped < STEPS
   assert str(stopped) in os.listdir(workdir / 'checkpoints')
   assert run.lines[-1].startswith('error: stopped by SIGTERM at step')
-  assert not os.path.exists(
-      workdir / rundir.LOCK_FILE
-  )  # released on the way out
+  # released on the way out
+  assert not os.path.exists(workdir / rundir.LOCK_FILE)
   # SLURM's `--signal=USR1@120` (SIGUSR1 killed the run at once, unsaved).
   run = _main(workdir)
   stopped_again = _sigterm_at_step_line(
@@ -64,9 +63,8 @@ def test_sigterm_then_sigusr1_save_the_step_and_the_rerun_resumes_there(
   )
   rerun = _completed(workdir)
   redone = [int(s) for s in STEP_LINE.findall(rerun.output)]
-  assert redone == list(
-      range(stopped_again + 1, STEPS + 1)
-  )  # no step done twice
+  # no step done twice
+  assert redone == list(range(stopped_again + 1, STEPS + 1))
   _assert_identical(workdir, reference)
   assert _logged_steps(workdir) == list(range(1, STEPS + 1))
 

@@ -176,9 +176,8 @@ def test_run_where_open_every_count(batch, chunks, want_shapes):
 
   def run_open(x):
     traced.append(x.shape[0])
-    jax.debug.callback(
-        lambda: runs.append(1)
-    )  # one per chunk or batch actually run
+    # one per chunk or batch actually run
+    jax.debug.callback(lambda: runs.append(1))
     return 2 * x + 1
 
   combine = jax.jit(

@@ -101,9 +101,8 @@ def _sweep(root, env):
 
 
 def _slurm_jobs(root):
-  return sorted(
-      n for n in os.listdir(root / 'slurm') if n.isdigit()
-  )  # one folder per job
+  # one folder per job
+  return sorted(n for n in os.listdir(root / 'slurm') if n.isdigit())
 
 
 def _started(stdout):
@@ -154,9 +153,8 @@ def test_sweep_through_slurm_finishes_resumes_and_summarises(
     )
   for path in ('summary.md', 'summary.csv', 'accuracy_vs_gflops.png'):
     assert f'wrote {root / path}' in first.stdout
-  assert (
-      'sacct' not in first.stderr
-  )  # no accounting here: submitit's sacct is not used
+  # no accounting here: submitit's sacct is not used
+  assert 'sacct' not in first.stderr
 
   # A point whose status was lost is submitted again and resumes from its last
   # checkpoint; the finished ones are not resubmitted.
@@ -169,9 +167,8 @@ def test_sweep_through_slurm_finishes_resumes_and_summarises(
   for name in (POINTS[0], POINTS[2]):
     assert (root / name / 'log.txt').read_text() == logs[name]
   resumed = (root / POINTS[1] / 'log.txt').read_text()[len(logs[POINTS[1]]) :]
-  assert (
-      '| loss ' not in resumed
-  )  # resumed at its last step: no training step ran again
+  # resumed at its last step: no training step ran again
+  assert '| loss ' not in resumed
   assert 'eval/deterministic/accuracy:' in resumed
   rows = list(csv.DictReader(open(root / 'summary.csv')))
   assert [r['point'] for r in rows] == POINTS

@@ -202,9 +202,8 @@ def test_other_loss_numbers_reuse_the_compiled_step(load_config):
   # The same executable takes the other run's numbers, and they matter.
   _, m1 = compiled(state, batch, key, steps.make_hparams(plan))
   _, m2 = compiled(state, batch, key, steps.make_hparams(other_plan))
-  assert (
-      float(m1['learning_rate']) == float(m2['learning_rate']) == 0.0
-  )  # warmup starts at 0
+  # warmup starts at 0
+  assert float(m1['learning_rate']) == float(m2['learning_rate']) == 0.0
   np.testing.assert_allclose(
       float(m1['target_loss']) / 32,
       np.mean((np.asarray(m1['gates']) / 32 - 0.6) ** 2),

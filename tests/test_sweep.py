@@ -42,12 +42,10 @@ def _sweep_command(root, *extra):
 
 def _env(cache_dir=None):
   env = dict(os.environ)
-  env.pop(
-      'XLA_FLAGS', None
-  )  # the points run on one device, as on a user's machine
-  if (
-      cache_dir is not None
-  ):  # a fresh persistent compilation cache of this test alone
+  # the points run on one device, as on a user's machine
+  env.pop('XLA_FLAGS', None)
+  # a fresh persistent compilation cache of this test alone
+  if cache_dir is not None:
     env['ADANET_JAX_CACHE_DIR'] = str(cache_dir)
   return env
 
@@ -82,9 +80,8 @@ def test_sweep_survives_a_kill_resumes_summarizes_and_compiles_once(tmp_path):
       not first.exists() and time.time() < deadline and launcher.poll() is None
   ):
     time.sleep(0.2)
-  launcher.send_signal(
-      signal.SIGKILL
-  )  # mid-sweep: point 1 done, point 2 running
+  # mid-sweep: point 1 done, point 2 running
+  launcher.send_signal(signal.SIGKILL)
   launcher.wait()
   assert json.loads(first.read_text())['status'] == 'done'
   assert not (root / 'target-0.7_seed-0' / 'sweep_status.json').exists()
@@ -249,9 +246,8 @@ def test_ctrl_c_stops_the_points_and_says_how_to_resume(tmp_path):
       and not all(log.exists() and 'JAX ' in log.read_text() for log in logs)
   ):
     time.sleep(0.2)
-  assert (
-      len(_processes_mentioning(str(root))) == 3
-  )  # the sweep and its two points
+  # the sweep and its two points
+  assert len(_processes_mentioning(str(root))) == 3
   launcher.send_signal(signal.SIGINT)
   stdout, stderr = launcher.communicate(timeout=120)
   assert launcher.returncode == 1, stdout[-2000:] + stderr[-2000:]
@@ -318,9 +314,10 @@ def test_pareto_figure_labels_do_not_overlap(tmp_path):
       for j in range(i)
       if sweep_summary._overlap(boxes[i], boxes[j])
   ] == []  # pylint: disable=protected-access
+  # 10x5.5 in
   assert all(
       b[0] >= 0 and b[1] >= 0 and b[2] <= 1000 and b[3] <= 550 for b in boxes
-  )  # 10x5.5 in
+  )
 
 
 def test_gated_or_plain_comes_from_the_config(tmp_path):

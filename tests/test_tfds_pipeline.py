@@ -105,12 +105,13 @@ def test_train_order_is_a_function_of_seed_and_step(mock):
   straight = _dataset('cifar10')
   batches = [straight.train_batch(step) for step in range(7)]
   resumed = _dataset('cifar10')
+  # jumps rebuild the iterator; the next step continues it
   for step in (
       4,
       5,
       1,
       6,
-  ):  # jumps rebuild the iterator; the next step continues it
+  ):
     for key in ('image', 'label'):
       np.testing.assert_array_equal(
           resumed.train_batch(step)[key], batches[step][key]
@@ -124,9 +125,8 @@ def test_train_order_is_a_function_of_seed_and_step(mock):
         np.bincount(epoch_labels, minlength=10),
         np.bincount(labels, minlength=10),
     )
-  assert not np.array_equal(
-      batches[0]['label'], batches[3]['label']
-  )  # reshuffled each epoch
+  # reshuffled each epoch
+  assert not np.array_equal(batches[0]['label'], batches[3]['label'])
   other_seed = _dataset('cifar10', seed=1).train_batch(0)
   assert not np.array_equal(other_seed['image'], batches[0]['image'])
 
@@ -194,9 +194,8 @@ def test_imagenet_batches(mock):
   for a, b in zip(first, second):
     for key in a:
       np.testing.assert_array_equal(a[key], b[key])
-  assert (
-      tf.config.get_visible_devices('GPU') == []
-  )  # TF keeps off the accelerators
+  # TF keeps off the accelerators
+  assert tf.config.get_visible_devices('GPU') == []
 
 
 def test_dataset_that_is_not_prepared_is_one_clear_error(load_config, tmp_path):

@@ -70,9 +70,8 @@ def _assert_same_outputs(ours, theirs):
   np.testing.assert_allclose(logits, t_logits, rtol=0, atol=1e-5)
   np.testing.assert_allclose(aux['logits'], t_aux['logits'], rtol=0, atol=1e-5)
   np.testing.assert_array_equal(aux['gates'], t_aux['gates'])
-  assert (
-      0 < aux['gates'].mean() < 1
-  )  # decisions differ between images and blocks
+  # decisions differ between images and blocks
+  assert 0 < aux['gates'].mean() < 1
 
 
 @pytest.mark.parametrize(
@@ -92,9 +91,8 @@ def test_twin_weights_and_export_give_same_outputs(
   state_dict = {k: v.numpy() for k, v in net.state_dict().items()}
   variables = torch_io.import_state_dict(state_dict, _template(model, size))
   x = np.random.RandomState(0).randn(8, size, size, 3).astype(np.float32)
-  key = jax.random.key(
-      2
-  )  # our gates draw from it; the twin gets the same noise
+  # our gates draw from it; the twin gets the same noise
+  key = jax.random.key(2)
   noise = torch_twin.gumbel_noise(key, 8, model.num_blocks)
   for mode, mode_key, mode_noise in (
       ('deterministic', None, None),

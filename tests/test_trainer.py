@@ -103,9 +103,8 @@ def test_resume_equals_uninterrupted_run(load_config, tmp_path):
   assert snapshot(tmp_path / 'resumed') == before
   # One that changes only when things happen resumes, and is recorded.
   config.checkpoint.every_steps = 1
-  trainer.train_and_evaluate(
-      config, str(tmp_path / 'resumed'), dataset
-  )  # from step 2
+  # from step 2
+  trainer.train_and_evaluate(config, str(tmp_path / 'resumed'), dataset)
   assert rundir.read_config_history(str(tmp_path / 'resumed')) == [
       {'step': 2, 'changed': {'checkpoint.every_steps': [2, 1]}}
   ]

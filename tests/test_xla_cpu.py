@@ -36,9 +36,8 @@ def test_loop_conv_has_the_values_and_gradients_of_lax_conv():
     want_value, (want_dx, want_dk) = _conv_grads(
         jax.lax.conv_general_dilated, strides, padding
     )
-    np.testing.assert_array_equal(
-        value, want_value
-    )  # the forward pass is the same conv
+    # the forward pass is the same conv
+    np.testing.assert_array_equal(value, want_value)
     # The gradients are other convolutions of the same numbers: summed in
     # another order, equal up to float rounding.
     np.testing.assert_allclose(dx, want_dx, rtol=1e-5, atol=1e-5)

@@ -16,9 +16,8 @@ CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 CIFAR_PAD = 4
 IMAGENET_CROP_SCALE, IMAGENET_CROP_RATIO = (0.08, 1.0), (3 / 4, 4 / 3)
-IMAGENET_RESIZE_RATIO = (
-    256 / 224
-)  # evaluation: shorter side to this x image size, centre crop
+# evaluation: shorter side to this x image size, centre crop
+IMAGENET_RESIZE_RATIO = 256 / 224
 
 
 def normalize(image: tf.Tensor, mean, std) -> tf.Tensor:
@@ -81,9 +80,8 @@ def sample_crop_box(
   w = tf.cast(tf.round(tf.sqrt(area * aspect)), tf.int32)
   h = tf.cast(tf.round(tf.sqrt(area / aspect)), tf.int32)
   fits = (w > 0) & (h > 0) & (w <= width) & (h <= height)
-  first = tf.argmax(
-      tf.cast(fits, tf.int32), output_type=tf.int32
-  )  # 0 if none fits
+  # 0 if none fits
+  first = tf.argmax(tf.cast(fits, tf.int32), output_type=tf.int32)
 
   def fitted():
     hh, ww = h[first], w[first]

@@ -334,8 +334,9 @@ def hide_accelerators_from_tf() -> None:
   for kind in ('GPU', 'TPU'):
     try:
       tf.config.set_visible_devices([], kind)
+    # TF already initialised, or no such device kind
     except (
         RuntimeError,
         ValueError,
-    ):  # TF already initialised, or no such device kind
+    ):
       pass

@@ -377,9 +377,8 @@ def _abstract_state(config, model, device: jax.Device):
   Restoring into this, whatever sharding the checkpoint was written with,
   puts every array on the one device.
   """
-  plan = plan_lib.make_plan(
-      config, steps_per_epoch=1
-  )  # only the state's shapes matter
+  # only the state's shapes matter
+  plan = plan_lib.make_plan(config, steps_per_epoch=1)
   tx, _ = optim.create_optimizer(plan.optimizer)
   return steps.abstract_train_state(
       model, tx, plan.image_shape, jax.sharding.SingleDeviceSharding(device)

@@ -296,9 +296,8 @@ def export_state_dict(
     leaf = host[e.collection]
     for name in e.path:
       leaf = leaf[name]
-    value = np.array(
-        e.to_ref(np.asarray(leaf, np.float32)), order='C'
-    )  # a writable copy
+    # a writable copy
+    value = np.array(e.to_ref(np.asarray(leaf, np.float32)), order='C')
     state_dict[e.key] = torch.from_numpy(value)
     if e.key.endswith('.running_var'):
       prefix = e.key[: -len('running_var')]

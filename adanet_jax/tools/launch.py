@@ -133,6 +133,7 @@ class Workers:
     """Starts `python -m adanet_jax.main ARGS` as processes 0..num_processes-1."""
     coordinator = f'127.0.0.1:{free_port()}'
     for i in range(num_processes):
+      # own process group: SIGKILL reaches its children too
       proc = subprocess.Popen(
           [sys.executable, '-m', MODULE, *args],
           env=worker_env(os.environ, i, num_processes, devices, coordinator),
@@ -140,7 +141,7 @@ class Workers:
           stderr=subprocess.STDOUT,
           stdin=subprocess.DEVNULL,
           start_new_session=True,
-      )  # own process group: SIGKILL reaches its children too
+      )
       self.procs.append(proc)
       self._say(f'launch: process {i} pid {proc.pid} ({coordinator})')
       pump = threading.Thread(target=self._pump, args=(i, proc), daemon=True)

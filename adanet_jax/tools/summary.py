@@ -114,9 +114,8 @@ def _count(tree) -> int:
 
 def main(args) -> None:
   cli.require(args, 'config')
-  jax.config.update(
-      'jax_platforms', 'cpu'
-  )  # shapes only: no accelerator needed
+  # shapes only: no accelerator needed
+  jax.config.update('jax_platforms', 'cpu')
   summary = summarize(
       checks.validate(config_lib.load_config(args.config, args.overrides))
   )

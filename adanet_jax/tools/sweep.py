@@ -192,9 +192,8 @@ def main_command(config_arg: str, workdir: str, overrides: dict) -> list[str]:
 
 def _die_with_parent():
   """Runs in the child before exec: SIGKILL it if the launcher dies."""
-  ctypes.CDLL('libc.so.6', use_errno=True).prctl(
-      1, signal.SIGKILL
-  )  # PR_SET_PDEATHSIG
+  # PR_SET_PDEATHSIG
+  ctypes.CDLL('libc.so.6', use_errno=True).prctl(1, signal.SIGKILL)
 
 
 class LocalJob:
@@ -347,9 +346,8 @@ def run_sweep(
     ConfigError: a bad point or override, a root that holds another sweep or
       cannot be created.
   """
-  points = load_points(
-      config_arg, sweep, common
-  )  # all checks before anything starts
+  # all checks before anything starts
+  points = load_points(config_arg, sweep, common)
   given, root = root, os.path.abspath(root)
   jobs = {point_name(p): (p, os.path.join(root, point_name(p))) for p in points}
   commands = {
@@ -567,17 +565,15 @@ def main(args) -> None:
   cli.require(args, 'config', 'sweep', 'root')
   parallel = args.parallel
   if parallel is None:
-    parallel = (
-        sys.maxsize if args.launcher == 'slurm' else 1
-    )  # SLURM's scheduler decides
+    # SLURM's scheduler decides
+    parallel = sys.maxsize if args.launcher == 'slurm' else 1
   if parallel < 1:
     raise ConfigError(f'--parallel={args.parallel} must be >= 1')
   if os.path.exists(args.root) and not os.path.isdir(args.root):
     raise ConfigError(f'--root={args.root} is a file, not a directory')
   make_launcher = _launcher_factory(args)
-  signal.signal(
-      signal.SIGTERM, _raise_keyboard_interrupt
-  )  # stop the points as on Ctrl-C
+  # stop the points as on Ctrl-C
+  signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
   try:
     results = run_sweep(
         args.config,

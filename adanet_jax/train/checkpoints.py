@@ -354,9 +354,8 @@ class Checkpointer:
         break
       damaged.append((step, error))
     else:
-      if (
-          damaged
-      ):  # every step fails: more likely our fault than the disk's; move nothing
+      # every step fails: more likely our fault than the disk's; move nothing
+      if damaged:
         raise DamagedCheckpointError(
             f'no checkpoint in {self.directory} restores (step {damaged[0][0]}: '
             f'{_first_line(damaged[0][1])}); nothing was moved'

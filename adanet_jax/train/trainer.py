@@ -222,9 +222,8 @@ def _train_loop(run: Run, state, stop: preemption.StopRequest) -> dict:
   for step in range(first, plan.num_steps):
     batch = run.setup.placement.to_global(run.dataset.train_batch(step))
     state, step_metrics = step_fn(state, batch)
-    if (
-        step == first
-    ):  # compiled (or loaded) by this call: goes with the first log record
+    # compiled (or loaded) by this call: goes with the first log record
+    if step == first:
       run_info = {f'run/{k}': v for k, v in step_fn.compile_info.items()}
     sums = metrics.accumulate(sums, step_metrics)
     done = step + 1
@@ -274,9 +273,8 @@ def _save_and_stop(
     _raise_if_nonfinite(sums, checkpointer)
   if not saved:
     checkpointer.save(step, state)
-  if (
-      jax.process_count() > 1
-  ):  # no process exits before every part of the save is written
+  # no process exits before every part of the save is written
+  if jax.process_count() > 1:
     multihost_utils.sync_global_devices('adanet_jax.train.trainer.preempted')
   raise Preempted(message)
 

@@ -74,9 +74,8 @@ class WorkdirLock:
     if self._fd is not None:
       if self.held():  # never the file of a run that took the path since
         with contextlib.suppress(OSError):
-          os.remove(
-              self.path
-          )  # before unlocking: a waiting run then sees a new file
+          # before unlocking: a waiting run then sees a new file
+          os.remove(self.path)
       os.close(self._fd)
       self._fd = None
 
