@@ -1,13 +1,12 @@
 """The initial train state of a run, replicated over its mesh.
 
-Initialised op by op, not as one compiled program: XLA:CPU took 51 s to
-compile the ResNet-110's initialisation (its hundreds of random draws), op by
-op it takes 10 s, and 2 s once the persistent compilation cache holds the
-ops. With several processes only process 0 initialises and sends the values
-to the others: the cache keys op-by-op programs by device and only process 0
-writes it, so the others would compile every op at every launch (14 s for the
-digits model).
-"""
+Initialised op by op, not as one compiled program: XLA:CPU compiles a deep
+model's initialisation (its hundreds of random draws) far more slowly as one
+program, while the small op-by-op programs come back from the persistent
+compilation cache (figures: README, "Compilation cache"). With several
+processes only process 0 initialises and sends the values to the others: the
+cache keys op-by-op programs by device and only process 0 writes it, so the
+others would compile every op at every launch."""
 
 import functools
 
