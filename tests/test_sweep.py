@@ -100,7 +100,7 @@ def test_sweep_survives_a_kill_resumes_summarizes_and_compiles_once(tmp_path):
   # a progress line while the last point runs
   last = root / 'target-0.7_seed-0'
   assert re.search(
-      rf'^running target-0.7_seed-0: .* \| log {last}/log.txt$',
+      rf'^running target-0\.7_seed-0: .* \| log {re.escape(str(last))}/log\.txt$',
       out.stdout,
       re.M,
   ), out.stdout
