@@ -88,7 +88,7 @@ def test_sweep_survives_a_kill_resumes_summarizes_and_compiles_once(tmp_path):
   first_log = (root / 'target-0.3_seed-0' / 'log.txt').read_text()
 
   out = subprocess.run(
-      _sweep_command(root),
+      _sweep_command(root, '--progress_every=1'),
       cwd=REPO,
       env=env,
       capture_output=True,
@@ -97,6 +97,13 @@ def test_sweep_survives_a_kill_resumes_summarizes_and_compiles_once(tmp_path):
   )
   assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
   assert '1 of 3 points already done' in out.stdout
+  # a progress line while the last point runs
+  last = root / 'target-0.7_seed-0'
+  assert re.search(
+      rf'^running target-0\.7_seed-0: .* \| log {re.escape(str(last))}/log\.txt$',
+      out.stdout,
+      re.M,
+  ), out.stdout
   assert 'target-0.3_seed-0 [done]' in out.stdout
   assert (
       root / 'target-0.3_seed-0' / 'log.txt'
@@ -439,12 +446,30 @@ def test_reused_root_is_refused_naming_the_differences(tmp_path):
       f'--root={root} holds a different sweep ({config_arg} --sweep=tuples): '
       f'--config={config_arg} -> --config=configs/digits.py:depth=8; '
       '--sweep=tuples -> --sweep=smoke; --config.seed: 1 -> unset; '
-      '--config.train.num_epochs: unset -> 1; points only in the stored '
-      'sweep: eval_modes-deterministic-expected_targets-0.5-0.6-0.7; points '
-      'only in this one: target-0.5_seed-0, target-0.7_seed-0; use another '
-      'root'
+      '--config.train.num_epochs: unset -> 1; gates.eval_modes in the '
+      'points: ["deterministic", "expected"] -> none; loss.target in the '
+      'points: 0.3 -> 0.3, 0.5, 0.7; loss.targets in the points: [0.5, 0.6, '
+      '0.7] -> none; use another root'
   )
   assert (tmp_path / 'root' / 'sweep.json').read_text() == stored
+  # The same values in other combinations: the points that differ.
+  manifest = dict(config='c.py', sweep='s', common={})
+  grid = sweep.grid(a=[1, 2], b=['x', 'y'])
+  sweep.check_root(str(tmp_path), dict(manifest, points=grid))
+  with pytest.raises(ConfigError) as refused:
+    sweep.check_root(str(tmp_path), dict(manifest, points=grid[1:3]))
+  assert str(refused.value) == (
+      f'--root={tmp_path} holds a different sweep (c.py --sweep=s): points '
+      'only in the stored sweep: (a=1 b="x"), (a=2 b="y"); use another root'
+  )
+  with pytest.raises(ConfigError) as refused:
+    sweep.check_root(
+        str(tmp_path), dict(manifest, points=grid + [{'b': 'x', 'a': 3}])
+    )
+  assert str(refused.value) == (
+      f'--root={tmp_path} holds a different sweep (c.py --sweep=s): a in the '
+      'points: 1, 2 -> 1, 2, 3; use another root'
+  )
 
 
 def test_second_launcher_on_a_root_is_refused(tmp_path):
@@ -617,3 +642,108 @@ def test_failed_writes_of_the_sweep_files_are_one_line_naming_the_file(
   )
   assert sorted(os.listdir(disk)) == ['filler', 'other', 'sweep']
   assert os.listdir(disk / 'other') == []
+
+
+def test_progress_line_of_a_running_point(tmp_path, capsys):
+  from adanet_jax.tools import sweep_progress  # pylint: disable=import-outside-toplevel
+
+  workdir = tmp_path / 'target-0.3_seed-0'
+  workdir.mkdir()
+  log = f'{workdir}/log.txt'
+  # Before the trainer wrote anything.
+  assert sweep_progress.point_line('p', str(workdir)) == (
+      f'running p: no step logged yet | no eval yet | log {log}'
+  )
+  (workdir / 'config.json').write_text(
+      json.dumps({'gates': {'eval_modes': ['expected', 'deterministic']}})
+  )
+  records = [
+      {'step': 44, 'train/progress': 0.4, 'train/eta_s': 80.0},
+      {
+          'step': 44,
+          'eval/deterministic/accuracy': 0.5,
+          'eval/expected/accuracy': 0.91234,
+          'eval/expected/gate_rate': 0.61249,
+      },
+      {'step': 88, 'train/progress': 0.8, 'train/eta_s': 3725.4},
+  ]
+  # The last line is being written: no newline, cut short.
+  (workdir / 'metrics.jsonl').write_text(
+      ''.join(json.dumps(r) + '\n' for r in records) + '{"step": 110, "tr'
+  )
+  assert sweep_progress.point_line('target-0.3_seed-0', str(workdir)) == (
+      'running target-0.3_seed-0: step 88/110 | eval at step 44 (expected '
+      'gates): accuracy 91.23%, exec rate 0.612 | eta 1:02:05 | log '
+      f'{log}'
+  )
+  # Every 30 s from the start; after a long pause, one report.
+  now = [100.0]
+  reporter = sweep_progress.ProgressReporter(30.0, clock=lambda: now[0])
+  reported = []
+  for now[0] in (129.9, 130.0, 130.1, 160.0, 400.0, 400.5, 429.9, 430.0):
+    reporter.report({'p': str(tmp_path / 'none')})
+    reported.append(len(capsys.readouterr().out.splitlines()))
+  assert reported == [0, 1, 0, 1, 1, 0, 0, 1]
+  reporter.report({})  # nothing runs: nothing printed
+  never = sweep_progress.ProgressReporter(0.0, clock=lambda: now[0])
+  now[0] = 1e9
+  never.report({'p': str(tmp_path / 'none')})
+  assert capsys.readouterr().out == ''
+
+
+def test_plan_marks_interrupted_points_with_their_resume_step(tmp_path, capsys):
+  from adanet_jax.tools import sweep  # pylint: disable=import-outside-toplevel
+
+  root = tmp_path / 'root'
+  steps = {
+      'target-0.3_seed-0': ('done', ['110']),
+      # Interrupted: two steps, orbax's unfinished directory of a third.
+      'target-0.5_seed-0': (
+          None,
+          ['20', '40', '60.orbax-checkpoint-tmp'],
+      ),
+      'target-0.7_seed-0': ('failed', ['10']),
+  }
+  for name, (status, dirs) in steps.items():
+    for d in dirs:
+      (root / name / 'checkpoints' / d).mkdir(parents=True)
+    (root / name / 'checkpoints' / 'model.json').write_text('{}')
+    if status:
+      (root / name / 'sweep_status.json').write_text(
+          json.dumps({'status': status})
+      )
+  (root / 'new_point').mkdir()  # started, stopped before its first checkpoint
+  config = TINY[0].split('=', 1)[1]
+  assert sweep.run_sweep(config, 'smoke', str(root), 1, {}, True) == {}
+  marks = [
+      line.split(':')[0]
+      for line in capsys.readouterr().out.splitlines()
+      if line.startswith('  ')
+  ]
+  assert marks == [
+      '  target-0.3_seed-0 [done]',
+      '  target-0.5_seed-0 [resume from step 40]',
+      '  target-0.7_seed-0 [failed, resume from step 10]',
+  ]
+  assert sweep._plan_state(str(root / 'new_point')) == 'new'  # pylint: disable=protected-access
+
+
+def test_bad_progress_every_starts_nothing(tmp_path):
+  from adanet_jax.errors import ConfigError  # pylint: disable=import-outside-toplevel
+  from adanet_jax.tools import sweep  # pylint: disable=import-outside-toplevel
+
+  args = types.SimpleNamespace(
+      root=str(tmp_path / 'root'),
+      summary_only=False,
+      config=TINY[0].split('=', 1)[1],
+      sweep='smoke',
+      parallel=None,
+      launcher='local',
+      progress_every=-1.0,
+  )
+  with pytest.raises(ConfigError) as refused:
+    sweep.main(args)
+  assert str(refused.value) == (
+      '--progress_every=-1.0 must be >= 0 (seconds; 0: no progress lines)'
+  )
+  assert os.listdir(tmp_path) == []

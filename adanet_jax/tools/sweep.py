@@ -9,18 +9,21 @@ A config file declares its sweeps next to itself:
 Each point is a dict of config overrides. The launcher
 
   python -m adanet_jax.tools.sweep --config=configs/digits.py[:args] --sweep=targets --root=DIR \
-      [--parallel=N] [--config.x=y ...] \
+      [--parallel=N] [--progress_every=SECONDS] [--config.x=y ...] \
       [--launcher=slurm --slurm.partition=P --slurm.time=MIN --slurm.gpus_per_task=G]
 
 checks every override of every point against the config before anything runs,
 prints the plan (the ordinary `adanet_jax.main` command of each point,
-shell-quoted, also written to DIR/commands.sh), and runs the points N at a
-time, one workdir per point (DIR/<name from its overrides>, `point_name`).
+shell-quoted, also written to DIR/commands.sh; each marked new, done, failed
+or `resume from step N`), and runs the points N at a time, one workdir per
+point (DIR/<name from its overrides>, `point_name`), printing a line per
+running point every --progress_every seconds (`sweep_progress`).
 Re-running the same command resumes: finished points are skipped,
 interrupted ones resume from their checkpoints, failed ones are retried;
 failures are reported with the tail of their log and the other points go on.
 A root holds one sweep (DIR/sweep.json; another is refused, naming the
-differences) and one live launcher (DIR/sweep.lock, as a workdir's lock).
+differing overrides) and one live launcher (DIR/sweep.lock, as a workdir's
+lock).
 `--summary_only` (of a sweep root only) and the end of every launch write
 DIR/summary.md, DIR/summary.csv and DIR/accuracy_vs_gflops.png and print
 their paths. Ctrl-C (or SIGTERM) stops the running points (SIGTERM, then
@@ -50,8 +53,8 @@ from absl import flags
 from adanet_jax import config_lib
 from adanet_jax.errors import ConfigError, ExpectedError, Preempted, reported_write
 from adanet_jax.runtime import cli
-from adanet_jax.tools import sweep_summary
-from adanet_jax.train import checks, rundir, workdir_lock
+from adanet_jax.tools import sweep_progress, sweep_summary
+from adanet_jax.train import checkpoints, checks, rundir, workdir_lock
 
 STOP_GRACE_S = 20.0  # seconds a stopped point gets between SIGTERM and SIGKILL
 POLL_S = 0.5
@@ -80,6 +83,12 @@ def define_flags() -> dict:
       ),
       plan_only=flags.DEFINE_bool(
           'plan_only', False, 'Print and write the plan, run nothing.'
+      ),
+      progress_every=flags.DEFINE_float(
+          'progress_every',
+          30.0,
+          'Seconds between the progress lines of the running points '
+          '(0: none).',
       ),
       summary_only=flags.DEFINE_bool(
           'summary_only', False, 'Only summarize the workdirs in --root.'
@@ -304,11 +313,33 @@ def _differences(stored: dict, new: dict) -> list[str]:
       for key in sorted(set(old) | set(now))
       if old.get(key) != now.get(key)
   ]
+  return found + _point_differences(stored['points'], new['points'])
+
+
+def _point_differences(stored: list[dict], new: list[dict]) -> list[str]:
+  """The overrides of the points that differ: per key, the values stored ->
+  now (JSON text, in the sweep's order); where only the combinations
+  differ, the points themselves."""
   # JSON keeps no key order: a point is its sorted overrides.
   old, now = (
-      {json.dumps(p, sort_keys=True): p for p in m['points']}
-      for m in (stored, new)
+      {json.dumps(p, sort_keys=True): p for p in points}
+      for points in (stored, new)
   )
+  if old.keys() == now.keys():
+    return []
+  found = []
+  for key in sorted({k for p in stored + new for k in p}):
+    values = [
+        list(dict.fromkeys(json.dumps(p[key]) for p in points if key in p))
+        for points in (stored, new)
+    ]
+    if set(values[0]) != set(values[1]):
+      found.append(
+          f'{key} in the points: {", ".join(values[0]) or "none"} -> '
+          f'{", ".join(values[1]) or "none"}'
+      )
+  if found:
+    return found
   for what, points in (
       (
           'points only in the stored sweep',
@@ -317,7 +348,11 @@ def _differences(stored: dict, new: dict) -> list[str]:
       ('points only in this one', [now[k] for k in now if k not in old]),
   ):
     if points:
-      found.append(f'{what}: {", ".join(map(point_name, points))}')
+      listed = ', '.join(
+          '(' + ' '.join(f'{k}={json.dumps(v)}' for k, v in p.items()) + ')'
+          for p in points
+      )
+      found.append(f'{what}: {listed}')
   return found
 
 
@@ -329,6 +364,7 @@ def run_sweep(
     common: dict,
     plan_only: bool = False,
     make_launcher=None,
+    progress_every: float = 30.0,
 ) -> dict:
   """Plans and runs (or resumes) a sweep.
 
@@ -336,6 +372,8 @@ def run_sweep(
     config_arg, sweep, root, parallel, common, plan_only: as the flags.
     make_launcher: makes the launcher of the points from the absolute root
       (default `LocalLauncher`; the SLURM launcher keeps its files there).
+    progress_every: seconds between the progress lines of the running
+      points (`sweep_progress`; 0: none).
 
   Returns:
     {point name: status}.
@@ -377,13 +415,19 @@ def run_sweep(
     if plan_only:
       return {}
     results = _run_points(
-        jobs, commands, parallel, (make_launcher or LocalLauncher)(root)
+        jobs,
+        commands,
+        parallel,
+        (make_launcher or LocalLauncher)(root),
+        sweep_progress.ProgressReporter(progress_every),
     )
     sweep_summary.write_summary(root)
   return results
 
 
-def _run_points(jobs: dict, commands: dict, parallel: int, launcher) -> dict:
+def _run_points(
+    jobs: dict, commands: dict, parallel: int, launcher, reporter
+) -> dict:
   """Runs the points not done yet, `parallel` at a time; {name: status}."""
   todo = [
       n
@@ -408,6 +452,7 @@ def _run_points(jobs: dict, commands: dict, parallel: int, launcher) -> dict:
             flush=True,
         )
       time.sleep(POLL_S)
+      reporter.report({name: jobs[name][1] for name in running})
       for name in list(running):
         code = running[name][0].poll()
         if code is None:
@@ -447,9 +492,20 @@ def _print_plan(root, jobs, commands) -> None:
       f'sweep plan: {len(jobs)} points under {root} (also in {root}/commands.sh)'
   )
   for name, line in zip(jobs, lines):
-    state = rundir.read_sweep_status(jobs[name][1]).get('status', 'new')
-    print(f'  {name} [{state}]: {line}')
+    print(f'  {name} [{_plan_state(jobs[name][1])}]: {line}')
   sys.stdout.flush()
+
+
+def _plan_state(workdir: str) -> str:
+  """`new`, `done`, `failed`, `resume from step N` (interrupted) or `failed,
+  resume from step N`: N the newest checkpoint step, which the trainer tries
+  first (orbax's unfinished directories are no step: `step_dirs`)."""
+  status = rundir.read_sweep_status(workdir).get('status', 'new')
+  steps = checkpoints.step_dirs(rundir.checkpoint_dir(workdir))
+  if status == 'done' or not steps:
+    return status
+  resume = f'resume from step {steps[0]}'
+  return resume if status == 'new' else f'{status}, {resume}'
 
 
 def _finish(name, job, command, returncode, start) -> str:
@@ -569,6 +625,11 @@ def main(args) -> None:
     parallel = sys.maxsize if args.launcher == 'slurm' else 1
   if parallel < 1:
     raise ConfigError(f'--parallel={args.parallel} must be >= 1')
+  if not args.progress_every >= 0:  # NaN included
+    raise ConfigError(
+        f'--progress_every={args.progress_every} must be >= 0 (seconds; 0: '
+        'no progress lines)'
+    )
   if os.path.exists(args.root) and not os.path.isdir(args.root):
     raise ConfigError(f'--root={args.root} is a file, not a directory')
   make_launcher = _launcher_factory(args)
@@ -583,6 +644,7 @@ def main(args) -> None:
         args.overrides,
         args.plan_only,
         make_launcher,
+        args.progress_every,
     )
   except (SweepInterrupted, KeyboardInterrupt) as e:
     stopped = f' ({e})' if str(e) else ''

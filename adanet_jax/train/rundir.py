@@ -156,6 +156,24 @@ def read_metrics(workdir: str) -> list[dict]:
     return [json.loads(line) for line in f if line.strip()]
 
 
+def read_metrics_so_far(workdir: str) -> list[dict]:
+  """The records of a running trainer's `metrics.jsonl` ([] before it has
+  one), without a last line it is still writing."""
+  path = os.path.join(workdir, METRICS_FILE)
+  try:
+    with open(path) as f:
+      lines = f.readlines()
+  except FileNotFoundError:
+    return []
+  records = []
+  for line in lines:
+    try:
+      records.append(json.loads(line))
+    except ValueError:  # cut short: written at this moment, or by a kill
+      continue
+  return records
+
+
 def drop_metrics_after(workdir: str, step: int) -> None:
   """Rewrites metrics.jsonl without the records past `step` (a resumed run
   logs those steps again) and without a line cut short by a kill,
