@@ -86,7 +86,11 @@ def main(args) -> None:
       started,
   )
   final = trainer.train_and_evaluate(
-      config, args.workdir, allow_config_change=args.allow_config_change
+      config,
+      args.workdir,
+      allow_config_change=args.allow_config_change,
+      # a sweep point's overrides, and any other change, in its hparams
+      hparam_fields=trainer.changed_fields(config, args.config, args.overrides),
   )
   # the final metrics are the same on every process
   if jax.process_index() != 0:

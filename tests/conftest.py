@@ -154,7 +154,8 @@ def shared_once(basetemp, name: str, make) -> str:
 
 
 def _train_tiny_run(workdir: str, gated: bool) -> None:
-  config = load_repo_config('digits.py', f'depth=8,epochs=1,gated={gated}')
+  arg = f'depth=8,epochs=1,gated={gated}'
+  config = load_repo_config('digits.py', arg)
   config.train.batch_size = 64  # 22 steps
   config.train.sync_every_steps = 1  # block on every step (multi-device CPU)
   config.train.log_every_steps = 4  # several points of the rate curves
@@ -162,7 +163,10 @@ def _train_tiny_run(workdir: str, gated: bool) -> None:
   config.eval.batch_size = 64  # 360 = 5 x 64 + 40: the last batch is padded
   config.checkpoint.every_steps = 10  # checkpoints 10, 20, 22
   config.gates.eval_modes = ('deterministic', 'expected')
-  final = trainer.train_and_evaluate(config, workdir)
+  file_arg = os.path.join(REPO, 'configs', f'digits.py:{arg}')
+  final = trainer.train_and_evaluate(
+      config, workdir, hparam_fields=trainer.changed_fields(config, file_arg)
+  )
   with open(os.path.join(workdir, 'final.json'), 'w') as f:
     json.dump(final, f)
 

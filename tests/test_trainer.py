@@ -2,13 +2,16 @@
 exact resume, evaluation coverage, bad input, non-finite losses and a
 workdir deleted under the run."""
 
+import io
 import json
 import os
 import shutil
 import types
 
 from conftest import (
+    REPO,
     fill,
+    final_metrics,
     make_immutable,
     restore_state,
     snapshot,
@@ -16,9 +19,12 @@ from conftest import (
 )
 import jax
 import numpy as np
+from PIL import Image
 import pytest
 from tensorboard.backend.event_processing import event_accumulator
+from tensorboard.plugins.hparams import metadata as hparams_metadata
 
+from adanet_jax import config_lib
 from adanet_jax.data import input_pipeline
 from adanet_jax.errors import ConfigError, WorkdirGoneError, WorkdirWriteError
 from adanet_jax.train import rundir, trainer
@@ -140,14 +146,119 @@ def test_evaluation_writes_every_output(load_config, tmp_path):
   accumulator = event_accumulator.EventAccumulator(str(tmp_path / 'w'))
   accumulator.Reload()
   assert {
-      'train/gate_rates/block02',
-      'eval/deterministic/gate_rates/block02',
+      'train/gate_rates/stage3/block00',
+      'eval/deterministic/gate_rates/stage3/block00',
       'eval/deterministic/accuracy',
       'train/loss',
   } <= set(accumulator.Tags()['scalars'])
-  shown = accumulator.Scalars('eval/deterministic/gate_rates/block02')
+  shown = accumulator.Scalars('eval/deterministic/gate_rates/stage3/block00')
   assert [(e.step, e.value) for e in shown] == [
       (2, pytest.approx(final['eval/deterministic/gate_rates'][2]))
+  ]
+
+
+def _hparam(value):
+  """A hparam's value (a protobuf Value) as Python."""
+  return getattr(value, value.WhichOneof('kind'))
+
+
+def test_tensorboard_compares_runs(gated_run):
+  # The gated tiny run: digits.py:depth=8,epochs=1,gated=True changed in code.
+  accumulator = event_accumulator.EventAccumulator(gated_run)
+  accumulator.Reload()
+  content = accumulator.PluginTagToContent('hparams')
+  start = hparams_metadata.parse_session_start_info_plugin_data(
+      content[hparams_metadata.SESSION_START_INFO_TAG]
+  )
+  hparams = {k: _hparam(v) for k, v in start.hparams.items()}
+  assert hparams == {
+      'model.name': 'cifar_resnet',
+      'model.depth': 8,
+      'model.width': 1,
+      'model.gated': True,
+      'loss.target': 0.6,
+      'loss.target_schedule': 'uniform',
+      'loss.targets': '[]',
+      'loss.weight': 2.0,
+      'loss.reduction': 'mean',
+      'gates.temperature': 1.0,
+      'gates.train_mode': 'sample',
+      'optim.base_learning_rate': 0.1,
+      'optim.schedule': 'cosine',
+      'optim.weight_decay': 5e-4,
+      'train.batch_size': 64,
+      'train.num_epochs': 1.0,
+      'seed': 0,
+      'data.name': 'digits',
+      # what the fixture changed from the file (`trainer.changed_fields`)
+      'checkpoint.every_steps': 10,
+      'eval.batch_size': 64,
+      'gates.eval_modes': '["deterministic", "expected"]',
+      'train.eval_every_epochs': 0.5,
+      'train.log_every_steps': 4,
+      'train.sync_every_steps': 1,
+  }
+  experiment = hparams_metadata.parse_experiment_plugin_data(
+      content[hparams_metadata.EXPERIMENT_TAG]
+  )
+  assert {h.name for h in experiment.hparam_infos} == set(hparams)
+  metric_tags = [m.name.tag for m in experiment.metric_infos]
+  assert metric_tags == [
+      f'eval/{mode}/{name}'
+      for mode in ('deterministic', 'expected')
+      for name in ('accuracy', 'gate_rate', 'gflops_per_image')
+  ]
+  # The tab shows each metric's last value: the final evaluation's.
+  final = final_metrics(gated_run)
+  for tag in metric_tags:
+    assert accumulator.Scalars(tag)[-1].value == pytest.approx(final[tag])
+  # The config as text, at the first step of the run.
+  [text] = accumulator.Tensors('config')
+  with open(os.path.join(gated_run, rundir.CONFIG_FILE)) as f:
+    assert (text.step, text.tensor_proto.string_val[0].decode()) == (
+        1,
+        f'```json\n{f.read()}\n```',
+    )
+  # Per-block scalars named by stage (3 stages of 1 block).
+  scalars = set(accumulator.Tags()['scalars'])
+  assert {
+      'train/gate_rates/stage1/block00',
+      'eval/expected/gate_rates/stage2/block00',
+  } <= scalars
+  assert not [t for t in scalars if t.endswith('/block02')]
+  shown = accumulator.Scalars('eval/expected/gate_rates/stage3/block00')
+  assert shown[-1].value == pytest.approx(final['eval/expected/gate_rates'][2])
+  # The class x block matrix of each evaluation: 16 x 16 pixels a cell.
+  for mode in ('deterministic', 'expected'):
+    images = accumulator.Images(f'eval/{mode}/class_block_rates')
+    assert [(i.step, i.height, i.width) for i in images] == [
+        (11, 160, 48),
+        (22, 160, 48),
+    ]
+    pixels = np.asarray(Image.open(io.BytesIO(images[-1].encoded_image_string)))
+    assert pixels.shape == (160, 48)
+    csv = np.loadtxt(
+        rundir.class_block_rates_path(gated_run, mode, 22),
+        delimiter=',',
+        skiprows=1,
+    )[:, 1:]
+    for row, col in ((0, 0), (3, 1), (9, 2)):
+      # each cell's pixels: the nearest 8-bit level (CSV: 6 decimals)
+      cell = pixels[16 * row : 16 * row + 16, 16 * col : 16 * col + 16]
+      assert (cell == cell[0, 0]).all()
+      assert abs(cell[0, 0] - 255 * csv[row, col]) <= 0.5 + 1e-3
+
+
+def test_changed_fields_are_the_overridden_and_the_differing_ones():
+  config_arg = os.path.join(REPO, 'configs', 'digits.py:depth=8')
+  # momentum: overridden with the file's own value, still a change asked for
+  overrides = {'optim.momentum': '0.9', 'seed': '1'}
+  config = config_lib.load_config(config_arg, overrides)
+  config.train.log_every_steps = 4
+  assert trainer.changed_fields(config, config_arg, overrides) == [
+      'optim.momentum',
+      'seed',
+      'train.log_every_steps',
   ]
 
 

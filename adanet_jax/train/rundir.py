@@ -101,11 +101,16 @@ def read_json(path: str, default=None, advice: str | None = None):
     ) from None
 
 
-def write_config(workdir: str, config: ml_collections.ConfigDict) -> None:
-  write_json(
-      os.path.join(workdir, CONFIG_FILE),
-      json.loads(config.to_json_best_effort()),
+def config_text(config: ml_collections.ConfigDict) -> str:
+  """The resolved config as config.json holds it (`write_json`'s format)."""
+  return json.dumps(
+      json.loads(config.to_json_best_effort()), indent=1, sort_keys=True
   )
+
+
+def write_config(workdir: str, config: ml_collections.ConfigDict) -> None:
+  with replaced_atomically(os.path.join(workdir, CONFIG_FILE)) as f:
+    f.write(config_text(config))
 
 
 def read_stored_config(workdir: str) -> ml_collections.ConfigDict | None:

@@ -9,7 +9,7 @@ reads the plan; each periodic action sits behind `is_time`.
 import dataclasses
 import os
 import time
-from typing import Any
+from typing import Any, Sequence
 
 import jax
 from jax.experimental import multihost_utils
@@ -17,6 +17,7 @@ import ml_collections
 import numpy as np
 import optax
 
+from adanet_jax import config_lib
 from adanet_jax.data import input_pipeline
 from adanet_jax.errors import (
     NonFiniteLossError,
@@ -127,14 +128,28 @@ class Run:
     return self.setup.plan
 
   def evaluate(self, state, step: int) -> dict:
-    """Evaluation metrics of `state`; the per-class matrices go to the workdir."""
+    """Evaluation metrics of `state`; the per-class matrices go to the
+    workdir (CSVs) and to TensorBoard (images)."""
     results, matrices = self.setup.evaluator(state, self.dataset)
     if jax.process_index() == 0:
       for mode, matrix in matrices.items():
         path = rundir.class_block_rates_path(self.workdir, mode, step)
         with reported_write(path, rundir.STOPPED_RESUME):
           rundir.write_class_block_rates(self.workdir, step, mode, matrix)
+    self.logger.write_class_block_rates(step, matrices)
     return results
+
+
+def changed_fields(
+    config: ml_collections.ConfigDict, config_arg: str, overrides=()
+) -> list[str]:
+  """The fields of `config` that `overrides` name or whose value differs
+  from the config file's own (`config_arg`, `file.py[:arg]`, loaded again
+  without overrides), sorted: a sweep point's or a command line's changes,
+  for the run's hparams (`train_and_evaluate`'s `hparam_fields`)."""
+  file_config = config_lib.load_config(config_arg)
+  changes = checkpoints.config_changes(file_config, config)
+  return sorted(set(changes) | set(overrides))
 
 
 def train_and_evaluate(
@@ -142,6 +157,7 @@ def train_and_evaluate(
     workdir: str,
     dataset=None,
     allow_config_change: bool = False,
+    hparam_fields: Sequence[str] = (),
 ) -> dict:
   """Trains `config` in `workdir`, resuming from its latest checkpoint.
 
@@ -155,6 +171,8 @@ def train_and_evaluate(
     dataset: the input pipeline (default: the one the config names).
     allow_config_change: resume even if the config changes what a step means;
       the changes go to the workdir's config history.
+    hparam_fields: config fields the run's hparams in TensorBoard hold
+      besides `metrics.MAIN_HPARAMS` (`changed_fields`).
 
   Returns the metrics of the final evaluation.
 
@@ -172,6 +190,7 @@ def train_and_evaluate(
   workdir_lock.check_creatable(workdir)
   dataset = dataset or input_pipeline.create_dataset(config)
   parts = setup(config, dataset)
+  info = metrics.run_info(config, hparam_fields)
   checkpoints.check_workdir(workdir, config, allow_config_change)
   start = checkpoints.start_state(
       workdir, parts.init_state(), parts.plan.init_from
@@ -182,10 +201,14 @@ def train_and_evaluate(
   ):
     # Again under the lock: a run that held it may have changed the workdir.
     changes = checkpoints.check_workdir(workdir, config, allow_config_change)
-    return _train(config, workdir, parts, dataset, start, changes, stop, lock)
+    return _train(
+        config, workdir, parts, dataset, start, changes, stop, lock, info
+    )
 
 
-def _train(config, workdir, parts, dataset, start, changes, stop, lock) -> dict:
+def _train(
+    config, workdir, parts, dataset, start, changes, stop, lock, info
+) -> dict:
   checkpointer = checkpoints.Checkpointer(workdir, config)
   state = checkpointer.resume(start)
   # The compiled step wants exactly the shardings it was compiled for.
@@ -201,6 +224,7 @@ def _train(config, workdir, parts, dataset, start, changes, stop, lock) -> dict:
         rundir.write_config(workdir, config)
     logger = metrics.MetricLogger(
         workdir,
+        info,
         parts.plan.num_steps,
         parts.plan.steps_per_epoch,
         start_step=int(state.step),
