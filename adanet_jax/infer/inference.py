@@ -271,7 +271,7 @@ def bucket_sizes(batch_size: int) -> tuple[int, ...]:
   `batch_size`, then `batch_size` (64: 8, 16, 32, 64; 500: 8, ..., 256, 500).
 
   Doubling bounds the padding by the batch itself, and batches of 1 to 40
-  compile at most 4 times (of 1 to 256, 6).
+  images compile at most 4 times, whatever `batch_size`.
   """
   sizes = []
   size = SMALLEST_BUCKET
