@@ -6,11 +6,13 @@ A config file defines `get_config(arg=None)`; `arg` is a small typed string
 (`configs/cifar10.py:depth=56,target=0.5`, parsed by `parse_arg`). Overrides
 (`--config.a.b=value` on a command line, `{'a.b': value}` in code) are
 applied by `apply_overrides` alone, for every entry point, so they are
-checked the same way everywhere: the field must exist (configs are locked)
-and the value must have its type.
+checked the same way everywhere: the field must exist (configs are locked;
+a mistyped name is answered with the closest ones) and the value must have
+its type. `DESCRIPTIONS` says what each field means.
 """
 
 import ast
+import difflib
 import importlib.util
 import os
 from typing import Any
@@ -25,37 +27,41 @@ DEFAULT_STOP_SIGNALS = ('SIGTERM', 'SIGINT', 'SIGUSR1', 'SIGUSR2', 'SIGHUP')
 
 
 def get_base_config() -> ml_collections.ConfigDict:
-  """Defaults shared by all configs; each config file changes what it needs."""
+  """Defaults shared by all configs; each config file changes what it needs.
+
+  What each field means is in `DESCRIPTIONS` (`python -m
+  adanet_jax.tools.config` prints both).
+  """
   c = ml_collections.ConfigDict()
   c.seed = 0
   c.model = ml_collections.ConfigDict(
       dict(
-          name='cifar_resnet',  # cifar_resnet | wide_resnet | imagenet_resnet
-          depth=110,  # 6n+2 | 6n+4 | 50, 101, 152
-          width=1,  # widening factor (channels x width)
+          name='cifar_resnet',
+          depth=110,
+          width=1,
           num_classes=10,
-          gated=True,  # False: the plain ResNet with the same backbone
-          dtype='float32',  # compute dtype: float32 | bfloat16
-          bn_gamma_init='ones',  # ones | reference: U(0, 1) where the reference model has it
-          scan_blocks='auto',  # auto | on | off: blocks in one loop; auto: float32 on XLA:CPU
+          gated=True,
+          dtype='float32',
+          bn_gamma_init='ones',
+          scan_blocks='auto',
       )
   )
   c.gates = ml_collections.ConfigDict(
       dict(
           hidden=16,
           temperature=1.0,
-          train_mode='sample',  # sample | deterministic | expected
-          eval_modes=('deterministic',),  # each evaluation runs in all of these
-          fix_target_one=True,  # blocks with target 1 always execute
+          train_mode='sample',
+          eval_modes=('deterministic',),
+          fix_target_one=True,
       )
   )
   c.loss = ml_collections.ConfigDict(
       dict(
-          target=0.7,  # t: target execution rate
-          target_schedule='uniform',  # uniform | resnet50_reference | resnet101_reference
-          targets=(),  # explicit per-block targets; overrides the schedule
-          weight=2.0,  # lambda of the target-rate loss
-          reduction='mean',  # mean over blocks (reference code) | sum (paper)
+          target=0.7,
+          target_schedule='uniform',
+          targets=(),
+          weight=2.0,
+          reduction='mean',
       )
   )
   c.data = ml_collections.ConfigDict(
@@ -63,19 +69,17 @@ def get_base_config() -> ml_collections.ConfigDict:
           name='cifar10',
           image_size=32,
           channels=3,
-          data_dir='',  # tfds data_dir; '' = $TFDS_DATA_DIR or ~/tensorflow_datasets
+          data_dir='',
       )
   )
   c.optim = ml_collections.ConfigDict(
       dict(
-          base_learning_rate=0.1,  # at base_batch_size; scaled linearly with train.batch_size
+          base_learning_rate=0.1,
           base_batch_size=256,
           momentum=0.9,
           nesterov=False,
-          weight_decay=5e-4,  # coupled L2 on every parameter, as the reference
-          schedule='step',  # step | cosine | constant
-          # 'step': x decay_factor at these fractions of train.num_epochs, so the
-          # drops follow an override of the epochs.
+          weight_decay=5e-4,
+          schedule='step',
           decay_fractions=(3 / 7, 5 / 7),
           decay_factor=0.1,
           warmup_epochs=0.0,
@@ -83,29 +87,127 @@ def get_base_config() -> ml_collections.ConfigDict:
   )
   c.train = ml_collections.ConfigDict(
       dict(
-          batch_size=256,  # global batch, over all devices and processes
+          batch_size=256,
           num_epochs=350.0,
           log_every_steps=100,
-          eval_every_epochs=10.0,  # and always after the last step
-          sync_every_steps=10,  # wait for results at least this often (CPU: <= 10)
-          # Signals that stop a run at the next step boundary with a checkpoint
-          # (exit 75); see adanet_jax/train/preemption.py.
+          eval_every_epochs=10.0,
+          sync_every_steps=10,
           stop_signals=DEFAULT_STOP_SIGNALS,
       )
   )
   c.eval = ml_collections.ConfigDict(
       dict(
-          batch_size=500,  # global; the last batch is padded and masked
+          batch_size=500,
       )
   )
   c.checkpoint = ml_collections.ConfigDict(
       dict(
-          every_steps=1000,  # and always after the last step
+          every_steps=1000,
           keep=3,
       )
   )
-  c.init_from = ''  # workdir, checkpoint dir or PyTorch .pth/.pt (params only)
+  c.init_from = ''
   return c
+
+
+# One line per field of every config, next to the defaults: the one place a
+# field is explained (`python -m adanet_jax.tools.config` prints them; a test
+# fails for a field of a configs/*.py file that has none).
+DESCRIPTIONS = {
+    'seed': 'the one seed: initialisation, data order and Gumbel noise',
+    'model.name': 'architecture: cifar_resnet | wide_resnet | imagenet_resnet',
+    'model.depth': 'layers: 6n+2 (cifar_resnet) | 6n+4 (wide_resnet) | '
+    '50, 101, 152 (imagenet_resnet)',
+    'model.width': 'widening factor (channels x width)',
+    'model.num_classes': 'classes of the head',
+    'model.gated': 'a gate on every block; false: the plain ResNet with the '
+    'same backbone',
+    'model.dtype': 'compute dtype: float32 | bfloat16 (parameters, loss and '
+    'BatchNorm statistics stay float32)',
+    'model.bn_gamma_init': 'BatchNorm gammas: ones | reference (U(0, 1) '
+    'where the reference model has it)',
+    'model.scan_blocks': 'auto | on | off: identical blocks in one loop '
+    '(compile time); auto: on for float32 on XLA:CPU',
+    'gates.hidden': "width of the gate's hidden layer",
+    'gates.temperature': 'Gumbel-softmax temperature (gradient path only)',
+    'gates.train_mode': 'gate mode in training: sample | deterministic | '
+    'expected',
+    'gates.eval_modes': 'each evaluation runs in all of these gate modes',
+    'gates.fix_target_one': 'blocks with target 1 always execute',
+    'loss.target': 't: target execution rate',
+    'loss.target_schedule': 'per-block targets: uniform | resnet50_reference '
+    '| resnet101_reference',
+    'loss.targets': 'explicit per-block targets; overrides the schedule',
+    'loss.weight': 'lambda of the target-rate loss',
+    'loss.reduction': 'target-rate loss over blocks: mean (reference code) | '
+    'sum (paper)',
+    'data.name': 'dataset: digits | cifar10 | cifar100 | imagenet2012',
+    'data.image_size': 'height and width of the input images',
+    'data.channels': 'channels of the input images',
+    'data.data_dir': "tfds data_dir; '' = $TFDS_DATA_DIR or "
+    '~/tensorflow_datasets',
+    'optim.base_learning_rate': 'learning rate at optim.base_batch_size; '
+    'scaled linearly with train.batch_size',
+    'optim.base_batch_size': 'the batch size of optim.base_learning_rate',
+    'optim.momentum': 'SGD momentum',
+    'optim.nesterov': 'Nesterov momentum',
+    'optim.weight_decay': 'coupled L2 on every parameter, as the reference',
+    'optim.schedule': 'learning-rate schedule after warmup: step | cosine | '
+    'constant',
+    'optim.decay_fractions': "'step': x optim.decay_factor at these "
+    'fractions of train.num_epochs (the drops follow an override of the '
+    'epochs)',
+    'optim.decay_factor': "'step': the factor of each drop",
+    'optim.warmup_epochs': 'linear warmup from 0 to the learning rate, in '
+    'epochs',
+    'train.batch_size': 'global batch, over all devices and processes',
+    'train.num_epochs': 'length of the training, in epochs',
+    'train.log_every_steps': 'log the metrics every this many steps (0: '
+    'only after the last step)',
+    'train.eval_every_epochs': 'evaluate every this many epochs, and always '
+    'after the last step',
+    'train.sync_every_steps': 'wait for results at least this often (CPU: '
+    '<= 10)',
+    'train.stop_signals': 'signals that stop a run at the next step boundary '
+    'with a checkpoint (exit 75)',
+    'eval.batch_size': 'global evaluation batch; the last batch is padded '
+    'and masked',
+    'checkpoint.every_steps': 'save every this many steps (0: only after the '
+    'last step), and always after the last step',
+    'checkpoint.keep': 'checkpoints kept to resume from, the newest',
+    'init_from': 'weights to start from when the workdir holds no checkpoint: '
+    "a workdir, checkpoint directory or PyTorch .pth/.pt; '' = none",
+}
+
+
+def field_paths(config: ml_collections.ConfigDict, prefix: str = '') -> list:
+  """The dotted path of every field (not group) of `config`, in its order."""
+  paths = []
+  for key, value in config.items():
+    if isinstance(value, ml_collections.ConfigDict):
+      paths += field_paths(value, f'{prefix}{key}.')
+    else:
+      paths.append(prefix + key)
+  return paths
+
+
+def describe(config: ml_collections.ConfigDict) -> list[str]:
+  """`path = value  # description`, one line per field of `config`.
+
+  A field `DESCRIPTIONS` lacks says so in its line, rather than failing: the
+  tests make sure every field of the bundled configs has one.
+  """
+  return [
+      f'{path} = {_get(config, path)!r}  # '
+      f'{DESCRIPTIONS.get(path, "(no description)")}'
+      for path in field_paths(config)
+  ]
+
+
+def _get(config: ml_collections.ConfigDict, path: str):
+  for key in path.split('.'):
+    config = config[key]
+  return config
 
 
 def parse_arg(
@@ -243,8 +345,8 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: dict) -> None:
       current = holder[leaf]
     except (KeyError, AttributeError, TypeError):
       raise ConfigError(
-          f'--config.{key} names no field of the config; configs are locked: '
-          'override only fields the config file defines'
+          f'--config.{key} names no field of the config; '
+          f'{_closest_fields(config, key)}'
       ) from None
     if isinstance(current, ml_collections.ConfigDict):
       raise ConfigError(
@@ -260,6 +362,54 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: dict) -> None:
           f'--config.{key}={value!r} has the wrong type: the field holds a '
           f'{type(current).__name__}'
       ) from None
+
+
+# difflib's ratio of a suggestion (get_close_matches' default cutoff); the
+# same group's fields win a tie; suggestions within this of the best.
+_CLOSE = 0.6
+_SAME_GROUP_BONUS = 0.1
+_AS_CLOSE = 0.05
+
+
+def _closest_fields(config: ml_collections.ConfigDict, key: str) -> str:
+  """What a mistyped override `key` most likely meant, as the end of its error.
+
+  Under a group that exists, fields are compared by name, those of the same
+  group first (`train.batch_sise` is not `eval.batch_size`), fields of other
+  groups next (`optim.num_epochs`); a misspelt group, or a path through a
+  field, is compared as a whole dotted name (`trian.num_epochs`). The best
+  matches are named, those nearly as close as the best with them.
+  """
+  *parents, leaf = key.split('.')
+  group = config
+  for parent in parents:
+    group = group.get(parent) if _is_group(group) else None
+  group_name = '.'.join(parents)
+  scores = {}
+  for path in field_paths(config):
+    if _is_group(group):
+      group_of, _, name = path.rpartition('.')
+      ratio = difflib.SequenceMatcher(None, leaf, name).ratio()
+      bonus = _SAME_GROUP_BONUS if group_of == group_name else 0.0
+    else:
+      ratio, bonus = difflib.SequenceMatcher(None, key, path).ratio(), 0.0
+    if ratio >= _CLOSE:
+      scores[path] = ratio + bonus
+  best = max(scores.values(), default=0.0)
+  matches = sorted(
+      (p for p, score in scores.items() if score >= best - _AS_CLOSE),
+      key=lambda p: -scores[p],
+  )
+  if matches:
+    return f'did you mean {" or ".join(matches)}?'
+  if parents and _is_group(group):
+    fields = sorted(k for k in group if not _is_group(group[k]))
+    return f'the fields of {group_name}: {", ".join(fields)}'
+  return 'configs are locked: override only fields the config file defines'
+
+
+def _is_group(value) -> bool:
+  return isinstance(value, ml_collections.ConfigDict)
 
 
 def _parse_value(key: str, raw: str, current):

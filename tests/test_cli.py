@@ -99,14 +99,22 @@ CASES = {
     'keyword in override path': (
         'main',
         [f'--config={DIGITS}', '--workdir={tmp}/w', '--config.optim.lambda=1'],
-        'error: --config.optim.lambda names no field of the config; configs are locked: '
-        'override only fields the config file defines',
+        'error: --config.optim.lambda names no field of the config; the '
+        'fields of optim: base_batch_size, base_learning_rate, decay_factor, '
+        'decay_fractions, momentum, nesterov, schedule, warmup_epochs, '
+        'weight_decay',
     ),
     'keywords in a wrong path': (
         'main',
         [f'--config={DIGITS}', '--workdir={tmp}/w', '--config.this.is.wrong=2'],
         'error: --config.this.is.wrong names no field of the config; configs are locked: '
         'override only fields the config file defines',
+    ),
+    'config tool, misspelt group': (
+        'tools.config',
+        [f'--config={DIGITS}', '--config.trian.num_epochs=5'],
+        'error: --config.trian.num_epochs names no field of the config; did '
+        'you mean train.num_epochs?',
     ),
     'missing config file': (
         'main',

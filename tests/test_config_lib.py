@@ -2,12 +2,14 @@
 types, values), stored configs of older versions, and the value checks."""
 
 import os
+import types
 
 from conftest import REPO, load_repo_config
 import pytest
 
-from adanet_jax import config_lib
+from adanet_jax import config_lib, main
 from adanet_jax.errors import ConfigError
+from adanet_jax.tools import sweep
 from adanet_jax.train import checks
 
 DIGITS = os.path.join(REPO, 'configs', 'digits.py')
@@ -63,15 +65,40 @@ def test_overrides_parse_as_the_command_line():
     [
         (
             {'train.batch_sise': '4'},
-            '--config.train.batch_sise names no field of the config',
+            '--config.train.batch_sise names no field of the config; did you '
+            'mean train.batch_size?',
         ),
         (
             {'optim.lambda': '1'},
-            '--config.optim.lambda names no field of the config',
+            '--config.optim.lambda names no field of the config; the fields of '
+            'optim: base_batch_size, base_learning_rate, decay_factor, '
+            'decay_fractions, momentum, nesterov, schedule, warmup_epochs, '
+            'weight_decay',
         ),
         (
             {'this.is.wrong': '2'},
-            '--config.this.is.wrong names no field of the config',
+            '--config.this.is.wrong names no field of the config; configs are '
+            'locked: override only fields the config file defines',
+        ),
+        (
+            {'trian.num_epochs': '2'},
+            '--config.trian.num_epochs names no field of the config; did you '
+            'mean train.num_epochs?',
+        ),
+        (
+            {'optim.num_epochs': '2'},
+            '--config.optim.num_epochs names no field of the config; did you '
+            'mean train.num_epochs?',
+        ),
+        (
+            {'batch_size': '2'},
+            '--config.batch_size names no field of the config; did you mean '
+            'eval.batch_size or train.batch_size?',
+        ),
+        (
+            {'model.depth.x': '2'},
+            '--config.model.depth.x names no field of the config; did you mean '
+            'model.depth?',
         ),
         (
             {'train': '2'},
@@ -95,6 +122,46 @@ def test_bad_overrides_name_the_field(overrides, message):
   with pytest.raises(ConfigError) as e:
     config_lib.load_config(DIGITS, overrides)
   assert str(e.value).startswith(message), str(e.value)
+
+
+def test_main_and_sweep_suggest_the_field_before_anything_is_created(
+    tmp_path,
+):
+  args = types.SimpleNamespace(
+      config=DIGITS,
+      workdir=str(tmp_path / 'w'),
+      overrides={'train.num_epoch': '5'},
+      coordinator_address=None,
+      num_processes=None,
+      process_id=None,
+      allow_config_change=False,
+  )
+  with pytest.raises(ConfigError) as e:
+    main.main(args)
+  assert str(e.value) == (
+      '--config.train.num_epoch names no field of the config; did you mean '
+      'train.num_epochs?'
+  )
+  # A common override, then a misspelt group in a sweep point.
+  with pytest.raises(ConfigError) as e:
+    sweep.load_points(DIGITS, 'smoke', {'gates.temprature': '2.0'})
+  assert str(e.value) == (
+      'sweep point target-0.3_seed-0: --config.gates.temprature names no '
+      'field of the config; did you mean gates.temperature?'
+  )
+  (tmp_path / 'typo.py').write_text(
+      'from adanet_jax import config_lib\n'
+      f'get_config = config_lib.load_module({DIGITS!r}).get_config\n'
+      'def get_sweeps():\n'
+      '  return {"t": [{"loss.target": 0.5}, {"los.target": 0.3}]}\n'
+  )
+  with pytest.raises(ConfigError) as e:
+    sweep.load_points(str(tmp_path / 'typo.py'), 't', {})
+  assert str(e.value) == (
+      'sweep point target-0.3: --config.los.target names no field of the '
+      'config; did you mean loss.target or loss.targets?'
+  )
+  assert os.listdir(tmp_path) == ['typo.py']
 
 
 BAD = [

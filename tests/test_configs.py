@@ -6,6 +6,7 @@ import os
 
 import pytest
 
+from adanet_jax import config_lib
 from adanet_jax.train import checks
 
 CONFIG_DIR = os.path.join(
@@ -38,3 +39,17 @@ def test_argument_strings(load_config):
       'resnet101_reference',
   )
   assert load_config('imagenet.py').model.depth == 50
+
+
+def test_every_field_of_every_config_is_described(load_config):
+  fields = set()
+  for name in CONFIG_FILES:
+    paths = config_lib.field_paths(load_config(name))
+    missing = [p for p in paths if p not in config_lib.DESCRIPTIONS]
+    assert not missing, (
+        f'configs/{name}: no description in config_lib.DESCRIPTIONS for '
+        f'{", ".join(missing)}'
+    )
+    fields.update(paths)
+  # and none of a field that no config has
+  assert sorted(set(config_lib.DESCRIPTIONS) - fields) == []

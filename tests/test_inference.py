@@ -1,6 +1,7 @@
 """Tests of `adanet_jax.infer.inference`: a checkpoint trained on 8 devices loads on
 one, and `predict` reproduces the trainer's evaluation exactly."""
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -178,3 +179,53 @@ def test_a_workdir_of_the_first_version_loads_and_predicts_the_same():
   np.testing.assert_allclose(out.logits, expected['logits'], atol=1e-6, rtol=0)
   np.testing.assert_array_equal(out.gates, expected['gates'])
   np.testing.assert_array_equal(out.macs, expected['macs'])
+
+
+class _CompileCounter:
+  """Counts the programs JAX lowers for `predict`'s forward pass (JAX's public
+  monitoring events: one lowering per new shape or gate mode, whether the
+  persistent cache then has the executable or not)."""
+
+  EVENT = '/jax/core/compile/jaxpr_to_mlir_module_duration'
+
+  def __init__(self):
+    self.count = 0
+
+  def _listen(self, event: str, duration: float, **kwargs) -> None:
+    del duration
+    if event == self.EVENT and kwargs.get('fun_name') == 'jit(predict_forward)':
+      self.count += 1
+
+  def __enter__(self):
+    jax.monitoring.register_event_duration_secs_listener(self._listen)
+    return self
+
+  def __exit__(self, *exc_info):
+    jax.monitoring.unregister_event_duration_listener(self._listen)
+
+
+@pytest.mark.timeout(120)
+def test_predict_on_any_batch_size_compiles_once_per_bucket(loaded):
+  # A fresh jit of the forward pass: no earlier test's shapes in its cache.
+  model = dataclasses.replace(loaded)
+  images = loaded.eval_split(limit=64)[0]
+  assert model.config.eval.batch_size == 64
+  assert inference.bucket_sizes(64) == (8, 16, 32, 64)
+  with _CompileCounter() as compiles:
+    # The reference: 64 images fill the largest bucket, no padding.
+    reference = model.predict(images)
+    outs = [model.predict(images[:n]) for n in range(1, 41)]
+    # 16 + 16 + 8 rows: the buckets of 16 and 8 again
+    chunked = model.predict(images[:40], batch_size=16)
+  assert compiles.count == 4
+  for out in outs + [chunked]:
+    n = len(out.logits)
+    np.testing.assert_array_equal(out.gates, reference.gates[:n])
+    np.testing.assert_allclose(
+        out.logits, reference.logits[:n], rtol=0, atol=1e-6
+    )
+  # Sample mode: an image's noise does not depend on the padding either.
+  whole = model.predict(images[:16], gate_mode='sample', seed=1)
+  few = model.predict(images[:5], gate_mode='sample', seed=1)
+  np.testing.assert_array_equal(few.gates, whole.gates[:5])
+  assert not np.array_equal(whole.gates, reference.gates[:16])

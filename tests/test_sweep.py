@@ -164,7 +164,7 @@ def test_sweep_survives_a_kill_resumes_summarizes_and_compiles_once(tmp_path):
         (
             ['--config.loss.targt=0.5'],
             'error: sweep point target-0.3_seed-0: --config.loss.targt '
-            'names no field of the config',
+            'names no field of the config; did you mean loss.target?\n',
         ),
         (
             ['--config.train.batch_size=many'],

@@ -10,8 +10,10 @@
 `load` reads the resolved config the trainer wrote (`rundir.read_config`)
 and restores the checkpoint into an abstract state built on one device, so a
 checkpoint written by N devices or processes loads on a single CPU or GPU.
-`predict` cuts large inputs into batches itself (the last one padded), with
-one compilation per batch shape and gate mode.
+`predict` cuts large inputs into batches itself and pads each batch to the
+next of a few sizes (`bucket_sizes`: 8, 16, 32, ... up to the batch size), so
+a notebook that predicts on batches of any size compiles once per bucket and
+gate mode, not once per size.
 """
 
 import dataclasses
@@ -96,13 +98,14 @@ class LoadedModel:
 
   @functools.cached_property
   def _forward(self) -> Callable:
-    # gate_mode is static: one compilation per (mode, batch shape).
-    def forward(variables, images, key, gate_mode):
+    # gate_mode is static: one compilation per (mode, bucket); the name is
+    # what JAX's compile events report (`jit(predict_forward)`).
+    def predict_forward(variables, images, key, gate_mode):
       return self.model.apply(
           variables, images, train=False, gate_mode=gate_mode, key=key
       )
 
-    return jax.jit(forward, static_argnames='gate_mode')
+    return jax.jit(predict_forward, static_argnames='gate_mode')
 
   def eval_split(
       self, limit: int | None = None
@@ -141,10 +144,17 @@ class LoadedModel:
       gate_mode: 'deterministic' (execute iff the gate's logit for "execute"
         is larger), 'sample' (Gumbel noise, as in training) or 'expected'
         (every block, scaled by its execution probability).
-      batch_size: images per compiled call; default the config's
-        `eval.batch_size`. Fewer images run as one smaller batch.
-      seed: Gumbel noise seed of mode 'sample' (batch i uses fold_in(seed, i),
-        so the noise depends on the batch size).
+      batch_size: the most images per compiled call; default the config's
+        `eval.batch_size`. More images are cut into batches of this size; each
+        batch is padded with zero images to the next of `bucket_sizes(
+        batch_size)`, so any number of images compiles at most once per
+        bucket. Padding changes no real image's outputs: in evaluation mode
+        every image is computed on its own (BatchNorm uses its running
+        averages).
+      seed: Gumbel noise seed of mode 'sample': batch i uses fold_in(seed, i),
+        so an image's noise depends on its batch and its place in it, not on
+        the padding (JAX's threefry draws the leading rows of a larger shape
+        as it draws a smaller one).
       skip: compute only the blocks that execute (`adanet_jax.infer.skip_inference`;
         deterministic gates only). Same outputs up to float rounding.
 
@@ -172,8 +182,9 @@ class LoadedModel:
     apply = (
         self._skip_apply(gate_mode) if skip else self._apply_fn(gate_mode, seed)
     )
-    size = min(batch_size or self.config.eval.batch_size, len(images))
-    logits, (gates, probs) = map_batches(apply, size, images)
+    logits, (gates, probs) = map_batches(
+        apply, batch_size or self.config.eval.batch_size, images
+    )
     executed = accounting.executed_branches(gates, gate_mode) != 0
     return Prediction(
         logits=logits,
@@ -252,15 +263,36 @@ def _checked_images(
   return images
 
 
-def map_batches(fn: Callable, batch_size: int, *arrays: np.ndarray):
-  """Applies `fn(batch_index, *batch)` to equal-size batches of `arrays`.
+SMALLEST_BUCKET = 8
 
-  The last batch is padded (`batches.pad_and_mask`), so `fn` sees a single
-  shape (one compilation); padded rows are dropped from the result.
+
+def bucket_sizes(batch_size: int) -> tuple[int, ...]:
+  """The sizes `map_batches` pads a batch to: 8, 16, 32, ... below
+  `batch_size`, then `batch_size` (64: 8, 16, 32, 64; 500: 8, ..., 256, 500).
+
+  Doubling bounds the padding by the batch itself, and batches of 1 to 40
+  images compile at most 4 times, whatever `batch_size`.
+  """
+  sizes = []
+  size = SMALLEST_BUCKET
+  while size < batch_size:
+    sizes.append(size)
+    size *= 2
+  return (*sizes, batch_size)
+
+
+def map_batches(fn: Callable, batch_size: int, *arrays: np.ndarray):
+  """Applies `fn(batch_index, *batch)` to batches of `arrays`.
+
+  Batches have `batch_size` rows but the last; each is padded
+  (`batches.pad_and_mask`) to the next of `bucket_sizes(batch_size)`, so `fn`
+  sees at most that many shapes (compilations) whatever the number of rows;
+  padded rows are dropped from the result.
 
   Args:
-    fn: returns a pytree of arrays with the batch on axis 0.
-    batch_size: examples per call.
+    fn: returns a pytree of arrays with the batch on axis 0; row i of its
+      output must depend on row i of its input alone.
+    batch_size: the most examples per call.
     *arrays: arrays with the same length on axis 0.
 
   Returns:
@@ -272,11 +304,13 @@ def map_batches(fn: Callable, batch_size: int, *arrays: np.ndarray):
         f'need at least one example and a positive batch size, got {n} '
         f'examples and batch_size={batch_size}'
     )
+  buckets = bucket_sizes(batch_size)
   outputs = []
   for index, start in enumerate(range(0, n, batch_size)):
+    rows = min(batch_size, n - start)
     batch = batches.pad_and_mask(
-        {i: a[start : start + batch_size] for i, a in enumerate(arrays)},
-        batch_size,
+        {i: a[start : start + rows] for i, a in enumerate(arrays)},
+        next(b for b in buckets if b >= rows),
     )
     outputs.append(
         jax.device_get(fn(index, *(batch[i] for i in range(len(arrays)))))

@@ -18,6 +18,7 @@ entry point that exits with 75 inside a SLURM batch job requeues the job
 (`adanet_jax.runtime.requeue`).
 """
 
+import os
 import sys
 import types
 from typing import Callable
@@ -93,6 +94,11 @@ def run(
       return main(args)
     except ExpectedError as e:
       fail(str(e), e.exit_code)
+    except BrokenPipeError:
+      # The reader of a pipe stopped early (`... | head`): not a failure.
+      # Python's own recipe: stdout to devnull, so the exit's flush is quiet.
+      os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+      sys.exit(1)
 
   with preemption.stopping_at_once():
     try:
