@@ -63,7 +63,11 @@ def get_base_config() -> ml_collections.ConfigDict:
           name='cifar10',
           image_size=32,
           channels=3,
-          data_dir='',  # tfds data_dir; '' = $TFDS_DATA_DIR or ~/tensorflow_datasets
+          # tfds data_dir ('' = $TFDS_DATA_DIR or ~/tensorflow_datasets); for
+          # 'folder', the folder of class subfolders
+          data_dir='',
+          # 'folder' without train/ and test/: the share of images held out
+          eval_fraction=0.2,
       )
   )
   c.optim = ml_collections.ConfigDict(
@@ -181,10 +185,14 @@ def load_module(path: str):
 
 
 def split_path_arg(config_arg: str) -> tuple[str, str | None]:
-  """`configs/x.py:depth=8` -> ('configs/x.py', 'depth=8'); no ':' -> (path, None)."""
-  if ':' in os.path.basename(config_arg):
-    path, arg = config_arg.rsplit(':', 1)
-    return path, arg
+  """`configs/x.py:depth=8` -> ('configs/x.py', 'depth=8'); no ':' -> (path, None).
+
+  The argument starts after the first `.py:`, so it may hold paths with
+  '/' and ':' (`configs/folder.py:dir=/data/photos`).
+  """
+  path, sep, arg = config_arg.partition('.py:')
+  if sep:
+    return path + '.py', arg
   return config_arg, None
 
 

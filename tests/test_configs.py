@@ -17,8 +17,15 @@ CONFIG_FILES = sorted(
 
 
 @pytest.mark.parametrize('name', CONFIG_FILES)
-def test_every_config_loads_validates_and_is_locked(load_config, name):
-  config = load_config(name)
+def test_every_config_loads_validates_and_is_locked(
+    load_config, name, tmp_path
+):
+  arg = None
+  if name == 'folder.py':  # needs a folder of class subfolders
+    for label in ('cat', 'dog'):
+      (tmp_path / label).mkdir()
+    arg = f'dir={tmp_path}'
+  config = load_config(name, arg)
   checks.validate(config)
   config.seed = 7  # an override of an existing field
   assert config.seed == 7
