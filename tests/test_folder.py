@@ -61,6 +61,13 @@ def test_classes_and_split_are_fixed_by_the_file_names(tmp_path):
   assert tuple(x for x in grown.eval if x in everything) == HELD_OUT
   assert set(listing.train) < set(grown.train)
   assert len(grown.eval) == 16  # of 64
+  few = make_folder(tmp_path / 'few', per_class=1, classes=('blue', 'green'))
+  with pytest.raises(DataError) as refused:
+    folder.list_folder(str(few), 0.2)
+  assert str(refused.value) == (
+      f'{few}: no image falls in the evaluation split (of 2, '
+      'data.eval_fraction=0.2); add images or change data.eval_fraction'
+  )
 
 
 def test_train_and_test_subfolders_are_honoured(tmp_path):
@@ -172,7 +179,13 @@ def test_a_bad_file_or_folder_is_one_line_naming_it(
 def test_a_missing_or_empty_folder_is_refused_when_the_config_loads(
     load_config, tmp_path
 ):
+  (tmp_path / 'a.png').write_bytes(b'')
   for arg, message in (
+      (
+          f'dir={tmp_path}/a.png',
+          f"data.data_dir='{tmp_path}/a.png' is a file, not a folder of "
+          'class subfolders',
+      ),
       (
           f'dir={tmp_path}/none',
           f"data.data_dir='{tmp_path}/none' does not exist: give a folder of "
