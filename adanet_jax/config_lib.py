@@ -70,6 +70,7 @@ def get_base_config() -> ml_collections.ConfigDict:
           image_size=32,
           channels=3,
           data_dir='',
+          eval_fraction=0.2,
       )
   )
   c.optim = ml_collections.ConfigDict(
@@ -141,11 +142,14 @@ DESCRIPTIONS = {
     'loss.weight': 'lambda of the target-rate loss',
     'loss.reduction': 'target-rate loss over blocks: mean (reference code) | '
     'sum (paper)',
-    'data.name': 'dataset: digits | cifar10 | cifar100 | imagenet2012',
+    'data.name': 'dataset: digits | cifar10 | cifar100 | imagenet2012 | '
+    'folder',
     'data.image_size': 'height and width of the input images',
     'data.channels': 'channels of the input images',
-    'data.data_dir': "tfds data_dir; '' = $TFDS_DATA_DIR or "
-    '~/tensorflow_datasets',
+    'data.data_dir': "tfds data_dir ('' = $TFDS_DATA_DIR or "
+    "~/tensorflow_datasets); for 'folder', the folder of class subfolders",
+    'data.eval_fraction': "'folder' without train/ and test/: the share of "
+    'images held out for evaluation',
     'optim.base_learning_rate': 'learning rate at optim.base_batch_size; '
     'scaled linearly with train.batch_size',
     'optim.base_batch_size': 'the batch size of optim.base_learning_rate',
@@ -283,10 +287,14 @@ def load_module(path: str):
 
 
 def split_path_arg(config_arg: str) -> tuple[str, str | None]:
-  """`configs/x.py:depth=8` -> ('configs/x.py', 'depth=8'); no ':' -> (path, None)."""
-  if ':' in os.path.basename(config_arg):
-    path, arg = config_arg.rsplit(':', 1)
-    return path, arg
+  """`configs/x.py:depth=8` -> ('configs/x.py', 'depth=8'); no ':' -> (path, None).
+
+  The argument starts after the first `.py:`, so it may hold paths with
+  '/' and ':' (`configs/folder.py:dir=/data/photos`).
+  """
+  path, sep, arg = config_arg.partition('.py:')
+  if sep:
+    return path + '.py', arg
   return config_arg, None
 
 

@@ -50,6 +50,11 @@ class WorkdirGoneError(ExpectedError):
   exit_code = 1
 
 
+class DataError(ConfigError):
+  """A file of a dataset that cannot be used (a corrupt or odd image, an
+  empty class folder); the message names the file or folder."""
+
+
 class DamagedCheckpointError(ConfigError):
   """No checkpoint step of a directory restores."""
 

@@ -88,6 +88,26 @@ def restore_state(config, workdir):
   return step, state
 
 
+class Interrupted(Exception):
+  """What `StopAt` raises: the process "killed" mid-run."""
+
+
+class StopAt:
+  """A dataset whose process is "killed" (`Interrupted`) when batch `stop`
+  is read, for resume tests."""
+
+  def __init__(self, dataset, stop):
+    self.dataset, self.stop = dataset, stop
+
+  def __getattr__(self, name):
+    return getattr(self.dataset, name)
+
+  def train_batch(self, step):
+    if step == self.stop:
+      raise Interrupted(step)
+    return self.dataset.train_batch(step)
+
+
 def snapshot(root) -> dict:
   """{path: (size, modification time)} of everything under `root`: equal
   before and after means nothing was created or changed."""

@@ -30,7 +30,7 @@ def test_prints_every_field_with_its_value_and_description(capsys):
       'model.depth = 8  # layers: 6n+2 (cifar_resnet) | 6n+4 (wide_resnet) '
       '| 50, 101, 152 (imagenet_resnet)',
       "data.name = 'digits'  # dataset: digits | cifar10 | cifar100 | "
-      'imagenet2012',
+      'imagenet2012 | folder',
       'train.num_epochs = 3.0  # length of the training, in epochs',
       'loss.targets = (0.5, 0.7, 0.9)  # explicit per-block targets; overrides '
       'the schedule',

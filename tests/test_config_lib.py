@@ -243,3 +243,14 @@ def test_a_stored_config_of_the_first_version_loads():
       ConfigError, match='stored config has a field model.colour this version'
   ):
     config_lib.from_dict({'model': {'colour': 'red'}})
+
+
+def test_the_argument_string_starts_after_the_first_py_colon():
+  split = config_lib.split_path_arg
+  assert split('configs/x.py') == ('configs/x.py', None)
+  assert split('configs/x.py:depth=8') == ('configs/x.py', 'depth=8')
+  # paths in the argument keep their '/' and ':'
+  assert split('configs/folder.py:dir=/data/a:b/photos,image_size=8') == (
+      'configs/folder.py',
+      'dir=/data/a:b/photos,image_size=8',
+  )

@@ -13,7 +13,7 @@ def test_unknown_dataset_lists_the_supported_ones(load_config):
   with pytest.raises(
       ConfigError,
       match=r"data.name='mnist' is unknown; supported datasets: "
-      r'digits, cifar10, cifar100, imagenet2012',
+      r'digits, folder, cifar10, cifar100, imagenet2012',
   ):
     input_pipeline.create_dataset(config)
 

@@ -10,6 +10,8 @@ import types
 
 from conftest import (
     REPO,
+    Interrupted,
+    StopAt,
     fill,
     final_metrics,
     make_immutable,
@@ -61,33 +63,14 @@ def test_one_device_equals_eight_devices(load_config):
   assert m1[1]['gates'].sum() not in (0, 32 * 3)  # the gates really sampled
 
 
-class _Interrupted(Exception):
-  pass
-
-
-class _StopAt:
-  """The digits dataset, with the process "killed" when batch `stop` is read."""
-
-  def __init__(self, dataset, stop):
-    self.dataset, self.stop = dataset, stop
-
-  def __getattr__(self, name):
-    return getattr(self.dataset, name)
-
-  def train_batch(self, step):
-    if step == self.stop:
-      raise _Interrupted(step)
-    return self.dataset.train_batch(step)
-
-
 @pytest.mark.timeout(300)
 def test_resume_equals_uninterrupted_run(load_config, tmp_path):
   config = tiny_config(train__num_epochs=4 * 32 / 1437)  # 4 steps
   dataset = input_pipeline.create_dataset(config)
   trainer.train_and_evaluate(config, str(tmp_path / 'straight'), dataset)
-  with pytest.raises(_Interrupted):
+  with pytest.raises(Interrupted):
     trainer.train_and_evaluate(
-        config, str(tmp_path / 'resumed'), _StopAt(dataset, 2)
+        config, str(tmp_path / 'resumed'), StopAt(dataset, 2)
     )
   assert restore_state(config, str(tmp_path / 'resumed'))[0] == 2
   # A resume that would change what the steps mean is refused untouched.

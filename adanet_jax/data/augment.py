@@ -18,6 +18,16 @@ CIFAR_PAD = 4
 IMAGENET_CROP_SCALE, IMAGENET_CROP_RATIO = (0.08, 1.0), (3 / 4, 4 / 3)
 # evaluation: shorter side to this x image size, centre crop
 IMAGENET_RESIZE_RATIO = 256 / 224
+AUGMENT_STREAM = 1  # keeps augmentation seeds apart from other uses of the seed
+
+
+def example_seed(seed: int, position) -> tf.Tensor:
+  """The stateless seed that augments the training example at `position`
+  of the global stream (step x global batch + index in the global batch),
+  so an example's augmentation is a function of (seed, step) alone."""
+  return tf.random.experimental.stateless_fold_in(
+      tf.constant([seed, AUGMENT_STREAM], tf.int64), position
+  )
 
 
 def normalize(image: tf.Tensor, mean, std) -> tf.Tensor:

@@ -30,6 +30,7 @@ class ArrayDataset:
   batch_size: int  # global
   eval_batch_size: int  # global
   seed: int
+  name: str = 'digits'  # in messages
 
   def __post_init__(self):
     batches.check_batch_sizes(
@@ -37,7 +38,7 @@ class ArrayDataset:
         self.eval_batch_size,
         self.num_train,
         jax.process_count(),
-        'digits',
+        self.name,
     )
 
   @property

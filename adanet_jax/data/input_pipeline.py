@@ -9,9 +9,10 @@ A dataset gives the trainer:
     one padded, with a `mask` that is 1 on real examples and 0 on padding.
   - `num_train`, `num_eval`, `num_classes`, `image_shape`, `steps_per_epoch`.
 
-The datasets: `digits` (`adanet_jax.data.digits`, offline) and the tfds datasets
-`cifar10`, `cifar100`, `imagenet2012` (`adanet_jax.data.tfds_pipeline`). Padding
-and process shares: `adanet_jax.data.batches`.
+The datasets: `digits` (`adanet_jax.data.digits`, offline), `folder` (your own
+images, `adanet_jax.data.folder`) and the tfds datasets `cifar10`, `cifar100`,
+`imagenet2012` (`adanet_jax.data.tfds_pipeline`). Padding and process shares:
+`adanet_jax.data.batches`.
 """
 
 from typing import Iterator, Protocol
@@ -19,10 +20,10 @@ from typing import Iterator, Protocol
 import ml_collections
 import numpy as np
 
-from adanet_jax.data import digits
+from adanet_jax.data import digits, folder
 from adanet_jax.errors import ConfigError
 
-DATASETS = ('digits', 'cifar10', 'cifar100', 'imagenet2012')
+DATASETS = ('digits', 'folder', 'cifar10', 'cifar100', 'imagenet2012')
 
 
 class Dataset(Protocol):
@@ -51,6 +52,8 @@ def create_dataset(config: ml_collections.ConfigDict) -> Dataset:
     )
   if name == 'digits':
     dataset = digits.load_digits(config)
+  elif name == 'folder':
+    dataset = folder.load_folder(config)
   else:
     from adanet_jax.data import tfds_pipeline  # pylint: disable=import-outside-toplevel
 

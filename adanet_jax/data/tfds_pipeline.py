@@ -47,8 +47,6 @@ SPLIT_SIZES = {
     'imagenet2012': (1_281_167, 50_000),
 }
 
-AUGMENT_STREAM = 1  # keeps augmentation seeds apart from other uses of the seed
-
 
 @dataclasses.dataclass(frozen=True)
 class DatasetSpec:
@@ -227,9 +225,7 @@ class TfdsDataset:
     local = self._local(self.batch_size)
     step, i = position // local, position % local
     global_position = step * self.batch_size + self.process_index * local + i
-    seed = tf.random.experimental.stateless_fold_in(
-        tf.constant([self.seed, AUGMENT_STREAM], tf.int64), global_position
-    )
+    seed = augment.example_seed(self.seed, global_position)
     if self.spec.family == 'cifar':
       image = augment.cifar_train_image(example['image'], seed)
     else:

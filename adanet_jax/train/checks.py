@@ -20,6 +20,7 @@ RULES = (
     ('loss.weight', lambda v: v >= 0, 'must be >= 0'),
     ('data.image_size', lambda v: v > 0, 'must be >= 1'),
     ('data.channels', lambda v: v > 0, 'must be >= 1'),
+    ('data.eval_fraction', lambda v: 0 < v < 1, 'must be in (0, 1)'),
     ('optim.base_learning_rate', lambda v: v > 0, 'must be > 0'),
     ('optim.base_batch_size', lambda v: v > 0, 'must be > 0'),
     ('optim.momentum', lambda v: 0 <= v < 1, 'must be in [0, 1)'),
