@@ -488,6 +488,12 @@ def test_init_from_load_and_export_command(load_config, tmp_path):
       logits.numpy(), prediction.logits, rtol=0, atol=1e-5
   )
   np.testing.assert_array_equal(aux['gates'].numpy(), prediction.gates)
+  with pytest.raises(ConfigError) as error:
+    export_torch.export(str(workdir), str(tmp_path))
+  assert (
+      str(error.value)
+      == f'--output={str(tmp_path)!r} is a directory; name a file'
+  )
   result = run(
       f'--workdir={tmp_path / "none"}', f'--output={tmp_path / "x.pth"}'
   )
