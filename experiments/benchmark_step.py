@@ -27,7 +27,7 @@ the "cold" figures are only cold on an empty one).
 one-pass nn.BatchNorm (the implementation before it); repeat them
 (`ours,flax,ours,flax`) on a busy machine.
 
-With torch installed and the PyTorch twin (experiments/torch_twin.py)
+With torch installed and the PyTorch twin (adanet_jax/torch_model.py)
 present, the lines of each dtype are followed by the twin's train step on the
 same batch and our speed relative to it; `--notorch` skips it.
 """

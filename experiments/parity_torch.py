@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 import torch
 
-from adanet_jax import config_lib
+from adanet_jax import config_lib, torch_model
 from adanet_jax.model import factory, norm, torch_io
 from adanet_jax.runtime import jax_setup
 from experiments import torch_twin
@@ -72,12 +72,12 @@ def measure(name: str, batch: int, weights: str) -> dict:
   labels = rng.randint(0, config.model.num_classes, batch)
   key = jax.random.key(0)  # our gates' Gumbel noise; the twins get the same
   noise = torch_twin.gumbel_noise(key, batch, factory.num_blocks(config.model))
-  net32 = torch_twin.from_config(config).train()
+  net32 = torch_model.from_config(config).train()
   if weights == 'random':
     torch_twin.randomize_(net32, seed=1)
   else:
     torch_twin.reference_init_(net32, imagenet=name == 'resnet50', seed=1)
-  net64 = torch_twin.from_config(config).double().train()
+  net64 = torch_model.from_config(config).double().train()
   net64.load_state_dict(net32.state_dict())
   state_dict = {k: v.numpy() for k, v in net32.state_dict().items()}
   results = {}

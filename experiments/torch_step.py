@@ -1,7 +1,7 @@
 """The PyTorch twin's train step, timed on the batch our step is timed on.
 
 Used by `experiments/benchmark_step.py` (CPU) and `experiments/gpu_benchmark.py`
-(CUDA). The twin is `experiments/torch_twin.py` (`from_config(config)`, NCHW
+(CUDA). The twin is `adanet_jax/torch_model.py` (`from_config(config)`, NCHW
 input, `net(x, gate_mode=..., noise=...) -> (logits, aux)`). The step is the
 same computation as ours: cross-entropy plus the weighted target-rate loss
 (`losses.target_rate_loss`'s definition) on the straight-through gates of
@@ -24,7 +24,7 @@ class TwinUnavailable(RuntimeError):
 
 
 def load_twin():
-  """Returns (torch, the experiments.torch_twin module) or raises TwinUnavailable."""
+  """Returns (torch, the adanet_jax.torch_model module) or raises TwinUnavailable."""
   try:
     import torch  # pylint: disable=import-outside-toplevel
   except ImportError as e:
@@ -33,13 +33,12 @@ def load_twin():
         'with the PyTorch twin'
     ) from None
   try:
-    from experiments import torch_twin  # pylint: disable=import-outside-toplevel
+    from adanet_jax import torch_model  # pylint: disable=import-outside-toplevel
   except ImportError as e:
     raise TwinUnavailable(
-        f'the PyTorch twin experiments/torch_twin.py cannot be imported '
-        f'({e}); it comes with the PyTorch-parity issue'
+        f'the PyTorch model adanet_jax/torch_model.py cannot be imported ({e})'
     ) from None
-  return torch, torch_twin
+  return torch, torch_model
 
 
 def make_step(
@@ -61,8 +60,8 @@ def make_step(
   Returns:
     A function `step()` that runs one train step and returns the loss tensor.
   """
-  torch, torch_twin = load_twin()
-  net = torch_twin.from_config(config).to(device)
+  torch, torch_model = load_twin()
+  net = torch_model.from_config(config).to(device)
   memory_format = (
       torch.channels_last if device == 'cuda' else torch.contiguous_format
   )

@@ -10,6 +10,8 @@ import sys
 from conftest import REPO
 
 PACKAGE = os.path.join(REPO, 'adanet_jax')
+# the one module that imports torch (an optional extra)
+TORCH_MODEL = 'adanet_jax.torch_model'
 
 
 def _module_files() -> dict[str, str]:
@@ -153,6 +155,8 @@ FLOORS = {
     'adanet_jax.errors': 0,
     'adanet_jax.config_lib': 0,
     'adanet_jax.model': 1,
+    # the PyTorch model: on the model, and the model never imports it
+    'adanet_jax.torch_model': 1,
     'adanet_jax.data': 2,
     'adanet_jax.train': 3,
     'adanet_jax.infer': 4,
@@ -161,6 +165,14 @@ FLOORS = {
     'adanet_jax.tools': 6,
     'adanet_jax': 6,
 }
+
+
+def test_nothing_in_the_package_imports_the_torch_model():
+  # torch is an optional extra; the library must import without it
+  graph = _graph()
+  assert 'adanet_jax.model.torch_io' in graph[TORCH_MODEL]
+  importers = [m for m, imported in graph.items() if TORCH_MODEL in imported]
+  assert not importers, importers
 
 
 def _floor(module: str) -> int:
@@ -180,6 +192,7 @@ def test_every_module_has_a_floor_and_the_walker_sees_subpackages():
       'errors',
       'config_lib',
       'model',
+      'torch_model',
       'data',
       'train',
       'infer',
@@ -211,16 +224,22 @@ def test_the_model_imports_only_itself_the_config_and_the_errors():
 
 def test_importing_the_library_changes_no_environment_variable():
   # The dependencies first (what they set on import is theirs: `import jax`
-  # sets TPU_SKIP_MDS_QUERY), then every library module (not entry points).
-  library = sorted(m for m in _module_files() if m not in _entry_points())
+  # sets TPU_SKIP_MDS_QUERY), then every library module (not entry points)
+  # but torch_model: torch is an optional extra that none of them loads.
+  library = sorted(
+      m
+      for m in _module_files()
+      if m not in _entry_points() and m != TORCH_MODEL
+  )
   code = (
-      'import os, logging, jax, flax, optax, orbax.checkpoint, tensorflow, '
-      'tensorflow_datasets\n'
+      'import os, sys, logging, jax, flax, optax, orbax.checkpoint, '
+      'tensorflow, tensorflow_datasets\n'
       'before = dict(os.environ)\n'
       'handlers = list(logging.getLogger().handlers)\n'
       'config = {k: getattr(jax.config, k) for k in ("jax_compilation_cache_dir", '
       '"jax_persistent_cache_min_compile_time_secs", "jax_platforms")}\n'
       + ''.join(f'import {m}\n' for m in library)
+      + 'assert "torch" not in sys.modules\n'
       + 'changed = {k for k in set(before) | set(os.environ) '
       'if before.get(k) != os.environ.get(k)}\n'
       'assert not changed, changed\n'

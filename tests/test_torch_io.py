@@ -1,5 +1,5 @@
-"""Tests of adanet_jax.model.torch_io against the PyTorch twin (experiments/torch_twin.py):
-weights in and out, and the numerics of a training step.
+"""Tests of adanet_jax.model.torch_io and adanet_jax.torch_model (the PyTorch
+model, "the twin"): weights in and out, and the numerics of a training step.
 
 CIFAR checks use ResNet-20 at 8x8 (the issue's ResNet-110 compiles for about
 40 s per gate mode on the 2-core machine; `experiments/parity_torch.py` runs
@@ -7,9 +7,12 @@ ResNet-110), ImageNet checks ResNet-50 at 32x32, the wide family WRN-10-2.
 """
 
 import copy
+import json
 import os
+import shutil
 import subprocess
 import sys
+import zipfile
 
 import jax
 import jax.numpy as jnp
@@ -22,6 +25,7 @@ torch = pytest.importorskip(
 
 from conftest import fill, make_immutable, remount  # noqa: E402
 
+from adanet_jax import config_lib, torch_model
 from adanet_jax.errors import ConfigError, WorkdirWriteError  # noqa: E402
 from adanet_jax.infer import inference  # noqa: E402
 from adanet_jax.model import factory, torch_io
@@ -87,7 +91,7 @@ def test_twin_weights_and_export_give_same_outputs(
 ):
   config = _config(load_config, config_name, arg, size)
   model = factory.create_model(config)
-  net = torch_twin.randomize_(torch_twin.from_config(config), seed=1).eval()
+  net = torch_twin.randomize_(torch_model.from_config(config), seed=1).eval()
   state_dict = {k: v.numpy() for k, v in net.state_dict().items()}
   variables = torch_io.import_state_dict(state_dict, _template(model, size))
   x = np.random.RandomState(0).randn(8, size, size, 3).astype(np.float32)
@@ -104,7 +108,7 @@ def test_twin_weights_and_export_give_same_outputs(
   exported = torch_io.export_state_dict(variables, num_batches_tracked=7)
   assert set(exported) == set(net.state_dict())
   assert int(exported['layer1.0.fc1bn.num_batches_tracked']) == 7
-  fresh = torch_twin.from_config(config).eval()
+  fresh = torch_model.from_config(config).eval()
   fresh.load_state_dict(exported, strict=True)
   for key, value in net.state_dict().items():
     if not key.endswith('num_batches_tracked'):
@@ -116,7 +120,7 @@ def test_training_step_matches_twin(load_config):
   config = _config(load_config, 'cifar10.py', 'depth=20', 8)
   model = factory.create_model(config)
   targets = factory.block_targets(config)
-  net32 = torch_twin.randomize_(torch_twin.from_config(config), seed=3).train()
+  net32 = torch_twin.randomize_(torch_model.from_config(config), seed=3).train()
   net64 = copy.deepcopy(net32).double()
   template = _template(model, 8)
   variables = torch_io.import_state_dict(
@@ -216,8 +220,6 @@ def _save(state_dict, path):
 @pytest.fixture(scope='module')
 def resnet50_template():
   """Shapes and dtypes of the gated ResNet-50's variables (at 32x32)."""
-  from adanet_jax import config_lib  # pylint: disable=import-outside-toplevel
-
   config = config_lib.load_config(
       os.path.join(REPO, 'configs', 'imagenet.py') + ':resnet50'
   )
@@ -311,7 +313,7 @@ def test_torchvision_mismatch_is_one_line(resnet50_template, change, message):
 
 def test_reference_layout_errors_name_the_tensor(load_config, tmp_path):
   config = _config(load_config, 'cifar10.py', 'depth=8', 8)
-  net = torch_twin.from_config(config)
+  net = torch_model.from_config(config)
   sd = {f'module.{k}': v.numpy() for k, v in net.state_dict().items()}
   sd['module.layer3.0.fc1.weight'] = np.zeros((16, 32, 3, 3), np.float32)
   path = _save(sd, tmp_path / 'aig.pth')
@@ -333,16 +335,12 @@ def test_reference_layout_errors_name_the_tensor(load_config, tmp_path):
   with pytest.raises(
       ConfigError, match=r"^cannot read '.*bad.pth' as a PyTorch file: "
   ):
-    torch_io.read_state_dict(str(tmp_path / 'bad.pth'))
+    torch_io.read_file(str(tmp_path / 'bad.pth'))
 
 
-def test_init_from_load_and_export_command(load_config, tmp_path):
-  # A reference-layout checkpoint dict (as the reference's training scripts
-  # save) through config.init_from and adanet_jax.load; then our workdir out
-  # through the export command.
-  config = _config(load_config, 'digits.py', 'depth=8', 8)
-  net = torch_twin.randomize_(torch_twin.from_config(config), seed=6).eval()
-  path = tmp_path / 'aig.pth'
+def _save_authors_checkpoint(net, path, legacy=False):
+  """What the reference's training scripts save (PyTorch 0.3.1 wrote the
+  legacy, pre-zip format)."""
   torch.save(
       {
           'epoch': 3,
@@ -350,17 +348,89 @@ def test_init_from_load_and_export_command(load_config, tmp_path):
           'state_dict': {f'module.{k}': v for k, v in net.state_dict().items()},
       },
       path,
+      _use_new_zipfile_serialization=not legacy,
+  )
+  return str(path)
+
+
+def test_torch_files_are_recognised_by_their_bytes(tmp_path):
+  net = torch.nn.Linear(2, 2)
+  zip_file = _save_authors_checkpoint(net, tmp_path / 'checkpoint.pth.tar')
+  legacy = _save_authors_checkpoint(net, tmp_path / 'best', legacy=True)
+  (tmp_path / 'text.pth').write_text('not a torch file')
+  with zipfile.ZipFile(tmp_path / 'other.zip', 'w') as archive:
+    archive.writestr('archive/data.txt', 'no pickle')
+  (tmp_path / 'damaged.pth').write_bytes(open(zip_file, 'rb').read()[:100])
+  (tmp_path / 'dir.pth').mkdir()
+  found = {
+      name: torch_io.is_torch_file(str(tmp_path / name))
+      for name in (
+          'checkpoint.pth.tar',
+          'best',
+          'text.pth',
+          'other.zip',
+          'damaged.pth',
+          'dir.pth',
+          'missing.pth',
+      )
+  }
+  assert found == {
+      'checkpoint.pth.tar': True,
+      'best': True,
+      'text.pth': False,
+      'other.zip': False,
+      'damaged.pth': True,  # reading it names the damage
+      'dir.pth': False,
+      'missing.pth': False,
+  }
+  assert set(torch_io.read_file(legacy).state_dict) == {'weight', 'bias'}
+
+
+def test_init_from_load_and_export_command(load_config, tmp_path):
+  # An authors' checkpoint (a dict holding the state_dict, legacy and zip
+  # formats, named as their scripts name them) through config.init_from and
+  # adanet_jax.load; then our workdir out through the export command and
+  # back through torch_model.from_file and adanet_jax.load.
+  config = _config(load_config, 'digits.py', 'depth=8', 8)
+  config.loss.targets = (0.6, 1.0, 0.6)  # block 1 is fixed if fix_target_one
+  net = torch_twin.randomize_(torch_model.from_config(config), seed=6).eval()
+  path = _save_authors_checkpoint(net, tmp_path / 'checkpoint.pth.tar')
+  best = _save_authors_checkpoint(
+      net, tmp_path / 'model_best.pth.tar', legacy=True
   )
   x = np.random.RandomState(7).randn(4, 8, 8, 1).astype(np.float32)
   want = _twin_outputs(net, x, 'deterministic')
-  loaded = inference.load(str(path), config=config)
+  assert want[1]['gates'][:, 1].min() == 0  # the authors' block 1 closes
+  loaded = inference.load(path, config=config)
   prediction = loaded.predict(x)
   np.testing.assert_allclose(prediction.logits, want[0], rtol=0, atol=1e-5)
   np.testing.assert_array_equal(prediction.gates, want[1]['gates'])
-  with pytest.raises(
-      ConfigError, match='is a PyTorch file and holds no config: pass config='
-  ):
-    inference.load(str(path))
+  # the .pth route reads the same bytes to the same values
+  same = str(tmp_path / 'aig.pth')
+  shutil.copy(path, same)
+  jax.tree.map(
+      np.testing.assert_array_equal,
+      torch_io.restore_variables(same, loaded.variables),
+      loaded.variables,
+  )
+  message = (
+      f'{best!r} is a PyTorch file without a config (the ones '
+      'tools.export_torch writes hold theirs): pass config=, whose '
+      'model.name, model.depth, model.width, model.num_classes, model.gated, '
+      'data.channels, gates.hidden and gates.fix_target_one describe the '
+      "network (the authors' checkpoints need gates.fix_target_one=False)"
+  )
+  for load in (inference.load, torch_model.from_file):
+    with pytest.raises(ConfigError) as error:
+      load(best)
+    assert str(error.value) == message
+  # The authors' gates have no fixed blocks: forcing block 1 on changes
+  # their decisions and logits.
+  fixed = copy.deepcopy(config)
+  fixed.gates.fix_target_one = True
+  forced = inference.load(path, config=fixed).predict(x)
+  np.testing.assert_array_equal(forced.gates[:, 1], 1)
+  assert np.abs(forced.logits - want[0]).max() > 1e-2
   zeros = jax.tree.map(jnp.zeros_like, loaded.variables)
   state = steps.TrainState.create(
       apply_fn=None,
@@ -368,10 +438,10 @@ def test_init_from_load_and_export_command(load_config, tmp_path):
       batch_stats=zeros['batch_stats'],
       tx=optim.create_optimizer(plan_lib.make_plan(config, 1).optimizer)[0],
   )
-
-  state = checkpoints.start_state(
-      str(tmp_path / 'fresh'), state, str(path)
-  ).replace(step=jnp.asarray(5))
+  checkpoints.check_init_from(best)
+  state = checkpoints.start_state(str(tmp_path / 'fresh'), state, best).replace(
+      step=jnp.asarray(5)
+  )
   jax.tree.map(
       np.testing.assert_array_equal,
       {'params': state.params, 'batch_stats': state.batch_stats},
@@ -390,14 +460,40 @@ def test_init_from_load_and_export_command(load_config, tmp_path):
       timeout=300,
       check=False,
   )
-  result = run(f'--workdir={workdir}', f'--output={tmp_path / "out.pth"}')
+  out = tmp_path / 'out.pth'
+  result = run(f'--workdir={workdir}', f'--output={out}')
   assert result.returncode == 0, result.stderr
-  assert result.stdout.strip().endswith('out.pth (step 5)')
-  twin = torch_twin.from_config(config).eval()
-  exported = torch.load(tmp_path / 'out.pth', weights_only=True)
-  twin.load_state_dict(exported, strict=True)
-  assert int(exported['bn1.num_batches_tracked']) == 5
+  assert result.stdout + result.stderr == f'wrote {out} (step 5)\n'
+  # The reference layout under 'state_dict', loaded strictly; the config
+  # and the step beside it, as JSON values.
+  exported = torch.load(out, weights_only=True)
+  assert sorted(exported) == ['config', 'state_dict', 'step']
+  assert exported['step'] == 5
+  assert exported['config'] == json.loads(config.to_json_best_effort())
+  twin = torch_model.from_config(config).eval()
+  twin.load_state_dict(exported['state_dict'], strict=True)
+  assert int(exported['state_dict']['bn1.num_batches_tracked']) == 5
   _assert_same_outputs(_twin_outputs(twin, x, 'deterministic'), want)
+  # torch_model.from_file needs nothing but the file: eval mode,
+  # deterministic gates, the outputs of adanet_jax.load(file).predict.
+  module = torch_model.from_file(str(out))
+  assert not module.training
+  with torch.no_grad():
+    logits, aux = module(torch.from_numpy(x.transpose(0, 3, 1, 2)))
+  reloaded = inference.load(str(out))
+  assert reloaded.step == 5
+  assert json.loads(reloaded.config.to_json_best_effort()) == exported['config']
+  prediction = reloaded.predict(x)
+  np.testing.assert_allclose(
+      logits.numpy(), prediction.logits, rtol=0, atol=1e-5
+  )
+  np.testing.assert_array_equal(aux['gates'].numpy(), prediction.gates)
+  with pytest.raises(ConfigError) as error:
+    export_torch.export(str(workdir), str(tmp_path))
+  assert (
+      str(error.value)
+      == f'--output={str(tmp_path)!r} is a directory; name a file'
+  )
   result = run(
       f'--workdir={tmp_path / "none"}', f'--output={tmp_path / "x.pth"}'
   )

@@ -351,9 +351,15 @@ REFUSALS = {
         "'{tmp}/empty' holds no checkpoint",
     ),
     'init_from an unreadable PyTorch file': (
-        dict(init_from='{tmp}/bad.pth'),
+        dict(init_from='{tmp}/bad.pth.tar'),
         '{tmp}/w',
-        "cannot read '{tmp}/bad.pth' as a PyTorch file: ",
+        "cannot read '{tmp}/bad.pth.tar' as a PyTorch file: ",
+    ),
+    'init_from a file that is no PyTorch file': (
+        dict(init_from='{tmp}/notes.pth'),
+        '{tmp}/w',
+        "init_from='{tmp}/notes.pth' is neither a PyTorch file (written by "
+        'torch.save) nor a workdir or checkpoint directory',
     ),
     'damaged model.json, workdir under ~': (
         {},
@@ -372,7 +378,9 @@ def test_bad_input_is_refused_before_anything_is_created(
 ):
   overrides, workdir, error = REFUSALS[case]
   (tmp_path / 'empty').mkdir()
-  (tmp_path / 'bad.pth').write_text('not a torch file')
+  # a zip's first bytes, as torch.save writes, then nothing readable
+  (tmp_path / 'bad.pth.tar').write_bytes(b'PK\x03\x04 cut short')
+  (tmp_path / 'notes.pth').write_text('not a torch file')
   (tmp_path / 'damaged' / 'checkpoints').mkdir(parents=True)
   (tmp_path / 'damaged' / 'checkpoints' / 'model.json').write_text('{')
   monkeypatch.setenv('HOME', str(tmp_path))

@@ -5,7 +5,7 @@
   out = model.predict(images)                  # deterministic gates
   out.logits, out.executed, out.probs, out.macs
 
-  model = adanet_jax.load('model.pth', config=config)   # PyTorch weights (torch_io)
+  model = adanet_jax.load('checkpoint.pth.tar', config=config)  # PyTorch weights (torch_io)
 
 `load` reads the resolved config the trainer wrote (`rundir.read_config`)
 and restores the checkpoint into an abstract state built on one device, so a
@@ -328,17 +328,21 @@ def load(
   Args:
     path: a workdir, its `checkpoints` directory (the latest step is
       loaded), one step directory inside it (`checkpoints/<step>`), or a
-      `.pth`/`.pt` file (a reference-layout ConvNet-AIG or torchvision ResNet
-      state_dict, see `adanet_jax.model.torch_io`).
+      PyTorch file, whatever its name (a reference-layout ConvNet-AIG or
+      torchvision ResNet state_dict, or a checkpoint holding one, see
+      `adanet_jax.model.torch_io`).
     device: where the parameters go; default the first local device.
-    config: the model's config; required for a PyTorch file (which holds
-      none), not allowed otherwise (the workdir's own config is used).
+    config: the model's config; for a PyTorch file required unless it holds
+      one (`tools.export_torch` stores it), and used instead of it if given;
+      not allowed otherwise (the workdir's own config is used).
 
   Returns:
     A `LoadedModel` whose arrays all live on `device`.
   """
   if torch_io.is_torch_file(path):
     return _load_torch(path, device or jax.local_devices()[0], config)
+  if os.path.isfile(path):
+    raise ConfigError(f'{path!r} {torch_io.NOT_TORCH_OR_CHECKPOINT}')
   if config is not None:
     raise ConfigError(
         f'{path!r} is a workdir or checkpoint: it is loaded with its own '
@@ -361,13 +365,10 @@ def load(
 
 
 def _load_torch(path: str, device: jax.Device, config) -> LoadedModel:
-  """A PyTorch file's weights in the model `config` describes (step 0)."""
-  if config is None:
-    raise ConfigError(
-        f'{path!r} is a PyTorch file and holds no config: pass config=, e.g. '
-        "adanet_jax.load(path, config=config_lib.load_config('configs/"
-        "cifar10.py'))"
-    )
+  """A PyTorch file's weights in the model `config` (default: the file's own
+  config) describes, at the file's step (0 if it has none)."""
+  stored = torch_io.read_file(path)
+  config = torch_io.config_for(stored, config)
   checks.validate(config)
   model = factory.create_model(config)
   shape = (config.data.image_size, config.data.image_size, config.data.channels)
@@ -376,13 +377,13 @@ def _load_torch(path: str, device: jax.Device, config) -> LoadedModel:
     variables = jax.jit(
         lambda key: model.init(key, jax.numpy.zeros((1, *shape)), train=False)
     )(jax.random.key(config.seed))
-  variables = torch_io.restore_variables(path, variables)
+  variables = torch_io.restore_variables(stored, variables)
   return LoadedModel(
       config=config,
       model=model,
       params=variables['params'],
       batch_stats=variables['batch_stats'],
-      step=0,
+      step=stored.step or 0,
       workdir=os.path.dirname(os.path.abspath(path)),
   )
 

@@ -1,13 +1,16 @@
 """PyTorch weights in and out: torchvision ResNets and reference-layout ConvNet-AIG.
 
+A PyTorch file is recognised by its first bytes, whatever its name
+(`model.pth`, the authors' `checkpoint.pth.tar`): `is_torch_file`.
+
 Import (`restore_variables`, used by `config.init_from` and
-`adanet_jax.load(path, config=...)` for a `.pth`/`.pt` file):
+`adanet_jax.load(path, config=...)` for a PyTorch file):
 
 - a torchvision ResNet-50/101/152 `state_dict` into the gated ImageNet model,
   as the reference's `train_img.py --pretrained`: `fc` becomes the head,
   `downsample` the projection shortcut, and the gates keep their fresh init;
 - a `state_dict` in the reference ConvNet-AIG layout (see
-  `experiments/torch_twin.py`), for the CIFAR, ImageNet and wide families,
+  `adanet_jax/torch_model.py`), for the CIFAR, ImageNet and wide families,
   or a training checkpoint holding one under `state_dict`.
 
 Keys may carry DataParallel's `module.` prefix; `num_batches_tracked` is
@@ -16,9 +19,12 @@ Every other tensor must be used exactly once and every leaf of the model
 written once: a missing, unexpected or wrongly shaped tensor raises a
 ConfigError of one line naming it, and nothing is loaded.
 
-Export (`export_state_dict`): parameters and BatchNorm statistics as a
-reference-layout `state_dict` that the twin, or the reference model, loads
-with `load_state_dict(strict=True)`.
+Export (`export_checkpoint`): a checkpoint dict as the reference's training
+scripts save it, `{'state_dict': ..., 'config': ..., 'step': ...}`: the
+parameters and BatchNorm statistics as a reference-layout `state_dict` that
+`adanet_jax.torch_model` or the reference model loads with
+`load_state_dict(strict=True)`, the run's config as JSON values, and the
+step. `torch.load(path, weights_only=True)` reads it.
 
 The mapping is derived from the names in our variable tree, so one table
 serves every family: `stem_conv`/`stem_bn` <-> `conv1`/`bn1`,
@@ -32,16 +38,27 @@ torch is imported only inside the functions that need it.
 
 import collections
 import dataclasses
+import json
 import os
 import re
 from typing import Any, Callable, Mapping
+import zipfile
 
 import jax
+import ml_collections
 import numpy as np
 
-from adanet_jax.errors import ConfigError
+from adanet_jax import config_lib
+from adanet_jax.errors import ConfigError, os_error_text
 
-TORCH_SUFFIXES = ('.pth', '.pt')
+# torch.save's zip format (PyTorch >= 1.6) and, before it, a pickle (protocol
+# byte 0x80) whose first object is torch's magic number (a 10-byte LONG1).
+_ZIP_MAGIC = b'PK\x03\x04'
+_LEGACY_MAGIC = b'\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19'
+NOT_TORCH_OR_CHECKPOINT = (
+    'is neither a PyTorch file (written by torch.save) nor a workdir or '
+    'checkpoint directory'
+)
 _MODULE_NAMES = {
     'stem_conv': 'conv1',
     'stem_bn': 'bn1',
@@ -61,8 +78,32 @@ _BN_LEAVES = (
 
 
 def is_torch_file(path: str) -> bool:
-  """Whether `path` names a PyTorch file (by its suffix)."""
-  return str(path).endswith(TORCH_SUFFIXES)
+  """Whether `path` is a file written by `torch.save`, from its bytes alone.
+
+  Nothing is unpickled: a zip archive holding `<name>/data.pkl` (or one too
+  damaged to list, so that reading it reports the damage), or a pickle that
+  opens with torch's magic number. A directory is never one.
+
+  Raises:
+    ConfigError (one line) if the file exists but cannot be read.
+  """
+  path = os.path.expanduser(str(path))
+  if not os.path.isfile(path):
+    return False
+  try:
+    with open(path, 'rb') as f:
+      head = f.read(len(_LEGACY_MAGIC) + 2)
+  except OSError as e:
+    raise ConfigError(
+        f'cannot read {path!r}: {os_error_text(e) or e}'
+    ) from None
+  if head.startswith(_ZIP_MAGIC):
+    try:
+      with zipfile.ZipFile(path) as archive:
+        return any(n.endswith('/data.pkl') for n in archive.namelist())
+    except zipfile.BadZipFile:
+      return True
+  return head[:1] == b'\x80' and head[2:] == _LEGACY_MAGIC
 
 
 @dataclasses.dataclass(frozen=True)
@@ -206,6 +247,37 @@ def _listing(label: str, keys: list[str]) -> str:
   )
 
 
+def state_dict_problems(
+    state_dict: Mapping[str, Any],
+    wanted: Mapping[str, tuple[int, ...]],
+    optional: set[str] = frozenset(),
+) -> list[str]:
+  """What keeps `state_dict` from filling a model, in short phrases.
+
+  Args:
+    state_dict: key -> array.
+    wanted: key -> shape of every tensor the model needs.
+    optional: keys that may be present or not (also in `wanted` or not).
+
+  Returns:
+    Phrases naming the missing and unexpected keys and the wrong shapes (the
+    first three of each); [] if it fits.
+  """
+  missing = [k for k in wanted if k not in state_dict and k not in optional]
+  unexpected = [k for k in state_dict if k not in wanted and k not in optional]
+  shapes = [
+      f'{k!r} has shape {tuple(np.shape(state_dict[k]))} in the file, the model needs '
+      f'{tuple(wanted[k])}'
+      for k in wanted
+      if k in state_dict and tuple(np.shape(state_dict[k])) != tuple(wanted[k])
+  ]
+  return (
+      ([_listing('missing', missing)] if missing else [])
+      + ([_listing('unexpected', unexpected)] if unexpected else [])
+      + shapes[:3]
+  )
+
+
 def import_state_dict(
     state_dict: Mapping[str, Any], variables, torchvision: bool = False
 ):
@@ -213,7 +285,7 @@ def import_state_dict(
 
   Args:
     state_dict: key -> array (numpy or anything `np.asarray` takes), with no
-      `module.` prefix (`read_state_dict` strips it).
+      `module.` prefix (`read_file` strips it).
     variables: {'params', 'batch_stats'} of the model, as a template (shapes
       and dtypes); with `torchvision`, its gate leaves are kept as they are.
     torchvision: the keys are torchvision ResNet's (no gates, `fc`,
@@ -239,20 +311,10 @@ def import_state_dict(
         for e in table
         if not e.gate
     ]
-  wanted = {e.key: e for e in table}
-  optional = {f'{p}.num_batches_tracked' for p in _bn_prefixes(table)}
-  missing = [k for k in wanted if k not in state_dict]
-  unexpected = [k for k in state_dict if k not in wanted and k not in optional]
-  shapes = [
-      f'{k!r} has shape {tuple(np.shape(state_dict[k]))} in the file, the model needs '
-      f'{wanted[k].shape}'
-      for k in wanted
-      if k in state_dict and tuple(np.shape(state_dict[k])) != wanted[k].shape
-  ]
-  problems = (
-      ([_listing('missing', missing)] if missing else [])
-      + ([_listing('unexpected', unexpected)] if unexpected else [])
-      + shapes[:3]
+  problems = state_dict_problems(
+      state_dict,
+      {e.key: e.shape for e in table},
+      optional={f'{p}.num_batches_tracked' for p in _bn_prefixes(table)},
   )
   if problems:
     layout = 'torchvision ResNet' if torchvision else 'reference ConvNet-AIG'
@@ -307,18 +369,58 @@ def export_state_dict(
   return state_dict
 
 
-def read_state_dict(path: str) -> dict[str, np.ndarray]:
-  """The state_dict in a PyTorch file, as numpy, `module.` prefixes removed.
+def export_checkpoint(
+    variables, config: ml_collections.ConfigDict, step: int
+) -> dict:
+  """What `tools.export_torch` saves: a reference-layout checkpoint dict.
+
+  Args:
+    variables: the model's parameters and BatchNorm statistics.
+    config: the run's resolved config (stored as JSON values, as config.json).
+    step: the checkpoint's step (also every `num_batches_tracked`).
+
+  Returns:
+    {'state_dict': `export_state_dict(...)`, 'config': dict, 'step': int}.
+  """
+  return {
+      'state_dict': export_state_dict(variables, num_batches_tracked=step),
+      'config': json.loads(config.to_json_best_effort()),
+      'step': int(step),
+  }
+
+
+@dataclasses.dataclass(frozen=True)
+class TorchFile:
+  """What a PyTorch file holds (`read_file`).
+
+  Attributes:
+    path: the file.
+    state_dict: key -> numpy array, `module.` prefixes removed.
+    config: the locked config `tools.export_torch` stored, or None (any other
+      file: the authors' checkpoints, torchvision's weights).
+    step: the step stored with it, or None.
+  """
+
+  path: str
+  state_dict: dict[str, np.ndarray]
+  config: ml_collections.ConfigDict | None
+  step: int | None
+
+
+def read_file(path: str) -> TorchFile:
+  """Reads a PyTorch file (`torch.load(weights_only=True)`, on the CPU).
 
   Args:
     path: a file written by `torch.save`: a state_dict, or a checkpoint dict
-      holding one under 'state_dict' (as the reference's training scripts).
+      holding one under 'state_dict' (as the reference's training scripts
+      and `export_checkpoint`).
 
   Raises:
-    ConfigError (one line) if torch is missing or the file is unreadable or
-    holds no state_dict.
+    ConfigError (one line) if torch is missing or the file is unreadable,
+    holds no state_dict or a config this version cannot read.
   """
   torch = require_torch()
+  path = os.path.expanduser(path)
   if not os.path.isfile(path):
     raise ConfigError(f'PyTorch file {path!r} does not exist')
   try:
@@ -330,7 +432,9 @@ def read_state_dict(path: str) -> dict[str, np.ndarray]:
     raise ConfigError(
         f'cannot read {path!r} as a PyTorch file: {first}'
     ) from None
+  config = step = None
   if isinstance(obj, Mapping) and isinstance(obj.get('state_dict'), Mapping):
+    config, step = _stored_config(path, obj.get('config')), obj.get('step')
     obj = obj['state_dict']
   if not isinstance(obj, Mapping) or not obj:
     raise ConfigError(
@@ -354,10 +458,43 @@ def read_state_dict(path: str) -> dict[str, np.ndarray]:
         if value.dtype in (torch.bfloat16, torch.float16)
         else value
     ).numpy()
-  return out
+  return TorchFile(path, out, config, step if isinstance(step, int) else None)
 
 
-def restore_variables(path: str, variables):
+def config_for(
+    stored: TorchFile, config: ml_collections.ConfigDict | None
+) -> ml_collections.ConfigDict:
+  """The config that describes the model in `stored`: `config` if given,
+  else the one the file holds; ConfigError (one line naming the fields that
+  describe the network) if neither."""
+  if config is not None:
+    return config
+  if stored.config is None:
+    raise ConfigError(
+        f'{stored.path!r} is a PyTorch file without a config (the ones '
+        'tools.export_torch writes hold theirs): pass config=, whose '
+        'model.name, model.depth, model.width, model.num_classes, '
+        'model.gated, data.channels, gates.hidden and gates.fix_target_one '
+        "describe the network (the authors' checkpoints need "
+        'gates.fix_target_one=False)'
+    )
+  return stored.config
+
+
+def _stored_config(path: str, stored) -> ml_collections.ConfigDict | None:
+  if stored is None:
+    return None
+  if not isinstance(stored, Mapping):
+    raise ConfigError(
+        f"{path!r}: its 'config' is a {type(stored).__name__}, not a dict"
+    )
+  try:
+    return config_lib.from_dict(dict(stored))
+  except ConfigError as e:
+    raise ConfigError(f'{path!r}: {e}') from None
+
+
+def restore_variables(source: str | TorchFile, variables):
   """Reads a PyTorch file into a copy of `variables` with the same placement.
 
   A file with `fc.weight` or `downsample` keys is taken as a torchvision
@@ -365,7 +502,7 @@ def restore_variables(path: str, variables):
   ConvNet-AIG layout.
 
   Args:
-    path: a `.pth`/`.pt` file.
+    source: a PyTorch file, or what `read_file` read from one.
     variables: {'params', 'batch_stats'} of the model (jax arrays, possibly
       sharded): the template, and the gates' values for torchvision files.
 
@@ -373,14 +510,15 @@ def restore_variables(path: str, variables):
     {'params', 'batch_stats'} with every leaf a jax array of the template
     leaf's shape, dtype and sharding.
   """
-  state_dict = read_state_dict(path)
+  stored = source if isinstance(source, TorchFile) else read_file(source)
+  state_dict = stored.state_dict
   torchvision = 'fc.weight' in state_dict or any(
       '.downsample.' in k for k in state_dict
   )
   try:
     values = import_state_dict(state_dict, variables, torchvision=torchvision)
   except ConfigError as e:
-    raise ConfigError(f'{path}: {e}') from None
+    raise ConfigError(f'{stored.path}: {e}') from None
   return jax.tree.map(_place_like, values, variables)
 
 

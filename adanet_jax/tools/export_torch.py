@@ -1,15 +1,18 @@
-"""Writes a trained workdir as a PyTorch state_dict in the reference ConvNet-AIG layout.
+"""Writes a trained workdir as a PyTorch checkpoint in the reference ConvNet-AIG layout.
 
   python -m adanet_jax.tools.export_torch --workdir=DIR --output=model.pth [--step=N]
 
-The file loads into the reference model (or `experiments/torch_twin.py`'s
-twin of the same config) with `load_state_dict(strict=True)`; every
-BatchNorm's `num_batches_tracked` is the checkpoint's step. Reading it back:
-`adanet_jax.load('model.pth', config=...)` or `--config.init_from=model.pth`.
-Needs torch (`pip install torch==2.13.0`). Expected failures (no such
-workdir or step, no torch, an unwritable output) are one line on stderr; a
-failed write (a full disk, a read-only or immutable directory) leaves
-nothing behind and exits with status 1.
+The file is a dict as the reference's training scripts save:
+`torch.load(path)['state_dict']` loads into the reference model with
+`load_state_dict(strict=True)` (every BatchNorm's `num_batches_tracked` is
+the checkpoint's step); 'config' holds the run's config (JSON values) and
+'step' the step (`torch_io.export_checkpoint`). Reading it back:
+`adanet_jax.torch_model.from_file('model.pth')` (a PyTorch module),
+`adanet_jax.load('model.pth')` or `--config.init_from=model.pth`. Needs torch
+(`pip install adanet_jax[torch]`). It prints one line, what it wrote.
+Expected failures (no such workdir or step, no torch, an unwritable output)
+are one line on stderr; a failed write (a full disk, a read-only or
+immutable directory) leaves nothing behind and exits with status 1.
 """
 
 import io
@@ -20,7 +23,7 @@ from absl import flags
 from adanet_jax.errors import ConfigError
 from adanet_jax.infer import inference
 from adanet_jax.model import torch_io
-from adanet_jax.runtime import cli
+from adanet_jax.runtime import cli, jax_setup
 from adanet_jax.train import rundir
 
 
@@ -29,7 +32,9 @@ def define_flags() -> dict:
       workdir=flags.DEFINE_string(
           'workdir', None, 'Workdir of a training run.'
       ),
-      output=flags.DEFINE_string('output', None, 'The .pth file to write.'),
+      output=flags.DEFINE_string(
+          'output', None, 'The PyTorch file to write (any name).'
+      ),
       step=flags.DEFINE_integer(
           'step', None, 'Checkpoint step to export (default the latest).'
       ),
@@ -42,8 +47,8 @@ def export(workdir: str, output: str, step: int | None = None) -> int:
   Returns:
     The step that was exported.
   """
-  if not torch_io.is_torch_file(output):
-    raise ConfigError(f'--output={output!r} must end with .pth or .pt')
+  if os.path.isdir(output):
+    raise ConfigError(f'--output={output!r} is a directory; name a file')
   parent = os.path.dirname(os.path.abspath(output))
   if not os.path.isdir(parent):
     raise ConfigError(
@@ -58,13 +63,13 @@ def export(workdir: str, output: str, step: int | None = None) -> int:
       rundir.checkpoint_dir(workdir), *([] if step is None else [str(step)])
   )
   model = inference.load(path)
-  state_dict = torch_io.export_state_dict(
-      model.variables, num_batches_tracked=model.step
+  checkpoint = torch_io.export_checkpoint(
+      model.variables, model.config, model.step
   )
   # Serialized in memory first: torch's own file writer reports a failed
   # write (a full disk) as a RuntimeError with no OS error in it.
   buffer = io.BytesIO()
-  torch.save(state_dict, buffer)
+  torch.save(checkpoint, buffer)
   with rundir.reported_file(output, 'nothing was exported', 'wb') as f:
     f.write(buffer.getbuffer())
   return model.step
@@ -72,6 +77,8 @@ def export(workdir: str, output: str, step: int | None = None) -> int:
 
 def main(args) -> None:
   cli.require(args, 'workdir', 'output')
+  # orbax and JAX log every file they open and backend they probe at INFO
+  jax_setup.quiet_library_logs()
   step = export(args.workdir, args.output, args.step)
   print(f'wrote {args.output} (step {step})')
 

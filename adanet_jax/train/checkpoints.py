@@ -398,13 +398,13 @@ class Checkpointer:
 
 def check_init_from(path: str) -> None:
   """Refuses an `init_from` that names nothing loadable, before anything is
-  created: a PyTorch file must exist, anything else must be a workdir, a
-  checkpoints directory or a step directory."""
+  created: a file must be a PyTorch file (by its contents), anything else a
+  workdir, a checkpoints directory or a step directory."""
   path = os.path.expanduser(path)
   if torch_io.is_torch_file(path):
-    if not os.path.isfile(path):
-      raise ConfigError(f'init_from={path!r}: no such PyTorch file')
     return
+  if os.path.isfile(path):
+    raise ConfigError(f'init_from={path!r} {torch_io.NOT_TORCH_OR_CHECKPOINT}')
   resolve_checkpoint_dir(path)
 
 
