@@ -603,17 +603,19 @@ def test_failed_writes_of_the_sweep_files_are_one_line_naming_the_file(
   assert (sorted(os.listdir(root)), (root / 'commands.sh').read_text()) == (
       planned
   )
-  # The entry point on a new root: the root's lock is its first file, and the
-  # refusal is one line; nothing is written in it.
+  # The entry point on a new root: the root's lock is its first file; its
+  # failed write is one line and exit 1, as every other write's (it was exit
+  # 2, bad input); nothing is left in the root.
   out = run_module(
       'adanet_jax.tools.sweep',
       *_sweep_command(disk / 'other', '--plan_only')[3:],
       env=_env(),
   )
-  assert (out.returncode, out.stderr) == (
-      2,
-      f'error: cannot write to sweep root {disk}/other: No space left on '
-      'device\n',
+  assert (out.returncode, out.stdout, out.stderr) == (
+      1,
+      '',
+      f'error: writing {disk}/other/sweep.lock failed ({full}); the sweep '
+      'did not start\n',
   )
   assert sorted(os.listdir(disk)) == ['filler', 'other', 'sweep']
   assert os.listdir(disk / 'other') == []
