@@ -85,9 +85,10 @@ def main(args) -> None:
       jax.process_count(),
       started,
   )
-  final = trainer.train_and_evaluate(
-      config, args.workdir, allow_config_change=args.allow_config_change
-  )
+  with distributed.peer_failures_reported():
+    final = trainer.train_and_evaluate(
+        config, args.workdir, allow_config_change=args.allow_config_change
+    )
   # the final metrics are the same on every process
   if jax.process_index() != 0:
     return
