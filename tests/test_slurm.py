@@ -23,6 +23,7 @@ import pytest
 # pylint: disable=wrong-import-order
 from test_faults import STEP_LINE, Run, _args
 from test_multihost import _assert_same_state, _config, _main_args
+from test_signals import LAUNCHER_STEPS
 from test_sweep import TINY as SWEEP
 
 from adanet_jax.tools import launch
@@ -118,11 +119,11 @@ def test_srun_without_kill_on_bad_exit_a_killed_task_ends_the_other_in_one_line(
           sys.executable,
           '-m',
           'adanet_jax.main',
-          *_args(workdir, **{'train.num_epochs': 12 * 32 / 1437}),
+          *_args(workdir, **{'train.num_epochs': LAUNCHER_STEPS * 32 / 1437}),
       ],
       env=launch.cpu_devices_env(slurm_cluster, 2),
   )
-  # step 1 of 12: the next checkpoint (step 4), whose barriers are not
+  # step 1 of 16: the next checkpoint (step 4), whose barriers are not
   # collectives, is steps away
   assert run.wait_for(lambda l: l.startswith('0: ') and STEP_LINE.search(l))
   os.kill(_task_pid(workdir, 1), signal.SIGKILL)
