@@ -55,6 +55,15 @@ class DataError(ConfigError):
   empty class folder); the message names the file or folder."""
 
 
+class PeerProcessError(ExpectedError):
+  """Another process of a multi-process job died (killed, out of memory,
+  its node lost) and this one cannot go on alone; rerunning every process
+  resumes from the last checkpoint. Its entry point exits at once, without
+  JAX's distributed shutdown, which would wait for the dead process."""
+
+  exit_code = 1
+
+
 class DamagedCheckpointError(ConfigError):
   """No checkpoint step of a directory restores."""
 

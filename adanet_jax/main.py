@@ -85,13 +85,16 @@ def main(args) -> None:
       jax.process_count(),
       started,
   )
-  final = trainer.train_and_evaluate(
-      config,
-      args.workdir,
-      allow_config_change=args.allow_config_change,
-      # a sweep point's overrides, and any other change, in its hparams
-      hparam_fields=trainer.changed_fields(config, args.config, args.overrides),
-  )
+  with distributed.peer_failures_reported():
+    final = trainer.train_and_evaluate(
+        config,
+        args.workdir,
+        allow_config_change=args.allow_config_change,
+        # a sweep point's overrides, and any other change, in its hparams
+        hparam_fields=trainer.changed_fields(
+            config, args.config, args.overrides
+        ),
+    )
   # the final metrics are the same on every process
   if jax.process_index() != 0:
     return

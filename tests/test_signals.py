@@ -31,6 +31,10 @@ from test_faults import (
 from adanet_jax.tools import launch
 from adanet_jax.train import rundir
 
+# The steps of the 2-process job: five runs of it, each at least three steps
+# past the last (its compiled step is shared with test_slurm.py's srun job).
+LAUNCHER_STEPS = 16
+
 
 @pytest.fixture(scope='module')
 def reference(tmp_path_factory):
@@ -73,7 +77,7 @@ def test_sigterm_then_sigusr1_save_the_step_and_the_rerun_resumes_there(
 def test_sigterm_on_one_of_two_processes_or_the_launcher_stops_both_at_one_step(
     tmp_path,
 ):
-  steps = 12  # four 2-process runs: half the module's steps
+  steps = LAUNCHER_STEPS
   shorter = {'train.num_epochs': steps * 32 / 1437}
   launcher = [
       sys.executable,
@@ -94,11 +98,11 @@ def test_sigterm_on_one_of_two_processes_or_the_launcher_stops_both_at_one_step(
   ]
   assert 3 <= stopped[0] < steps
   assert str(stopped[0]) in os.listdir(workdir / 'checkpoints')
-  # SIGTERM to the launcher: it passes it on to both processes (SIGKILLed
-  # them before, unsaved) and ends with one line. Ctrl-C (SIGINT) takes the
-  # same path (every `preemption.DEFAULT_STOP_SIGNALS` is forwarded alike);
-  # one more 2-process run of it would cost as much again.
-  for signum in (signal.SIGTERM,):
+  # SIGTERM, then Ctrl-C (SIGINT: a terminal sends it to the launcher's
+  # process group, the workers have their own), to the launcher: it passes
+  # each on to both processes (SIGKILLed them before, unsaved; Ctrl-C was a
+  # KeyboardInterrupt traceback and exit -2) and ends with one line.
+  for signum in (signal.SIGTERM, signal.SIGINT):
     run = Run(command, env=dict(os.environ))
     run.wait_for(lambda l: l.startswith('launch: process 1 pid'))
     stopped.append(

@@ -594,6 +594,62 @@ def test_point_whose_workdir_was_deleted_counts_as_failed(
   assert [(r['point'], r['status']) for r in rows] == list(results.items())
 
 
+class _StoppedOnceLauncher:
+  """As the SLURM launcher: target-0.5's first job is stopped by its time
+  limit (exit 75, saved); every other job trains and exits 0."""
+
+  resubmits_stopped = True
+
+  def __init__(self, root):
+    del root
+    self.started = []
+
+  def start(self, name, command, workdir):
+    del command
+    self.started.append(name)
+    if name == 'target-0.5_seed-0' and self.started.count(name) == 1:
+      return _FakeJob(75)
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, 'config.json'), 'w') as f:
+      f.write('{}')
+    return _FakeJob(0)
+
+  def describe(self, job):
+    return f'fake, exit {job.code}'
+
+
+def test_point_stopped_by_its_time_limit_is_resubmitted_and_finishes(
+    tmp_path, capsys, monkeypatch
+):
+  from adanet_jax.tools import sweep  # pylint: disable=import-outside-toplevel
+
+  monkeypatch.setattr(sweep, 'POLL_S', 0.0)
+  points = ['target-0.3_seed-0', 'target-0.5_seed-0', 'target-0.7_seed-0']
+  launchers = []
+
+  def make(root):
+    launchers.append(_StoppedOnceLauncher(root))
+    return launchers[-1]
+
+  results = sweep.run_sweep(
+      TINY[0].split('=', 1)[1],
+      'smoke',
+      str(tmp_path / 'root'),
+      1,
+      {},
+      False,
+      make,
+  )
+  assert results == dict.fromkeys(points, 'done')
+  assert launchers[0].started == [points[0], points[1], points[1], points[2]]
+  out = capsys.readouterr().out
+  assert (
+      f'{points[1]}: stopped by its time limit or a preemption after saving '
+      '(exit 75); submitting it again\n'
+      f'started {points[1]} (fake, exit 0)\n' in out
+  )
+
+
 def test_failed_writes_of_the_sweep_files_are_one_line_naming_the_file(
     small_disk,
 ):
@@ -628,17 +684,19 @@ def test_failed_writes_of_the_sweep_files_are_one_line_naming_the_file(
   assert (sorted(os.listdir(root)), (root / 'commands.sh').read_text()) == (
       planned
   )
-  # The entry point on a new root: the root's lock is its first file, and the
-  # refusal is one line; nothing is written in it.
+  # The entry point on a new root: the root's lock is its first file; its
+  # failed write is one line and exit 1, as every other write's (it was exit
+  # 2, bad input); nothing is left in the root.
   out = run_module(
       'adanet_jax.tools.sweep',
       *_sweep_command(disk / 'other', '--plan_only')[3:],
       env=_env(),
   )
-  assert (out.returncode, out.stderr) == (
-      2,
-      f'error: cannot write to sweep root {disk}/other: No space left on '
-      'device\n',
+  assert (out.returncode, out.stdout, out.stderr) == (
+      1,
+      '',
+      f'error: writing {disk}/other/sweep.lock failed ({full}); the sweep '
+      'did not start\n',
   )
   assert sorted(os.listdir(disk)) == ['filler', 'other', 'sweep']
   assert os.listdir(disk / 'other') == []

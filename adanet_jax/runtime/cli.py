@@ -18,6 +18,7 @@ entry point that exits with 75 inside a SLURM batch job requeues the job
 (`adanet_jax.runtime.requeue`).
 """
 
+import logging
 import os
 import sys
 import types
@@ -26,19 +27,33 @@ from typing import Callable
 from absl import app, flags
 
 from adanet_jax import config_lib
-from adanet_jax.errors import ConfigError, ExpectedError, Preempted
+from adanet_jax.errors import (
+    ConfigError,
+    ExpectedError,
+    PeerProcessError,
+    Preempted,
+)
 from adanet_jax.runtime import console, requeue
 from adanet_jax.train import preemption
 
 
-def fail(message: str, exit_code: int = 2):
+def fail(message: str, exit_code: int = 2, at_once: bool = False):
   """Ends the process with `error: <message>` on stderr, no traceback; with
-  status 75 (stopped, "try again") it first requeues a SLURM batch job."""
+  status 75 (stopped, "try again") it first requeues a SLURM batch job.
+
+  `at_once` skips the exit handlers: after a peer process died, JAX's
+  distributed shutdown would wait at its barrier for the dead process until
+  the heartbeat timeout, then abort the process ("Fatal Python error").
+  """
   if exit_code == Preempted.exit_code:
     # On the way out: a second signal, or the requeue's SIGTERM, changes nothing.
     preemption.ignore_stop_signals()
     message += requeue.requeue_slurm_job()
   print(f'error: {message}', file=sys.stderr, flush=True)
+  if at_once:
+    sys.stdout.flush()
+    logging.shutdown()  # flushes the log handlers that os._exit would drop
+    os._exit(exit_code)  # pylint: disable=protected-access
   sys.exit(exit_code)
 
 
@@ -93,7 +108,7 @@ def run(
     try:
       return main(args)
     except ExpectedError as e:
-      fail(str(e), e.exit_code)
+      fail(str(e), e.exit_code, at_once=isinstance(e, PeerProcessError))
     except BrokenPipeError:
       # The reader of a pipe stopped early (`... | head`): not a failure.
       # Python's own recipe: stdout to devnull, so the exit's flush is quiet.

@@ -22,9 +22,11 @@ Then:
 entry points call it first.
 """
 
+import contextlib
 import dataclasses
 import logging
 import os
+import re
 from typing import Mapping
 
 from absl import logging as absl_logging
@@ -35,9 +37,20 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 import numpy as np
 
-from adanet_jax.errors import ConfigError
+from adanet_jax.errors import ConfigError, PeerProcessError
 
 ENV_COORDINATOR = 'JAX_COORDINATOR_ADDRESS'  # also read by JAX itself
+# After this long without a heartbeat JAX's coordination service declares a
+# process dead and ends the others (JAX's default is 100 s). Heartbeats come
+# from a native thread, so neither a long compile nor Python holding the GIL
+# delays them.
+HEARTBEAT_TIMEOUT_S = 30
+# How XLA:CPU's collectives (gloo) report that a peer's connection broke: the
+# peer process died. `peer_failures_reported` names the operation and cause.
+_GLOO_PEER_LOST = re.compile(
+    r'Gloo (\S+) failed: .*?'
+    r'(Connection reset by peer|Connection closed by peer|Broken pipe)'
+)
 ENV_NUM_PROCESSES = 'JAX_NUM_PROCESSES'
 ENV_PROCESS_ID = 'JAX_PROCESS_ID'
 
@@ -176,7 +189,11 @@ def _join(
 
   with console.native_output_filtered(drop_prefixes=('[Gloo]',)):
     jax.distributed.initialize(
-        coordinator_address, num_processes, process_id, **kwargs
+        coordinator_address,
+        num_processes,
+        process_id,
+        heartbeat_timeout_seconds=HEARTBEAT_TIMEOUT_S,
+        **kwargs,
     )
     connect_collectives()
 
@@ -207,6 +224,30 @@ def connect_collectives() -> None:
   jax.block_until_ready(
       jax.jit(jnp.sum, out_shardings=NamedSharding(mesh, P()))(ones)
   )
+
+
+@contextlib.contextmanager
+def peer_failures_reported():
+  """A collective that failed because another process of the job died
+  becomes the one-line PeerProcessError (its entry point then exits at once,
+  `cli.fail`); any other error passes unchanged.
+
+  Only the death of a process other than the coordinator (process 0) comes
+  here: the coordinator's ends the others from a native thread of JAX's
+  distributed client within a second, before any Python code can run.
+  """
+  try:
+    yield
+  except jax.errors.JaxRuntimeError as e:
+    found = _GLOO_PEER_LOST.search(str(e))
+    if found is None or jax.process_count() == 1:
+      raise
+    raise PeerProcessError(
+        f'process {jax.process_index()} of {jax.process_count()}: another '
+        f'process of the job died ({found.group(1)} failed: '
+        f'{found.group(2)}); this one stopped too; run the same command '
+        'again for all processes to resume from the last checkpoint'
+    ) from None
 
 
 def log_only_on_chief() -> None:

@@ -383,6 +383,8 @@ def run_sweep(
     WorkdirInUseError: another launcher runs on `root`.
     ConfigError: a bad point or override, a root that holds another sweep or
       cannot be created.
+    WorkdirWriteError: a file of the sweep (its lock included) could not be
+      written.
   """
   # all checks before anything starts
   points = load_points(config_arg, sweep, common)

@@ -32,7 +32,12 @@ import jax
 from jax.experimental import multihost_utils
 import numpy as np
 
-from adanet_jax.errors import ConfigError, WorkdirInUseError
+from adanet_jax.errors import (
+    ConfigError,
+    WorkdirInUseError,
+    WorkdirWriteError,
+    os_error_text,
+)
 from adanet_jax.train import rundir
 
 HEARTBEAT_S = 30.0
@@ -97,14 +102,15 @@ def acquire(workdir: str) -> WorkdirLock:
 
   Raises:
     WorkdirInUseError: another live run holds the workdir.
-    ConfigError: the workdir cannot be created or written.
+    ConfigError: the workdir cannot be created, or a file not created in it.
+    WorkdirWriteError: the lock file could not be written (a full disk).
   """
   path = os.path.join(os.path.abspath(workdir), rundir.LOCK_FILE)
   fd, error = None, None
   if jax.process_index() == 0:
     try:
       fd = _take(path, 'workdir', 'run')
-    except ConfigError as e:
+    except (ConfigError, WorkdirWriteError) as e:
       error = e
   if jax.process_count() > 1:
     ok = multihost_utils.broadcast_one_to_all(np.int32(error is None))
@@ -159,7 +165,9 @@ def acquire_local(
 
   Raises:
     WorkdirInUseError: another live holder has it.
-    ConfigError: the directory cannot be created or written.
+    ConfigError: the directory cannot be created, or a file not created in
+      it.
+    WorkdirWriteError: the lock file could not be written (a full disk).
   """
   path = os.path.join(os.path.abspath(directory), lock_file)
   return WorkdirLock(path, _take(path, what, holder))
@@ -219,8 +227,11 @@ def _take(path: str, what: str, holder: str) -> int:
       with contextlib.suppress(OSError):
         os.remove(path)
       os.close(fd)
-      raise ConfigError(
-          f'cannot write to {what} {workdir}: {e.strerror}'
+      # A failed write, as every other file's (exit 1), not bad input: the
+      # path was fine, the disk was not.
+      raise WorkdirWriteError(
+          f'writing {path} failed ({os_error_text(e)}); the {holder} did '
+          'not start'
       ) from None
     return fd
 
