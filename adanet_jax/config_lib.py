@@ -91,6 +91,9 @@ def get_base_config() -> ml_collections.ConfigDict:
           # Signals that stop a run at the next step boundary with a checkpoint
           # (exit 75); see adanet_jax/train/preemption.py.
           stop_signals=DEFAULT_STOP_SIGNALS,
+          # Steps to trace with JAX's profiler into <workdir>/profile, from
+          # the launch's second step (its first compiles); 0: off.
+          profile_steps=0,
       )
   )
   c.eval = ml_collections.ConfigDict(

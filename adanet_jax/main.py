@@ -85,14 +85,10 @@ def main(args) -> None:
       jax.process_count(),
       started,
   )
-  final = trainer.train_and_evaluate(
+  # It prints the final evaluation and where the outputs are.
+  trainer.train_and_evaluate(
       config, args.workdir, allow_config_change=args.allow_config_change
   )
-  # the final metrics are the same on every process
-  if jax.process_index() != 0:
-    return
-  for key in sorted(k for k in final if not isinstance(final[k], list)):
-    print(f'{key}: {final[key]:.6g}')
 
 
 if __name__ == '__main__':
