@@ -291,9 +291,21 @@ def test_finished_rerun_compiles_nothing_and_init_from_says_so(
       f"  checkpoint: {workdir}/checkpoints/22 (adanet_jax.load('{workdir}'))",
       f'  curves: tensorboard --logdir {workdir}',
   ]
-  # Asked for an evaluation mode it does not hold, it is not finished.
+  # Asked for an evaluation mode it does not hold, it is not finished: the
+  # rerun evaluates the last checkpoint in that mode, shown once, and then it
+  # is finished.
   config.gates.eval_modes = ('sample',)
   assert trainer.stored_final_eval(workdir, _plan(config)) is None
+  copy = str(tmp_path / 'copy')
+  shutil.copytree(workdir, copy)
+  caplog.clear()
+  final = trainer.train_and_evaluate(config, copy)
+  assert _started(caplog) == [
+      f'resuming from step 22 of 22 (checkpoint {copy}/checkpoints/22)'
+  ]
+  out = capsys.readouterr().out.splitlines()
+  assert out[:2] == [*progress.eval_lines(22, final), f'outputs in {copy}:']
+  assert trainer.stored_final_eval(copy, _plan(config)) == final
   # A new workdir from its checkpoint ("killed" before its first step).
   caplog.clear()
   config = tiny_config(train__num_epochs=4 * 32 / 1437, init_from=workdir)
