@@ -296,7 +296,10 @@ def _train(config, workdir, parts, dataset, start, changes, stop, lock) -> dict:
 
 
 def _train_loop(
-    run: Run, state, stop: preemption.StopRequest, profiler
+    run: Run,
+    state,
+    stop: preemption.StopRequest,
+    profiler: profiling.StepProfiler,
 ) -> dict:
   plan, step_fn, first = run.plan, run.setup.train_step, int(state.step)
   timer = Progress(plan.num_steps, plan.batch_size)
