@@ -94,6 +94,7 @@ def get_base_config() -> ml_collections.ConfigDict:
           eval_every_epochs=10.0,
           sync_every_steps=10,
           stop_signals=DEFAULT_STOP_SIGNALS,
+          profile_steps=0,
       )
   )
   c.eval = ml_collections.ConfigDict(
@@ -174,6 +175,8 @@ DESCRIPTIONS = {
     '<= 10)',
     'train.stop_signals': 'signals that stop a run at the next step boundary '
     'with a checkpoint (exit 75)',
+    'train.profile_steps': 'trace this many steps with jax.profiler into '
+    "workdir/profile, from the launch's second step (0: off)",
     'eval.batch_size': 'global evaluation batch; the last batch is padded '
     'and masked',
     'checkpoint.every_steps': 'save every this many steps (0: only after the '

@@ -85,8 +85,9 @@ def main(args) -> None:
       jax.process_count(),
       started,
   )
+  # It prints the final evaluation and where the outputs are.
   with distributed.peer_failures_reported():
-    final = trainer.train_and_evaluate(
+    trainer.train_and_evaluate(
         config,
         args.workdir,
         allow_config_change=args.allow_config_change,
@@ -95,11 +96,6 @@ def main(args) -> None:
             config, args.config, args.overrides
         ),
     )
-  # the final metrics are the same on every process
-  if jax.process_index() != 0:
-    return
-  for key in sorted(k for k in final if not isinstance(final[k], list)):
-    print(f'{key}: {final[key]:.6g}')
 
 
 if __name__ == '__main__':

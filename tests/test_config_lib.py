@@ -191,6 +191,11 @@ BAD = [
     ('checkpoint.every_steps', -1, 'checkpoint.every_steps=-1 must be >= 0'),
     ('train.log_every_steps', -5, 'train.log_every_steps=-5 must be >= 0'),
     ('train.sync_every_steps', 0, 'train.sync_every_steps=0 must be >= 1'),
+    (
+        'train.profile_steps',
+        -1,
+        'train.profile_steps=-1 must be an integer >= 0 (0: no profile)',
+    ),
     ('train.batch_size', 0, 'train.batch_size=0 must be > 0'),
     ('eval.batch_size', -64, 'eval.batch_size=-64 must be > 0'),
     ('gates.temperature', 0.0, 'gates.temperature=0.0 must be > 0'),

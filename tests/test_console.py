@@ -1,7 +1,9 @@
 """The console: progress and evaluation lines (exact text), and what a digits
-run and `adanet_jax.load` print as a user sees it (no native start-up notices,
-no orbax warnings, progress lines with an h:mm:ss ETA)."""
+run, its rerun and `adanet_jax.load` print as a user sees it (no native
+start-up notices, no orbax warnings, a start line, progress lines with an
+h:mm:ss ETA, the final evaluation once and where the outputs are)."""
 
+import glob
 import io
 import os
 import re
@@ -117,10 +119,9 @@ def _user_env():
   return env
 
 
-@pytest.mark.timeout(300)
-def test_training_and_load_print_no_noise(tmp_path):
-  workdir = tmp_path / 'w'
-  out = subprocess.run(
+def _main(workdir):
+  """`python -m adanet_jax.main` of 9 digits steps, two of them profiled."""
+  return subprocess.run(
       [
           sys.executable,
           '-m',
@@ -131,6 +132,7 @@ def test_training_and_load_print_no_noise(tmp_path):
           '--config.train.batch_size=32',
           '--config.train.log_every_steps=3',
           '--config.eval.batch_size=120',
+          '--config.train.profile_steps=2',
       ],
       cwd=REPO,
       env=_user_env(),
@@ -138,6 +140,19 @@ def test_training_and_load_print_no_noise(tmp_path):
       text=True,
       timeout=240,
   )
+
+
+def _logged(text: str) -> list[str]:
+  """The messages of the INFO lines of our modules but main.py's."""
+  return re.findall(
+      r'^I\d{4} [\d:.]+ +\d+ (?!main\.py)[\w.]+:\d+\] (.*)$', text, re.M
+  )
+
+
+@pytest.mark.timeout(300)
+def test_training_and_load_print_no_noise(tmp_path):
+  workdir = tmp_path / 'w'
+  out = _main(workdir)
   text = out.stdout + out.stderr
   assert out.returncode == 0, text[-3000:]
   for noise in NOISE:
@@ -146,13 +161,51 @@ def test_training_and_load_print_no_noise(tmp_path):
   assert len(progress) == 3  # steps 3, 6 and the last (9 of 9)
   assert all(re.search(r'\| eta \d+:\d\d:\d\d$', l) for l in progress), progress
   assert progress[-1].startswith('step 9/9 | epoch 0.2/0.2 | ')
-  assert 'eval at step 9 (deterministic gates) | accuracy ' in out.stdout
   assert 'train/loss=' not in text  # the old key=value dump
   # Log lines only from our own modules: the libraries' INFO lines are quieted.
   sources = set(
       re.findall(r'^[IWE]\d{4} [\d:.]+ +\d+ ([\w.]+):\d+\]', text, re.M)
   )
-  assert sources == {'main.py', 'compilation.py'}, text[-3000:]
+  assert sources == {
+      'main.py',
+      'trainer.py',
+      'compilation.py',
+      'profiling.py',
+  }, text[-3000:]
+  profile = f'{workdir}/profile'
+  logged = _logged(out.stderr)
+  assert re.fullmatch(
+      r'(compiled|loaded) the train step in \d+\.\d s', logged[2]
+  )
+  assert logged[:2] + logged[3:] == [
+      'starting fresh: step 0 of 9',
+      'compiling the train step...',
+      f'profiling steps 2 to 3 into {profile}',
+      f'profile written to {profile} (tensorboard --logdir {profile}, or the '
+      '*.trace.json.gz in https://ui.perfetto.dev)',
+  ]
+  assert len(glob.glob(f'{profile}/plugins/profile/*/*.xplane.pb')) == 1
+  # The end: the final evaluation once, then where the outputs are.
+  end = out.stdout.splitlines()[-6:]
+  assert end[0].startswith('eval at step 9 (deterministic gates) | accuracy ')
+  assert end[1:] == [
+      f'outputs in {workdir}:',
+      f'  metrics: {workdir}/metrics.jsonl',
+      f'  per-class block rates: {workdir}/eval/'
+      'class_block_rates_deterministic_step00000009.csv',
+      f"  checkpoint: {workdir}/checkpoints/9 (adanet_jax.load('{workdir}'))",
+      f'  curves: tensorboard --logdir {workdir}',
+  ]
+  assert out.stdout.count('eval at step') == 1
+  assert 'eval/deterministic' not in out.stdout
+  # Run again, it is done: it says so, compiles nothing and shows the end.
+  rerun = _main(workdir)
+  assert rerun.returncode == 0, rerun.stderr[-3000:]
+  assert _logged(rerun.stderr) == [
+      f'already finished at step 9 (checkpoint {workdir}/checkpoints/9); '
+      'nothing to train, the final evaluation is the stored one'
+  ]
+  assert rerun.stdout.splitlines() == end
 
   load = subprocess.run(
       [

@@ -28,6 +28,7 @@ def test_digits_plan(load_config):
       eval_every_steps=110,
       checkpoint_every_steps=110,
       sync_every_steps=10,
+      profile_steps=0,
       batch_size=128,
       eval_batch_size=128,
       seed=0,

@@ -252,9 +252,10 @@ def test_sweep_through_slurm_finishes_resumes_and_summarises(
   for name in (POINTS[0], POINTS[2]):
     assert (root / name / 'log.txt').read_text() == logs[name]
   resumed = (root / POINTS[1] / 'log.txt').read_text()[len(logs[POINTS[1]]) :]
-  # resumed at its last step: no training step ran again
-  assert '| loss ' not in resumed
-  assert 'eval/deterministic/accuracy:' in resumed
+  # finished at its last step: no training step ran again (no progress line)
+  assert ' | epoch ' not in resumed
+  assert 'already finished at step ' in resumed
+  assert ' (deterministic gates) | accuracy ' in resumed
   rows = list(csv.DictReader(open(root / 'summary.csv')))
   assert [r['point'] for r in rows] == POINTS
   assert [r['status'] for r in rows] == ['done'] * 3

@@ -1,9 +1,11 @@
 """End-to-end trainer tests on the digits dataset: device-count invariance,
-exact resume, evaluation coverage, bad input, non-finite losses and a
-workdir deleted under the run."""
+exact resume, evaluation coverage, bad input, non-finite losses, a
+workdir deleted under the run, what a launch says of its start and a
+finished workdir's rerun, and the ETA's arithmetic."""
 
 import io
 import json
+import logging
 import os
 import shutil
 import types
@@ -29,7 +31,8 @@ from tensorboard.plugins.hparams import metadata as hparams_metadata
 from adanet_jax import config_lib
 from adanet_jax.data import input_pipeline
 from adanet_jax.errors import ConfigError, WorkdirGoneError, WorkdirWriteError
-from adanet_jax.train import rundir, trainer
+from adanet_jax.train import plan as plan_lib
+from adanet_jax.train import progress, rundir, trainer
 
 
 def _params_close(a, b, atol):
@@ -64,7 +67,8 @@ def test_one_device_equals_eight_devices(load_config):
 
 
 @pytest.mark.timeout(300)
-def test_resume_equals_uninterrupted_run(load_config, tmp_path):
+def test_resume_equals_uninterrupted_run(load_config, tmp_path, caplog):
+  caplog.set_level(logging.INFO, logger=trainer.__name__)
   config = tiny_config(train__num_epochs=4 * 32 / 1437)  # 4 steps
   dataset = input_pipeline.create_dataset(config)
   trainer.train_and_evaluate(config, str(tmp_path / 'straight'), dataset)
@@ -92,8 +96,12 @@ def test_resume_equals_uninterrupted_run(load_config, tmp_path):
   assert snapshot(tmp_path / 'resumed') == before
   # One that changes only when things happen resumes, and is recorded.
   config.checkpoint.every_steps = 1
+  caplog.clear()
   # from step 2
   trainer.train_and_evaluate(config, str(tmp_path / 'resumed'), dataset)
+  assert _started(caplog) == [
+      f'resuming from step 2 of 4 (checkpoint {tmp_path}/resumed/checkpoints/2)'
+  ]
   assert rundir.read_config_history(str(tmp_path / 'resumed')) == [
       {'step': 2, 'changed': {'checkpoint.every_steps': [2, 1]}}
   ]
@@ -312,6 +320,137 @@ def test_deleted_workdir_stops_training_at_the_next_log(load_config, tmp_path):
   )
   assert raised.value.exit_code == 1
   assert not os.path.exists(workdir)  # nothing written there afterwards
+
+
+def _started(caplog) -> list[str]:
+  """The trainer's start lines (and finished line) in `caplog`."""
+  return [
+      r.getMessage()
+      for r in caplog.records
+      if r.name == trainer.__name__
+      and r.getMessage().startswith(('resuming ', 'starting ', 'already '))
+  ]
+
+
+class _JaxWork:
+  """Counts what JAX traces, lowers, compiles or loads from its cache while
+  entered (its public monitoring events)."""
+
+  PREFIXES = ('/jax/core/compile/', '/jax/compilation_cache/')
+
+  def __init__(self):
+    self.count = 0
+
+  def _event(self, event, *args, **kwargs):
+    del args, kwargs
+    self.count += event.startswith(self.PREFIXES)
+
+  def __enter__(self):
+    jax.monitoring.register_event_listener(self._event)
+    jax.monitoring.register_event_duration_secs_listener(self._event)
+    return self
+
+  def __exit__(self, *exc_info):
+    jax.monitoring.unregister_event_listener(self._event)
+    jax.monitoring.unregister_event_duration_listener(self._event)
+
+
+@pytest.mark.timeout(300)
+def test_finished_rerun_compiles_nothing_and_init_from_says_so(
+    gated_run, tmp_path, caplog, capsys
+):
+  # The session's tiny run: 22 steps, evaluated in two modes, checkpoint 22.
+  workdir = gated_run
+  config = rundir.read_config(workdir)
+  caplog.set_level(logging.INFO, logger=trainer.__name__)
+  capsys.readouterr()
+  before = snapshot(workdir)
+  with _JaxWork() as work:
+    final = trainer.train_and_evaluate(config, workdir)
+  assert work.count == 0  # nothing traced, compiled or loaded
+  assert snapshot(workdir) == before
+  assert _started(caplog) == [
+      f'already finished at step 22 (checkpoint {workdir}/checkpoints/22); '
+      'nothing to train, the final evaluation is the stored one'
+  ]
+  stored = [json.loads(l) for l in open(os.path.join(workdir, 'metrics.jsonl'))]
+  assert {'step': 22, **final} == stored[-1]
+  eval_csv = f'{workdir}/eval/class_block_rates_%s_step00000022.csv'
+  assert capsys.readouterr().out.splitlines() == [
+      *progress.eval_lines(22, final),
+      f'outputs in {workdir}:',
+      f'  metrics: {workdir}/metrics.jsonl',
+      f'  per-class block rates: {eval_csv % "deterministic"}',
+      f'  per-class block rates: {eval_csv % "expected"}',
+      f"  checkpoint: {workdir}/checkpoints/22 (adanet_jax.load('{workdir}'))",
+      f'  curves: tensorboard --logdir {workdir}',
+  ]
+  # Asked for an evaluation mode it does not hold, it is not finished: the
+  # rerun evaluates the last checkpoint in that mode, shown once, and then it
+  # is finished.
+  config.gates.eval_modes = ('sample',)
+  assert trainer.stored_final_eval(workdir, _plan(config)) is None
+  copy = str(tmp_path / 'copy')
+  shutil.copytree(workdir, copy)
+  caplog.clear()
+  final = trainer.train_and_evaluate(config, copy)
+  assert _started(caplog) == [
+      f'resuming from step 22 of 22 (checkpoint {copy}/checkpoints/22)'
+  ]
+  out = capsys.readouterr().out.splitlines()
+  assert out[:2] == [*progress.eval_lines(22, final), f'outputs in {copy}:']
+  assert trainer.stored_final_eval(copy, _plan(config)) == final
+  # A new workdir from its checkpoint ("killed" before its first step).
+  caplog.clear()
+  config = tiny_config(train__num_epochs=4 * 32 / 1437, init_from=workdir)
+  dataset = StopAt(input_pipeline.create_dataset(config), 0)
+  with _JaxWork() as work, pytest.raises(Interrupted):
+    trainer.train_and_evaluate(config, str(tmp_path / 'w'), dataset)
+  assert work.count > 0  # the counter sees the initialisation
+  assert _started(caplog) == [
+      f'starting from init_from {workdir} (its parameters and BatchNorm '
+      'statistics, a fresh optimizer): step 0 of 4'
+  ]
+
+
+def _plan(config):
+  steps_per_epoch = input_pipeline.create_dataset(config).steps_per_epoch
+  return plan_lib.make_plan(config, steps_per_epoch)
+
+
+class _Clock:
+
+  def __init__(self, *times):
+    self.times = list(times)
+
+  def __call__(self):
+    return self.times.pop(0)
+
+
+def test_eta_counts_only_the_steps_after_the_first():
+  # 100 steps from step 10; the launch's first step compiles (30 s), then a
+  # step takes 0.5 s, then 1.5 s, then 1 s.
+  timer = trainer.Progress(100, 32, clock=_Clock(30.0, 35.0, 50.0, 119.0))
+  timer.first_step_done(11)
+  assert timer.update(21) == {
+      'train/progress': 0.21,
+      'train/images_per_s': 64.0,  # 10 steps of 32 images in 5 s
+      'train/eta_s': 39.5,  # 0.5 s x 79 steps left
+  }
+  assert timer.update(31) == {
+      'train/progress': 0.31,
+      'train/images_per_s': 32 * 10 / 15.0,
+      'train/eta_s': 69.0,  # the mean since the first step (1 s) x 69
+  }
+  assert timer.update(100) == {
+      'train/progress': 1.0,
+      'train/images_per_s': 32.0,
+      'train/eta_s': 0.0,
+  }
+  # A log right after the first step: nothing timed yet.
+  timer = trainer.Progress(100, 32, clock=_Clock(30.0, 30.5))
+  timer.first_step_done(1)
+  assert timer.update(1) == {'train/progress': 0.01}
 
 
 def test_batch_not_divisible_by_devices_is_refused(load_config, tmp_path):

@@ -65,6 +65,7 @@ FREE_FIELDS = (
     'train.log_every_steps',
     'train.eval_every_epochs',
     'train.sync_every_steps',
+    'train.profile_steps',
     'gates.eval_modes',
     'eval.batch_size',
     'checkpoint.every_steps',

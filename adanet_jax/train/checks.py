@@ -42,6 +42,11 @@ RULES = (
         'must be >= 0 (0: only after the last step)',
     ),
     ('train.sync_every_steps', lambda v: v > 0, 'must be >= 1'),
+    (
+        'train.profile_steps',
+        lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
+        'must be an integer >= 0 (0: no profile)',
+    ),
     ('eval.batch_size', lambda v: v > 0, 'must be > 0'),
     (
         'checkpoint.every_steps',

@@ -30,6 +30,8 @@ class RunPlan:
     log_every_steps, eval_every_steps, checkpoint_every_steps: cadences of the
       periodic actions (<= 0: only after the last step; see `trainer.is_time`).
     sync_every_steps: the host waits for the device at least this often.
+    profile_steps: steps traced by JAX's profiler after the first step of a
+      launch (`profiling.StepProfiler`; 0: none).
     batch_size, eval_batch_size: global batch sizes.
     seed: the run's one seed.
     image_shape: (height, width, channels) of the model's input.
@@ -50,6 +52,7 @@ class RunPlan:
   eval_every_steps: int
   checkpoint_every_steps: int
   sync_every_steps: int
+  profile_steps: int
   batch_size: int
   eval_batch_size: int
   seed: int
@@ -98,6 +101,7 @@ def make_plan(
       eval_every_steps=epochs_to_steps(t.eval_every_epochs, steps_per_epoch),
       checkpoint_every_steps=config.checkpoint.every_steps,
       sync_every_steps=t.sync_every_steps,
+      profile_steps=t.profile_steps,
       batch_size=t.batch_size,
       eval_batch_size=config.eval.batch_size,
       seed=config.seed,

@@ -1,8 +1,11 @@
 """What a person sees of a run: one readable progress line per log step, one
-line per gate mode per evaluation."""
+line per gate mode per evaluation, and at the end where the outputs are."""
 
 import math
+import os
 import sys
+
+from adanet_jax.train import rundir
 
 
 def format_duration(seconds: float) -> str:
@@ -89,6 +92,36 @@ def eval_lines(step: int, scalars: dict) -> list[str]:
   return lines
 
 
+def outputs_lines(workdir: str, step: int, final: dict) -> list[str]:
+  """Where a run's outputs are, ending with the command that shows its curves.
+
+  Args:
+    workdir: the run's directory.
+    step: the step of the final evaluation and checkpoint.
+    final: the final evaluation (`eval/<mode>/<key>`): its modes' per-class
+      block rates are listed, where they were written.
+
+  Returns:
+    The lines, e.g. `outputs in /runs/w:`, `  metrics: /runs/w/metrics.jsonl`,
+    ..., `  curves: tensorboard --logdir /runs/w`.
+  """
+  workdir = os.path.abspath(workdir)
+  modes = sorted({k.split('/')[1] for k in final if k.count('/') == 2})
+  rates = [rundir.class_block_rates_path(workdir, m, step) for m in modes]
+  return [
+      f'outputs in {workdir}:',
+      f'  metrics: {os.path.join(workdir, rundir.METRICS_FILE)}',
+      *(
+          f'  per-class block rates: {path}'
+          for path in rates
+          if os.path.exists(path)
+      ),
+      f'  checkpoint: {rundir.checkpoint_dir(workdir)}/{step} '
+      f"(adanet_jax.load('{workdir}'))",
+      f'  curves: tensorboard --logdir {workdir}',
+  ]
+
+
 class ConsoleWriter:
   """Writes log records as readable lines on stdout: a progress line per
   training log step (with a bar when stdout is a terminal), a line per gate
@@ -111,5 +144,8 @@ class ConsoleWriter:
           f'step {step}: '
           + ', '.join(f'{k} {v:.6g}' for k, v in sorted(scalars.items()))
       ]
+    self.write_lines(lines)
+
+  def write_lines(self, lines: list[str]) -> None:
     self.stream.write(''.join(line + '\n' for line in lines))
     self.stream.flush()

@@ -7,6 +7,7 @@
   <workdir>/checkpoints_damaged/<step>-<time>   steps that failed to restore, set aside
   <workdir>/workdir.lock       the live run's lock (`adanet_jax.train.workdir_lock`)
   <workdir>/eval/class_block_rates_<mode>_step<N>.csv   per class x per block rates
+  <workdir>/profile/           traces of `train.profile_steps` (`adanet_jax.train.profiling`)
   <workdir>/sweep_status.json  a sweep point's status (`adanet_jax.tools.sweep`)
   <workdir>/log.txt            a sweep point's console output
   <sweep root>/sweep.json      what a sweep root holds (config, sweep, points)
@@ -32,6 +33,7 @@ CHECKPOINTS_DIR = 'checkpoints'
 # Checkpoint steps that failed to restore are moved here, never deleted.
 DAMAGED_CHECKPOINTS_DIR = 'checkpoints_damaged'
 EVAL_DIR = 'eval'
+PROFILE_DIR = 'profile'
 SWEEP_STATUS_FILE = 'sweep_status.json'
 LOG_FILE = 'log.txt'
 SWEEP_MANIFEST_FILE = 'sweep.json'
@@ -215,6 +217,25 @@ def last_eval(workdir: str, gate_mode: str) -> dict | None:
       'step': last['step'],
       **{k[len(prefix) :]: v for k, v in last.items() if k.startswith(prefix)},
   }
+
+
+def eval_record(workdir: str, step: int) -> dict | None:
+  """The evaluation metrics.jsonl holds for `step` (its `eval/` keys, as the
+  trainer returned them), or None; a line cut short by a kill is skipped."""
+  path = os.path.join(workdir, METRICS_FILE)
+  if not os.path.isfile(path):
+    return None
+  found = None
+  with open(path) as f:
+    for line in f:
+      try:
+        record = json.loads(line)
+      except ValueError:
+        continue
+      evaluated = {k: v for k, v in record.items() if k.startswith('eval/')}
+      if record.get('step') == step and evaluated:
+        found = evaluated
+  return found
 
 
 def first_compile(workdir: str) -> dict | None:

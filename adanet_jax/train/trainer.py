@@ -4,9 +4,17 @@
 only reader of the config's numbers), the placement on a ('data',) mesh, the
 model, the optimizer, the compiled train step and the evaluator. The loop
 reads the plan; each periodic action sits behind `is_time`.
+
+What a launch says: one line of where it starts (`start_line`: a resume, an
+`init_from`, or fresh), progress and evaluation lines, and at the end the
+final evaluation once, followed by where the outputs are
+(`progress.outputs_lines`). A workdir whose run has finished says so and
+shows its stored final evaluation without building the model or compiling
+anything.
 """
 
 import dataclasses
+import logging
 import os
 import time
 from typing import Any, Sequence
@@ -35,12 +43,16 @@ from adanet_jax.train import (
     metrics,
     optim,
     preemption,
+    profiling,
+    progress,
     rundir,
     steps,
     workdir_lock,
 )
 from adanet_jax.train import placement as placement_lib
 from adanet_jax.train import plan as plan_lib
+
+logger = logging.getLogger(__name__)
 
 
 def is_time(step: int, every: int, last_step: int) -> bool:
@@ -189,9 +201,16 @@ def train_and_evaluate(
   checks.check_run_config(config)
   workdir_lock.check_creatable(workdir)
   dataset = dataset or input_pipeline.create_dataset(config)
+  # The plan alone (no model, nothing compiled) says whether the run is done.
+  plan = plan_lib.make_plan(config, dataset.steps_per_epoch)
+  checks.check_plan(plan, config)
+  checkpoints.check_workdir(workdir, config, allow_config_change)
+  final = stored_final_eval(workdir, plan)
+  if final is not None:
+    _show_finished(workdir, plan, final)
+    return final
   parts = setup(config, dataset)
   info = metrics.run_info(config, hparam_fields)
-  checkpoints.check_workdir(workdir, config, allow_config_change)
   start = checkpoints.start_state(
       workdir, parts.init_state(), parts.plan.init_from
   )
@@ -206,14 +225,71 @@ def train_and_evaluate(
     )
 
 
+def stored_final_eval(workdir: str, plan: plan_lib.RunPlan) -> dict | None:
+  """The final evaluation of a finished run in `workdir`, or None.
+
+  Finished: the newest checkpoint step directory is the plan's last step and
+  metrics.jsonl holds that step's evaluation in every mode of the plan. Reads
+  only; the checkpoint is not restored (`adanet_jax.load` reads it).
+  """
+  latest = checkpoints.step_dirs(rundir.checkpoint_dir(workdir))[:1]
+  if latest != [plan.num_steps]:
+    return None
+  final = rundir.eval_record(workdir, plan.num_steps)
+  if final is None or any(
+      f'eval/{mode}/accuracy' not in final for mode in plan.eval_gate_modes
+  ):
+    return None
+  return final
+
+
+def _show_finished(workdir: str, plan: plan_lib.RunPlan, final: dict) -> None:
+  logger.info(
+      'already finished at step %d (checkpoint %s/%d); nothing to train, the '
+      'final evaluation is the stored one',
+      plan.num_steps,
+      rundir.checkpoint_dir(workdir),
+      plan.num_steps,
+  )
+  if jax.process_index() == 0:
+    console = progress.ConsoleWriter(plan.num_steps, plan.steps_per_epoch)
+    console.write(plan.num_steps, final)
+    console.write_lines(progress.outputs_lines(workdir, plan.num_steps, final))
+
+
+def start_line(
+    checkpointer: checkpoints.Checkpointer, step: int, plan: plan_lib.RunPlan
+) -> str:
+  """Where a launch starts, by the resume order (`checkpoints`), after
+  `checkpointer.resume` gave the state of `step`."""
+  if checkpointer.latest_step() is not None:
+    return (
+        f'resuming from step {step} of {plan.num_steps} (checkpoint '
+        f'{checkpointer.directory}/{step})'
+    )
+  if plan.init_from:
+    return (
+        f'starting from init_from {plan.init_from} (its parameters and '
+        f'BatchNorm statistics, a fresh optimizer): step 0 of {plan.num_steps}'
+    )
+  return f'starting fresh: step 0 of {plan.num_steps}'
+
+
 def _train(
     config, workdir, parts, dataset, start, changes, stop, lock, info
 ) -> dict:
   checkpointer = checkpoints.Checkpointer(workdir, config)
   state = checkpointer.resume(start)
+  logger.info('%s', start_line(checkpointer, int(state.step), parts.plan))
   # The compiled step wants exactly the shardings it was compiled for.
   state = jax.device_put(state, parts.placement.replicated)
-  logger = None
+  metric_logger = None
+  profiler = profiling.StepProfiler(
+      os.path.join(workdir, rundir.PROFILE_DIR),
+      parts.plan.profile_steps,
+      int(state.step),
+      parts.plan.num_steps,
+  )
   try:
     if jax.process_index() == 0:
       with reported_write(
@@ -222,35 +298,46 @@ def _train(
         if changes:
           rundir.append_config_history(workdir, int(state.step), changes)
         rundir.write_config(workdir, config)
-    logger = metrics.MetricLogger(
+    metric_logger = metrics.MetricLogger(
         workdir,
         info,
         parts.plan.num_steps,
         parts.plan.steps_per_epoch,
         start_step=int(state.step),
     )
-    final = _train_loop(
-        Run(parts, dataset, workdir, checkpointer, logger, lock), state, stop
-    )
-  finally:  # also on errors: finish pending checkpoint writes
+    run = Run(parts, dataset, workdir, checkpointer, metric_logger, lock)
+    final = _train_loop(run, state, stop, profiler)
+  finally:  # also on errors: finish pending checkpoint writes, end a trace
+    profiler.close()
     checkpointer.close()
-    if logger is not None:
-      logger.close()
+    if metric_logger is not None:
+      metric_logger.close()
+  if jax.process_index() == 0:
+    metric_logger.console.write_lines(
+        progress.outputs_lines(workdir, parts.plan.num_steps, final)
+    )
   return final
 
 
-def _train_loop(run: Run, state, stop: preemption.StopRequest) -> dict:
+def _train_loop(
+    run: Run,
+    state,
+    stop: preemption.StopRequest,
+    profiler: profiling.StepProfiler,
+) -> dict:
   plan, step_fn, first = run.plan, run.setup.train_step, int(state.step)
-  progress = Progress(plan.num_steps, first, plan.batch_size)
+  timer = Progress(plan.num_steps, plan.batch_size)
   sums, final, run_info = None, {}, {}
   for step in range(first, plan.num_steps):
     batch = run.setup.placement.to_global(run.dataset.train_batch(step))
     state, step_metrics = step_fn(state, batch)
+    done = step + 1
     # compiled (or loaded) by this call: goes with the first log record
     if step == first:
       run_info = {f'run/{k}': v for k, v in step_fn.compile_info.items()}
+      timer.first_step_done(done, step_metrics)
+    profiler.step_done(done, (state, step_metrics))
     sums = metrics.accumulate(sums, step_metrics)
-    done = step + 1
     log, evaluate, ckpt = (
         is_time(done, every, plan.num_steps)
         for every in (
@@ -268,7 +355,7 @@ def _train_loop(run: Run, state, stop: preemption.StopRequest) -> dict:
           f'train/{k}': v
           for k, v in metrics.summarize_train(jax.device_get(sums)).items()
       }
-      run.logger.write(done, {**summary, **progress.update(done), **run_info})
+      run.logger.write(done, {**summary, **timer.update(done), **run_info})
       sums, run_info = None, {}
     if evaluate:
       final = run.evaluate(state, done)
@@ -286,6 +373,7 @@ def _train_loop(run: Run, state, stop: preemption.StopRequest) -> dict:
       )
   if not final:  # resumed after the last step: evaluate what is there
     final = run.evaluate(state, plan.num_steps)
+    run.logger.write(plan.num_steps, final)
   return final
 
 
@@ -321,21 +409,41 @@ def _raise_if_nonfinite(sums: dict, checkpointer) -> None:
 
 
 class Progress:
-  """Images/s and ETA between log points."""
+  """Images/s between log points and the ETA, from steady-state steps only:
+  the clock starts when the launch's first step has finished, since that
+  step's time is mostly compiling the train step.
 
-  def __init__(self, num_steps: int, start_step: int, batch_size: int):
-    self.num_steps, self.batch_size = num_steps, batch_size
-    self.last_step, self.last_time = start_step, time.perf_counter()
+  The ETA is the mean time of a step since then (evaluations and checkpoints
+  included, as they will recur) times the steps left.
+  """
+
+  def __init__(self, num_steps: int, batch_size: int, clock=time.perf_counter):
+    self.num_steps, self.batch_size, self.clock = num_steps, batch_size, clock
+    self.start = self.last = None  # (completed steps, time)
+
+  def first_step_done(self, step: int, outputs=None) -> None:
+    """Starts the clock once the launch's first step (`step` completed
+    steps), whose results are `outputs`, has run."""
+    jax.block_until_ready(outputs)
+    self.start = self.last = (step, self.clock())
 
   def update(self, step: int) -> dict:
-    now = time.perf_counter()
-    per_step = (now - self.last_time) / max(step - self.last_step, 1)
-    self.last_step, self.last_time = step, now
-    return {
-        'train/images_per_s': self.batch_size / per_step,
-        'train/progress': step / self.num_steps,
-        'train/eta_s': per_step * (self.num_steps - step),
-    }
+    """The record of a log point after `step` completed steps (images/s and
+    ETA left out while no step has been timed)."""
+    now = self.clock()
+    (start_step, start_time), (last_step, last_time) = self.start, self.last
+    self.last = (step, now)
+    record = {'train/progress': step / self.num_steps}
+    if step > last_step and now > last_time:
+      record['train/images_per_s'] = (
+          self.batch_size * (step - last_step) / (now - last_time)
+      )
+    if step == self.num_steps:
+      record['train/eta_s'] = 0.0
+    elif step > start_step:
+      per_step = (now - start_time) / (step - start_step)
+      record['train/eta_s'] = per_step * (self.num_steps - step)
+    return record
 
 
 def _raise_if_workdir_gone(run: Run, step: int) -> None:
