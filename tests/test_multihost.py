@@ -303,9 +303,18 @@ def calls(monkeypatch):
   return made
 
 
+# A dead peer is declared after this, not JAX's default 100 s (distributed.py).
+HEARTBEAT = {'heartbeat_timeout_seconds': distributed.HEARTBEAT_TIMEOUT_S}
+
+
 def test_explicit_settings_skip_cluster_detection(calls):
   assert distributed.initialize('h:1', 2, 1, environ={}) == 'explicit settings'
-  assert calls == [(('h:1', 2, 1), {'cluster_detection_method': 'deactivate'})]
+  assert calls == [
+      (
+          ('h:1', 2, 1),
+          {'cluster_detection_method': 'deactivate', **HEARTBEAT},
+      )
+  ]
 
 
 def test_unset_settings_are_left_to_jax_detection(calls):
@@ -316,7 +325,10 @@ def test_unset_settings_are_left_to_jax_detection(calls):
   assert distributed.initialize(environ={'JAX_PROCESS_ID': '1'}) == (
       'cluster environment detected by JAX'
   )
-  assert calls == [((None, None, None), {}), ((None, None, 1), {})]
+  assert calls == [
+      ((None, None, None), HEARTBEAT),
+      ((None, None, 1), HEARTBEAT),
+  ]
 
 
 def test_worker_environment_replaces_the_device_count():

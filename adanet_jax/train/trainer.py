@@ -205,10 +205,13 @@ def train_and_evaluate(
   plan = plan_lib.make_plan(config, dataset.steps_per_epoch)
   checks.check_plan(plan, config)
   checkpoints.check_workdir(workdir, config, allow_config_change)
-  final = stored_final_eval(workdir, plan)
-  if final is not None:
-    _show_finished(workdir, plan, final)
-    return final
+  if stored_final_eval(workdir, plan) is not None:
+    # A live run of the workdir refuses the rerun, as for any other.
+    with workdir_lock.acquire(workdir):
+      final = stored_final_eval(workdir, plan)
+      if final is not None:
+        _show_finished(workdir, plan, final)
+        return final
   parts = setup(config, dataset)
   info = metrics.run_info(config, hparam_fields)
   start = checkpoints.start_state(
