@@ -306,3 +306,27 @@ def slurm_cluster(tmp_path_factory):
     yield dict(os.environ, SLURM_CONF=str(directory / 'slurm.conf'))
   finally:
     subprocess.run(['bash', SLURM_CLUSTER_SCRIPT, 'stop', str(directory)])
+
+
+# `--dist loadfile` hands whole files to the two workers in collection order;
+# the longest files go first so that both workers finish at about the same
+# time, not one waiting while the other runs a long file alone.
+LONGEST_FILES = (
+    'test_signals.py',
+    'test_recipes.py',
+    'test_multihost.py',
+    'test_faults.py',
+    'test_slurm.py',
+    'test_sweep.py',
+    'test_skip_inference.py',
+    'test_resnet.py',
+    'test_torch_io.py',
+    'test_trainer.py',
+    'test_steps.py',
+)
+
+
+def pytest_collection_modifyitems(items):
+  rank = {name: i for i, name in enumerate(LONGEST_FILES)}
+  # a stable sort: the order within a file stays
+  items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
