@@ -49,16 +49,16 @@ SQUEUE_EVERY_S = 15.0
 # The return code of a point whose job vanished without a result.
 LOST_JOB_STATUS = 255
 # How long before its time limit a point's job is told to stop: enough to
-# finish a step and save. SLURM checks time limits about once a minute, so the
-# signal may come up to 60 s earlier still.
+# finish a step and save. SLURM may send it up to 60 s earlier than asked
+# (its manual).
 MAX_SIGNAL_LEAD_S = 90
 
 
 def signal_lead_s(time_min: int) -> int:
   """Seconds before the time limit at which a point's job gets SIGUSR2:
-  MAX_SIGNAL_LEAD_S, but at most a quarter of a short `--slurm.time`, which
-  the fixed lead would spend entirely (submitit's default of 90 s signals a
-  1-minute job as it starts, and every resubmission again)."""
+  MAX_SIGNAL_LEAD_S, but at most a quarter of a short `--slurm.time`
+  (submitit's default of 90 s is longer than a 1-minute job: SLURM signals
+  it at its first look at the job's time, and every resubmission again)."""
   return min(MAX_SIGNAL_LEAD_S, time_min * 60 // 4)
 
 
