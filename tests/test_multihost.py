@@ -19,7 +19,7 @@ import jax
 import numpy as np
 import pytest
 
-from adanet_jax.errors import ConfigError
+from adanet_jax.errors import ConfigError, PeerProcessError
 from adanet_jax.runtime import distributed
 from adanet_jax.tools import launch
 
@@ -351,3 +351,31 @@ def test_worker_environment_replaces_the_device_count():
       env['JAX_NUM_PROCESSES'],
       env['JAX_PROCESS_ID'],
   ) == ('127.0.0.1:5', '2', '1')
+
+
+def test_a_collective_broken_by_a_dead_peer_is_one_line(monkeypatch):
+  # what XLA:CPU's gloo raised in the srun test of tests/test_slurm.py
+  broken = jax.errors.JaxRuntimeError(
+      'INTERNAL: Gloo all-reduce failed: [external/gloo/gloo/transport/tcp/'
+      'pair.cc:534] Read error [127.0.0.1]:40523: Connection reset by peer'
+  )
+  other = jax.errors.JaxRuntimeError('INTERNAL: something else')
+  for count, error, expected in (
+      (2, broken, PeerProcessError),
+      (2, other, jax.errors.JaxRuntimeError),
+      (1, broken, jax.errors.JaxRuntimeError),  # no peer to blame
+  ):
+    monkeypatch.setattr(jax, 'process_count', lambda c=count: c)
+    with pytest.raises(expected) as e:
+      with distributed.peer_failures_reported():
+        raise error
+    if expected is PeerProcessError:
+      assert str(e.value) == (
+          'process 0 of 2: another process of the job died (all-reduce '
+          'failed: Connection reset by peer); this one stopped too; run the '
+          'same command again for all processes to resume from the last '
+          'checkpoint'
+      )
+      assert e.value.exit_code == 1
+    else:
+      assert e.value is error

@@ -594,9 +594,11 @@ def test_point_whose_workdir_was_deleted_counts_as_failed(
   assert [(r['point'], r['status']) for r in rows] == list(results.items())
 
 
-class _StoppedOnceLauncher:
-  """As the SLURM launcher: target-0.5's first job is stopped by its time
-  limit (exit 75, saved); every other job trains and exits 0."""
+class _StoppedLauncher:
+  """As the SLURM launcher: the first job of target-0.5 and of target-0.7 is
+  stopped by its time limit after saving step 3 (exit 75); target-0.7's
+  second job is stopped again at step 3, before it trained a step; every
+  other job trains and exits 0."""
 
   resubmits_stopped = True
 
@@ -607,7 +609,11 @@ class _StoppedOnceLauncher:
   def start(self, name, command, workdir):
     del command
     self.started.append(name)
-    if name == 'target-0.5_seed-0' and self.started.count(name) == 1:
+    count = self.started.count(name)
+    if name != 'target-0.3_seed-0' and count == 1:
+      os.makedirs(os.path.join(workdir, 'checkpoints', '3'))
+      return _FakeJob(75)
+    if name == 'target-0.7_seed-0':
       return _FakeJob(75)
     os.makedirs(workdir, exist_ok=True)
     with open(os.path.join(workdir, 'config.json'), 'w') as f:
@@ -618,7 +624,7 @@ class _StoppedOnceLauncher:
     return f'fake, exit {job.code}'
 
 
-def test_point_stopped_by_its_time_limit_is_resubmitted_and_finishes(
+def test_point_stopped_by_its_time_limit_is_resubmitted_while_it_advances(
     tmp_path, capsys, monkeypatch
 ):
   from adanet_jax.tools import sweep  # pylint: disable=import-outside-toplevel
@@ -628,7 +634,7 @@ def test_point_stopped_by_its_time_limit_is_resubmitted_and_finishes(
   launchers = []
 
   def make(root):
-    launchers.append(_StoppedOnceLauncher(root))
+    launchers.append(_StoppedLauncher(root))
     return launchers[-1]
 
   results = sweep.run_sweep(
@@ -640,14 +646,37 @@ def test_point_stopped_by_its_time_limit_is_resubmitted_and_finishes(
       False,
       make,
   )
-  assert results == dict.fromkeys(points, 'done')
-  assert launchers[0].started == [points[0], points[1], points[1], points[2]]
+  assert results == {points[0]: 'done', points[1]: 'done', points[2]: 'failed'}
+  # target-0.7's second stop made no progress: not submitted a third time
+  assert launchers[0].started == [points[0]] + [points[1]] * 2 + [points[2]] * 2
   out = capsys.readouterr().out
+  for name in points[1:]:
+    assert (
+        f'{name}: stopped by its time limit or a preemption after saving '
+        f'step 3 (exit 75); submitting it again\n'
+        f'started {name} (fake, exit ' in out
+    )
   assert (
-      f'{points[1]}: stopped by its time limit or a preemption after saving '
-      '(exit 75); submitting it again\n'
-      f'started {points[1]} (fake, exit 0)\n' in out
+      f'point {points[2]} failed (exit 75: stopped at step 3, where its job '
+      'started, so it is not submitted again; its --slurm.time is too short '
+      'to train a step after start-up); no log.txt left\n' in out
   )
+  status = json.loads(
+      (tmp_path / 'root' / points[2] / 'sweep_status.json').read_text()
+  )
+  assert (status['status'], status['returncode']) == ('failed', 75)
+
+
+def test_slurm_stop_signal_leaves_a_short_time_limit_time_to_train():
+  # submitit's fixed 90 s signalled a 1-minute job as soon as it started
+  from adanet_jax.tools import slurm_launcher  # pylint: disable=import-outside-toplevel
+
+  assert [slurm_launcher.signal_lead_s(m) for m in (1, 2, 6, 240)] == [
+      15,
+      30,
+      90,
+      90,
+  ]
 
 
 def test_failed_writes_of_the_sweep_files_are_one_line_naming_the_file(

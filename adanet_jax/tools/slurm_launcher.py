@@ -14,8 +14,8 @@ files (the submitted call, its stdout/stderr) go to `<root>/slurm/`. A job's
 exit status comes back as JSON in the point's workdir (RESULT_FILE), so the
 sweep never deserializes a file that others could have written.
 
-A point's job gets SIGUSR2 `signal_delay_s` (90 s) before its time limit
-(`--slurm.time`; submitit's `--signal=USR2@90`), SIGTERM when it is
+A point's job gets SIGUSR2 `signal_lead_s` before its time limit
+(`--slurm.time`; submitit's `--signal=USR2@LEAD`), SIGTERM when it is
 preempted: the training process stops at the next step boundary, saves and
 exits with status 75 (`errors.Preempted`), and the sweep submits the point
 again (`resubmits_stopped`), which resumes from that checkpoint. The job's
@@ -48,6 +48,18 @@ RESULT_FILE = 'slurm_result.json'
 SQUEUE_EVERY_S = 15.0
 # The return code of a point whose job vanished without a result.
 LOST_JOB_STATUS = 255
+# How long before its time limit a point's job is told to stop: enough to
+# finish a step and save. SLURM may send it up to 60 s earlier than asked
+# (its manual).
+MAX_SIGNAL_LEAD_S = 90
+
+
+def signal_lead_s(time_min: int) -> int:
+  """Seconds before the time limit at which a point's job gets SIGUSR2:
+  MAX_SIGNAL_LEAD_S, but at most a quarter of a short `--slurm.time`
+  (submitit's default of 90 s is longer than a 1-minute job: SLURM signals
+  it at its first look at the job's time, and every resubmission again)."""
+  return min(MAX_SIGNAL_LEAD_S, time_min * 60 // 4)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -209,7 +221,12 @@ class SlurmLauncher:
     self.executor = submitit.SlurmExecutor(
         folder=os.path.join(self.folder, '%j')
     )
-    params = {'time': options.time_min, 'ntasks_per_node': 1, 'nodes': 1}
+    params = {
+        'time': options.time_min,
+        'ntasks_per_node': 1,
+        'nodes': 1,
+        'signal_delay_s': signal_lead_s(options.time_min),
+    }
     for key in ('partition', 'gpus_per_task', 'cpus_per_task', 'mem'):
       if getattr(options, key) is not None:
         params[key] = getattr(options, key)

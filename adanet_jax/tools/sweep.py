@@ -32,7 +32,9 @@ SIGKILL after STOP_GRACE_S) and prints the command that resumes.
 Points run as child processes (`LocalLauncher`, the default) or as one
 SLURM job each (`--launcher=slurm`, `adanet_jax/tools/slurm_launcher.py`);
 everything else is the same for both, except that a SLURM point stopped by
-its time limit or a preemption (exit 75, saved) is submitted again at once.
+its time limit or a preemption (exit 75, saved) is submitted again at once,
+as long as each job advanced its newest checkpoint step; a job stopped at the
+step it started from fails the point (its time limit is too short to train).
 """
 
 import ctypes
@@ -445,9 +447,12 @@ def _run_points(
     while todo or running:
       while todo and len(running) < parallel:
         name = todo.pop(0)
+        # read before the job can save
+        started_at = _checkpoint_step(jobs[name][1])
         running[name] = (
             launcher.start(name, commands[name], jobs[name][1]),
             time.time(),
+            started_at,
         )
         print(
             f'started {name} ({launcher.describe(running[name][0])})',
@@ -459,27 +464,39 @@ def _run_points(
         code = running[name][0].poll()
         if code is None:
           continue
-        start = running.pop(name)[1]
+        _, start, started_at = running.pop(name)
+        why = None
         if code == Preempted.exit_code and launcher.resubmits_stopped:
-          todo.insert(0, name)
-          print(
-              f'{name}: stopped by its time limit or a preemption after '
-              'saving (exit 75); submitting it again',
-              flush=True,
+          stopped_at = _checkpoint_step(jobs[name][1])
+          # Only while it advances: a job stopped before its first step
+          # would otherwise be submitted again forever.
+          if stopped_at > started_at:
+            todo.insert(0, name)
+            print(
+                f'{name}: stopped by its time limit or a preemption after '
+                f'saving step {stopped_at} (exit 75); submitting it again',
+                flush=True,
+            )
+            continue
+          why = (
+              f'exit 75: stopped at step {stopped_at}, where its job '
+              'started, so it is not submitted again; its --slurm.time is '
+              'too short to train a step after start-up'
           )
-          continue
-        results[name] = _finish(name, jobs[name], commands[name], code, start)
+        results[name] = _finish(
+            name, jobs[name], commands[name], code, start, why
+        )
         print(
             f'[{len(results)}/{len(jobs)}] {name}: {results[name]} '
             f'({time.time() - start:.0f} s)',
             flush=True,
         )
   except KeyboardInterrupt:
-    for job, _ in running.values():
+    for job, *_ in running.values():
       job.stop()
     raise SweepInterrupted(f'{len(running)} running point(s) stopped') from None
   except ExpectedError:  # a write of the sweep's own files failed
-    for job, _ in running.values():
+    for job, *_ in running.values():
       job.stop()  # each saves a checkpoint to resume from
     raise
   return results
@@ -510,7 +527,14 @@ def _plan_state(workdir: str) -> str:
   return resume if status == 'new' else f'{status}, {resume}'
 
 
-def _finish(name, job, command, returncode, start) -> str:
+def _checkpoint_step(workdir: str) -> int:
+  """The newest checkpoint step in `workdir` (0: none), where a point
+  resumes."""
+  steps = checkpoints.step_dirs(rundir.checkpoint_dir(workdir))
+  return steps[0] if steps else 0
+
+
+def _finish(name, job, command, returncode, start, why=None) -> str:
   overrides, workdir = job
   # A trainer that ends well has written its config: without it the workdir
   # was deleted (and maybe recreated) under the point.
@@ -530,18 +554,21 @@ def _finish(name, job, command, returncode, start) -> str:
         },
     )
   if status == 'failed':
-    _report_failure(name, workdir, returncode)
+    _report_failure(name, workdir, returncode, why)
   return status
 
 
-def _report_failure(name: str, workdir: str, returncode: int) -> None:
+def _report_failure(
+    name: str, workdir: str, returncode: int, why: str | None = None
+) -> None:
   """Prints why a point failed and the tail of its log."""
   log = os.path.join(workdir, rundir.LOG_FILE)
   tail = []
   if os.path.exists(log):  # the workdir may have been deleted
     with open(log) as f:
       tail = f.read().splitlines()[-15:]
-  why = f'exit {returncode}' if returncode else 'exit 0, its workdir emptied'
+  if why is None:
+    why = f'exit {returncode}' if returncode else 'exit 0, its workdir emptied'
   shown = (
       'last lines of its log:\n  ' + '\n  '.join(tail)
       if tail
