@@ -192,9 +192,10 @@ def test_bad_sweep_input_starts_nothing(tmp_path, extra, message):
 def test_root_of_another_sweep_is_refused(tmp_path):
   root = tmp_path / 'sweep'
   plan = subprocess.run(
-      _sweep_command(root, '--plan_only'),
+      # `--root=~/x`, which a shell leaves unexpanded, is the home's x
+      _sweep_command('~/sweep', '--plan_only'),
       cwd=REPO,
-      env=_env(),
+      env={**_env(), 'HOME': str(tmp_path)},
       capture_output=True,
       text=True,
       timeout=120,

@@ -500,6 +500,23 @@ REFUSALS = {
         "init_from='{tmp}/notes.pth' is neither a PyTorch file (written by "
         'torch.save) nor a workdir or checkpoint directory',
     ),
+    'torchvision ResNet-18 weights': (
+        dict(init_from='{tmp}/resnet18.pth'),
+        '{tmp}/w',
+        '{tmp}/resnet18.pth: a torchvision ResNet state_dict fits only the '
+        "bottleneck ResNets: set model.name='imagenet_resnet' (depth 50, 101 "
+        'or 152)',
+    ),
+    'unprepared CIFAR-10, data_dir under ~': (
+        dict(
+            data__name='cifar10',
+            data__channels=3,
+            data__image_size=32,
+            data__data_dir='~/empty',
+        ),
+        '{tmp}/w',
+        'dataset cifar10 is not prepared in {tmp}/empty (no ',
+    ),
     'damaged model.json, workdir under ~': (
         {},
         '~/damaged',
@@ -511,9 +528,40 @@ REFUSALS = {
 }
 
 
+def _save_torchvision_resnet18(path):
+  """The state_dict layout and shapes of torchvision's ResNet-18 (zeros)."""
+  import torch  # pylint: disable=import-outside-toplevel
+
+  def bn(prefix, c):
+    return {
+        f'{prefix}.weight': torch.zeros(c),
+        f'{prefix}.bias': torch.zeros(c),
+        f'{prefix}.running_mean': torch.zeros(c),
+        f'{prefix}.running_var': torch.ones(c),
+        f'{prefix}.num_batches_tracked': torch.tensor(0),
+    }
+
+  sd = {'conv1.weight': torch.zeros(64, 3, 7, 7), **bn('bn1', 64)}
+  c_in = 64
+  for layer, c in enumerate((64, 128, 256, 512), 1):
+    for block in range(2):
+      p = f'layer{layer}.{block}'
+      first_in = c_in if block == 0 else c
+      sd[f'{p}.conv1.weight'] = torch.zeros(c, first_in, 3, 3)
+      sd.update(bn(f'{p}.bn1', c))
+      sd[f'{p}.conv2.weight'] = torch.zeros(c, c, 3, 3)
+      sd.update(bn(f'{p}.bn2', c))
+      if block == 0 and layer > 1:
+        sd[f'{p}.downsample.0.weight'] = torch.zeros(c, c_in, 1, 1)
+        sd.update(bn(f'{p}.downsample.1', c))
+    c_in = c
+  sd['fc.weight'], sd['fc.bias'] = torch.zeros(1000, 512), torch.zeros(1000)
+  torch.save(sd, path)
+
+
 @pytest.mark.parametrize('case', sorted(REFUSALS))
 def test_bad_input_is_refused_before_anything_is_created(
-    tmp_path, monkeypatch, case
+    tmp_path, tmp_path_factory, monkeypatch, case
 ):
   overrides, workdir, error = REFUSALS[case]
   (tmp_path / 'empty').mkdir()
@@ -522,7 +570,13 @@ def test_bad_input_is_refused_before_anything_is_created(
   (tmp_path / 'notes.pth').write_text('not a torch file')
   (tmp_path / 'damaged' / 'checkpoints').mkdir(parents=True)
   (tmp_path / 'damaged' / 'checkpoints' / 'model.json').write_text('{')
+  if case == 'torchvision ResNet-18 weights':
+    _save_torchvision_resnet18(tmp_path / 'resnet18.pth')
   monkeypatch.setenv('HOME', str(tmp_path))
+  # matplotlib and keras, imported by tfds, write under the home otherwise
+  elsewhere = str(tmp_path_factory.mktemp('libraries'))
+  monkeypatch.setenv('MPLCONFIGDIR', elsewhere)
+  monkeypatch.setenv('KERAS_HOME', elsewhere)
   before = snapshot(tmp_path)
   config = tiny_config(
       **{
