@@ -59,21 +59,38 @@ class StepProfiler:
           self.stop,
           self.logdir,
       )
-      jax.profiler.start_trace(self.logdir)
-      self.tracing = True
+      self.tracing = self._profiler_call(jax.profiler.start_trace, self.logdir)
     elif self.tracing and step == self.stop:
       jax.block_until_ready(outputs)
-      self.close()
-      logger.info(
-          'profile written to %s (tensorboard --logdir %s, or the '
-          '*.trace.json.gz in https://ui.perfetto.dev)',
-          self.logdir,
-          self.logdir,
-      )
+      if self.close():
+        logger.info(
+            'profile written to %s (tensorboard --logdir %s, or the '
+            '*.trace.json.gz in https://ui.perfetto.dev)',
+            self.logdir,
+            self.logdir,
+        )
 
-  def close(self) -> None:
+  def close(self) -> bool:
     """Stops a trace still running (training ended early, by an error or a
-    stop signal), so that the process can trace again."""
-    if self.tracing:
-      self.tracing = False
-      jax.profiler.stop_trace()
+    stop signal), so that the process can trace again; whether a trace was
+    written."""
+    if not self.tracing:
+      return False
+    self.tracing = False
+    return self._profiler_call(jax.profiler.stop_trace)
+
+  def _profiler_call(self, call, *args) -> bool:
+    """`call(*args)`; a failure (a full disk, a read-only workdir) is one
+    warning line and training goes on: the profile is an extra, as the
+    compilation cache is."""
+    try:
+      call(*args)
+    except (jax.errors.JaxRuntimeError, OSError, RuntimeError) as e:
+      cause = str(e).splitlines()[0] if str(e) else type(e).__name__
+      logger.warning(
+          'profile not written to %s (%s); training goes on without it',
+          self.logdir,
+          cause,
+      )
+      return False
+    return True
