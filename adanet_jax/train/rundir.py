@@ -222,19 +222,11 @@ def last_eval(workdir: str, gate_mode: str) -> dict | None:
 def eval_record(workdir: str, step: int) -> dict | None:
   """The evaluation metrics.jsonl holds for `step` (its `eval/` keys, as the
   trainer returned them), or None; a line cut short by a kill is skipped."""
-  path = os.path.join(workdir, METRICS_FILE)
-  if not os.path.isfile(path):
-    return None
   found = None
-  with open(path) as f:
-    for line in f:
-      try:
-        record = json.loads(line)
-      except ValueError:
-        continue
-      evaluated = {k: v for k, v in record.items() if k.startswith('eval/')}
-      if record.get('step') == step and evaluated:
-        found = evaluated
+  for record in read_metrics_so_far(workdir):
+    evaluated = {k: v for k, v in record.items() if k.startswith('eval/')}
+    if record.get('step') == step and evaluated:
+      found = evaluated
   return found
 
 

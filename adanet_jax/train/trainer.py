@@ -91,16 +91,30 @@ class Setup:
     )
 
 
-def setup(config: ml_collections.ConfigDict, dataset, devices=None) -> Setup:
+def checked_plan(
+    config: ml_collections.ConfigDict, dataset
+) -> plan_lib.RunPlan:
+  """The run plan of `config` on `dataset`, its values checked."""
+  plan = plan_lib.make_plan(config, dataset.steps_per_epoch)
+  checks.check_plan(plan, config)
+  return plan
+
+
+def setup(
+    config: ml_collections.ConfigDict,
+    dataset,
+    devices=None,
+    plan: plan_lib.RunPlan | None = None,
+) -> Setup:
   """Builds the plan, placement, model, optimizer, train step and evaluator.
 
   Args:
     config: the run's config (checked).
     dataset: the input pipeline (`steps_per_epoch`, `image_shape`).
     devices: the mesh's devices; default all.
+    plan: `checked_plan(config, dataset)`, if the caller has it already.
   """
-  plan = plan_lib.make_plan(config, dataset.steps_per_epoch)
-  checks.check_plan(plan, config)
+  plan = plan or checked_plan(config, dataset)
   placement = placement_lib.Placement(devices)
   model = factory.create_model(config)
   tx, schedule = optim.create_optimizer(plan.optimizer)
@@ -202,8 +216,7 @@ def train_and_evaluate(
   workdir_lock.check_creatable(workdir)
   dataset = dataset or input_pipeline.create_dataset(config)
   # The plan alone (no model, nothing compiled) says whether the run is done.
-  plan = plan_lib.make_plan(config, dataset.steps_per_epoch)
-  checks.check_plan(plan, config)
+  plan = checked_plan(config, dataset)
   checkpoints.check_workdir(workdir, config, allow_config_change)
   if stored_final_eval(workdir, plan) is not None:
     # A live run of the workdir refuses the rerun, as for any other.
@@ -212,7 +225,7 @@ def train_and_evaluate(
       if final is not None:
         _show_finished(workdir, plan, final)
         return final
-  parts = setup(config, dataset)
+  parts = setup(config, dataset, plan=plan)
   info = metrics.run_info(config, hparam_fields)
   start = checkpoints.start_state(
       workdir, parts.init_state(), parts.plan.init_from
